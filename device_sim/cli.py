@@ -1,0 +1,11 @@
+"""``device-sim``: the command-line interface (thin click commands over the device and fleet layers)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="iot-stream-sim")
+def main() -> None:
+    """Simulated devices for AWS IoT MQTT-based file delivery (streams)."""
