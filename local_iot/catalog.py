@@ -19,8 +19,8 @@ class StreamFile:
     file_id: int
     bucket: str
     key: str
-    version_id: str | None  # the pinned (or, when left out, the then-current) object version
-    etag: str  # the object's ETag when the stream was created/updated
+    version_id: str | None  # the pinned version, None when s3Location.version was left out
+    etag: str  # ETag of the object (pinned version, else the current one) when the stream was created/updated
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
