@@ -1,0 +1,413 @@
+"""Run a private mosquitto as a child process: a plain listener and a mutual-TLS listener with a per-thing ACL.
+
+How this works: ``MosquittoBroker.start()`` picks free ports (mosquitto cannot listen on port 0), writes
+``mosquitto.conf`` and ``acl`` into the state directory and starts ``mosquitto -c mosquitto.conf``. It is ready when
+its log says ``running`` (written after every listener is bound) and both ports accept a TCP connection. If the
+process exits first because another process grabbed a chosen port in the meantime, it retries with new ports; any
+other failure raises ``BrokerStartError`` with the tail of the log. ``stop()`` sends SIGTERM to the PID, waits, and
+sends SIGKILL after a timeout.
+
+The configuration (see docs/broker.md for the why of each line):
+- ``per_listener_settings true``: the ACL applies to the TLS listener only, so the plain listener (the stream
+  service, benches) may use every topic, ``$aws/...`` included.
+- TLS listener: ``require_certificate``, ``use_identity_as_username`` (username = certificate CN = thing name) and
+  ``pattern readwrite $aws/things/%u/streams/#``: each device may only touch its own thing's stream topics.
+- ``set_tcp_nodelay true``; ``max_queued_messages 0`` and ``max_queued_bytes 0`` (no limit: the default 1000
+  silently drops a QoS 0 download burst); ``persistence false``; ``user root`` when run as root (otherwise
+  mosquitto switches to user ``mosquitto`` and cannot read the key files in our state directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from .ca import LocalCA
+from .ports import free_ports
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "mosquitto.conf"
+ACL_NAME = "acl"
+LOG_NAME = "mosquitto.log"
+STDERR_NAME = "mosquitto.stderr"
+#: The ACL rule that mirrors the AWS device policy: a certificate may only use its own thing's stream topics.
+DEVICE_ACL_PATTERN = "pattern readwrite $aws/things/%u/streams/#"
+_FALLBACK_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+_BIND_RACE_MARKERS = ("Address already in use",)
+_READY_MARKER = " running"
+_START_ATTEMPTS = 5
+_POLL_INTERVAL = 0.02
+
+
+class BrokerError(Exception):
+    """Base of the broker's errors."""
+
+
+class MosquittoNotFoundError(BrokerError):
+    """No mosquitto binary: the environment needs it installed."""
+
+
+class BrokerUsageError(BrokerError):
+    """The caller used the broker out of order (e.g. read a port before start())."""
+
+
+class BrokerStartError(BrokerError):
+    """mosquitto did not come up; ``log_tail`` holds the last lines it wrote."""
+
+    def __init__(self, message: str, *, log_tail: str = "") -> None:
+        super().__init__(f"{message}\n--- mosquitto log tail ---\n{log_tail}" if log_tail else message)
+        self.log_tail = log_tail
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BrokerConfig:
+    """Where and how to run mosquitto.
+
+    Ports 0 mean "pick a free one". ``tls_port=None`` runs no TLS listener. When the three certificate paths are
+    None and TLS is on, a local CA is created (or reused) in ``state_dir/ca`` with a server certificate for
+    ``localhost`` and ``127.0.0.1``; ``MosquittoBroker.ca`` then issues device certificates.
+    """
+
+    state_dir: Path
+    host: str = "127.0.0.1"
+    mqtt_port: int = 0
+    tls_port: int | None = 0
+    ca_cert: Path | None = None
+    server_cert: Path | None = None
+    server_key: Path | None = None
+    max_packet_size: int = 262_144  # a 128 KiB block as JSON + Base64 is ~175 KB
+    max_inflight_messages: int = 100  # AWS: 100 unacknowledged QoS 1 messages per client
+    mosquitto_path: str | None = None
+    start_timeout: float = 10.0
+    stop_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        tls_paths = (self.ca_cert, self.server_cert, self.server_key)
+        if any(p is None for p in tls_paths) and any(p is not None for p in tls_paths):
+            raise ValueError("give all of ca_cert, server_cert and server_key, or none (a local CA is then created)")
+        for port in (self.mqtt_port, self.tls_port):
+            if port is not None and not 0 <= port <= 65535:
+                raise ValueError(f"port {port} is out of range 0..65535")
+        if self.max_packet_size < 140_000:
+            raise ValueError("max_packet_size must be at least 140000 to carry a 128 KiB block with its topic")
+
+
+def find_mosquitto(explicit: str | None = None) -> str:
+    """The mosquitto binary: ``explicit``, else on PATH, else /usr/sbin. Raises MosquittoNotFoundError."""
+    if explicit is not None:
+        if os.access(explicit, os.X_OK):
+            return explicit
+        raise MosquittoNotFoundError(f"mosquitto_path {explicit!r} is not an executable file")
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for candidate in _FALLBACK_PATHS:
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise MosquittoNotFoundError(
+        "mosquitto is not installed: run `./run setup` or `apt-get install mosquitto` (it is not found on PATH "
+        "nor in /usr/sbin)"
+    )
+
+
+def _check_conf_value(value: str) -> str:
+    # mosquitto's config parser splits on spaces and has no quoting.
+    if any(c.isspace() for c in value):
+        raise ValueError(f"mosquitto cannot read a path or host with whitespace: {value!r}; choose another state_dir")
+    return value
+
+
+def render_config(
+    config: BrokerConfig,
+    *,
+    mqtt_port: int,
+    tls_port: int | None,
+    tls_files: tuple[Path, Path, Path] | None,
+    acl_path: Path,
+    log_path: Path,
+    run_as_root: bool,
+) -> str:
+    """The text of mosquitto.conf for these concrete ports and files."""
+    host = _check_conf_value(config.host)
+    lines = [
+        "# Generated by local_iot.broker; rewritten on every start.",
+        "per_listener_settings true",
+        "persistence false",
+        f"log_dest file {_check_conf_value(str(log_path))}",
+        "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+        "set_tcp_nodelay true",
+        "max_queued_messages 0",
+        "max_queued_bytes 0",
+        f"max_inflight_messages {config.max_inflight_messages}",
+        f"max_packet_size {config.max_packet_size}",
+    ]
+    if run_as_root:
+        lines.append("user root")
+    lines += ["", f"listener {mqtt_port} {host}", "allow_anonymous true"]
+    if tls_port is not None and tls_files is not None:
+        ca_cert, server_cert, server_key = (_check_conf_value(str(p)) for p in tls_files)
+        lines += [
+            "",
+            f"listener {tls_port} {host}",
+            "allow_anonymous false",
+            f"cafile {ca_cert}",
+            f"certfile {server_cert}",
+            f"keyfile {server_key}",
+            "tls_version tlsv1.2",
+            "require_certificate true",
+            "use_identity_as_username true",
+            f"acl_file {_check_conf_value(str(acl_path))}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def render_acl() -> str:
+    """The ACL of the TLS listener: each certificate (username = CN) may only use its own thing's stream topics."""
+    return f"# Generated by local_iot.broker: the AWS device policy for streams.\n{DEVICE_ACL_PATTERN}\n"
+
+
+class MosquittoBroker:
+    """One mosquitto child process. Use as a context manager, or call start() and stop()."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self._config = config
+        self._state_dir = Path(config.state_dir).resolve()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._mqtt_port: int | None = None
+        self._tls_port: int | None = None
+        self._ca: LocalCA | None = None
+        self._tls_files: tuple[Path, Path, Path] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def start(self) -> MosquittoBroker:
+        if self._proc is not None:
+            raise BrokerUsageError("this broker is already started; stop() it first")
+        binary = find_mosquitto(self._config.mosquitto_path)
+        self._state_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare_tls()
+        self.acl_path.write_text(render_acl())
+        auto = self._config.mqtt_port == 0 or self._config.tls_port == 0
+        attempts = _START_ATTEMPTS if auto else 1
+        for attempt in range(1, attempts + 1):
+            mqtt_port, tls_port = self._choose_ports()
+            try:
+                self._launch(binary, mqtt_port, tls_port)
+                return self
+            except _BindRace as race:
+                log.info("mosquitto lost a port race (attempt %d/%d): %s", attempt, attempts, race)
+                if attempt == attempts:
+                    raise BrokerStartError(
+                        f"mosquitto could not bind its ports after {attempts} attempts", log_tail=race.log_tail
+                    ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def stop(self) -> None:
+        """SIGTERM the mosquitto PID, wait, SIGKILL after ``stop_timeout``. Idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=self._config.stop_timeout)
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "mosquitto pid %d ignored SIGTERM for %.1f s; killing it", proc.pid, self._config.stop_timeout
+                )
+                proc.kill()
+                proc.wait()
+        log.info("mosquitto pid %d stopped (exit code %s)", proc.pid, proc.returncode)
+
+    def __enter__(self) -> MosquittoBroker:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- properties ------------------------------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return self._config.host
+
+    @property
+    def mqtt_port(self) -> int:
+        return self._require(self._mqtt_port, "mqtt_port")
+
+    @property
+    def tls_port(self) -> int:
+        if self._config.tls_port is None:
+            raise BrokerUsageError("this broker runs no TLS listener (BrokerConfig.tls_port is None)")
+        return self._require(self._tls_port, "tls_port")
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise BrokerUsageError("the broker is not running: call start() first")
+        return self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def state_dir(self) -> Path:
+        return self._state_dir
+
+    @property
+    def config_path(self) -> Path:
+        return self._state_dir / CONFIG_NAME
+
+    @property
+    def acl_path(self) -> Path:
+        return self._state_dir / ACL_NAME
+
+    @property
+    def log_path(self) -> Path:
+        return self._state_dir / LOG_NAME
+
+    @property
+    def ca_cert_path(self) -> Path:
+        """The CA that signs (and verifies) certificates on the TLS listener."""
+        if self._tls_files is None:
+            raise BrokerUsageError("no TLS listener configured, or start() not called yet")
+        return self._tls_files[0]
+
+    @property
+    def ca(self) -> LocalCA:
+        """The local CA created in ``state_dir/ca`` (only when BrokerConfig gave no certificate paths)."""
+        if self._ca is None:
+            raise BrokerUsageError("no local CA: the broker was given its certificates, or start() was not called")
+        return self._ca
+
+    def log_tail(self, lines: int = 30) -> str:
+        parts = []
+        for path in (self._state_dir / STDERR_NAME, self.log_path):
+            try:
+                text = path.read_text(errors="replace")
+            except FileNotFoundError:
+                continue
+            if text.strip():
+                parts.append("\n".join(text.splitlines()[-lines:]))
+        return "\n".join(parts)
+
+    # -- internals -------------------------------------------------------------------------------------------
+
+    def _require(self, value: int | None, name: str) -> int:
+        if value is None or self._proc is None:
+            raise BrokerUsageError(f"{name} is known only while the broker runs: call start() first")
+        return value
+
+    def _prepare_tls(self) -> None:
+        c = self._config
+        if c.tls_port is None:
+            return
+        if c.ca_cert is not None and c.server_cert is not None and c.server_key is not None:
+            self._tls_files = (Path(c.ca_cert).resolve(), Path(c.server_cert).resolve(), Path(c.server_key).resolve())
+            return
+        ca_dir = self._state_dir / "ca"
+        self._ca = LocalCA.create(ca_dir)
+        hosts = list(dict.fromkeys(["localhost", "127.0.0.1", c.host]))
+        server_cert, server_key = self._ca.issue_server_cert(ca_dir, hosts)
+        self._tls_files = (self._ca.cert_path.resolve(), server_cert, server_key)
+
+    def _choose_ports(self) -> tuple[int, int | None]:
+        c = self._config
+        fresh = iter(free_ports(2, c.host))
+        mqtt_port = c.mqtt_port or next(fresh)
+        tls_port = None if c.tls_port is None else (c.tls_port or next(fresh))
+        return mqtt_port, tls_port
+
+    def _launch(self, binary: str, mqtt_port: int, tls_port: int | None) -> None:
+        config_text = render_config(
+            self._config,
+            mqtt_port=mqtt_port,
+            tls_port=tls_port,
+            tls_files=self._tls_files,
+            acl_path=self.acl_path,
+            log_path=self.log_path,
+            run_as_root=os.geteuid() == 0,
+        )
+        self.config_path.write_text(config_text)
+        self.log_path.unlink(missing_ok=True)
+        stderr_path = self._state_dir / STDERR_NAME
+        with stderr_path.open("wb") as stderr:
+            proc = subprocess.Popen(
+                [binary, "-c", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+                start_new_session=True,  # our stop() ends it; a Ctrl-C in the terminal does not race us
+            )
+        self._proc = proc
+        self._mqtt_port, self._tls_port = mqtt_port, tls_port
+        ports = [p for p in (mqtt_port, tls_port) if p is not None]
+        try:
+            self._wait_ready(proc, ports)
+        except BaseException:
+            self.stop()
+            raise
+        log.info(
+            "mosquitto pid %d running on %s: plain %d, tls %s (state %s)",
+            proc.pid,
+            self.host,
+            mqtt_port,
+            tls_port,
+            self._state_dir,
+        )
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], ports: list[int]) -> None:
+        deadline = time.monotonic() + self._config.start_timeout
+        logged_running = False
+        pending = list(ports)
+        while True:
+            if proc.poll() is not None:
+                tail = self.log_tail()
+                if any(marker in tail for marker in _BIND_RACE_MARKERS):
+                    raise _BindRace(f"exit code {proc.returncode}", log_tail=tail)
+                raise BrokerStartError(f"mosquitto exited with code {proc.returncode} while starting", log_tail=tail)
+            if not logged_running:
+                logged_running = self._log_says_running()
+            if logged_running:
+                pending = [p for p in pending if not _accepts(self.host, p)]
+                if not pending:
+                    return
+            if time.monotonic() > deadline:
+                raise BrokerStartError(
+                    f"mosquitto did not accept connections on {ports} within {self._config.start_timeout} s",
+                    log_tail=self.log_tail(),
+                )
+            with contextlib.suppress(subprocess.TimeoutExpired):  # wait a little, but wake at once if it exits
+                proc.wait(timeout=_POLL_INTERVAL)
+
+    def _log_says_running(self) -> bool:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return False
+        return any(line.rstrip().endswith(_READY_MARKER) for line in text.splitlines())
+
+
+class _BindRace(BrokerStartError):
+    """mosquitto exited because a chosen port was taken between free_port() and its bind()."""
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
