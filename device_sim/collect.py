@@ -32,15 +32,18 @@ class MessageMeter:
 class ProgressSampler:
     """Keeps a bounded series of ``(t, bytes)`` samples of one device while it downloads (mutable).
 
-    Samples closer than ``interval_s`` to the previous one are skipped; when the buffer fills, every other sample
-    is dropped and the interval doubles, so a download of any length ends with at most ``cap`` samples.
+    Samples closer than ``interval_s`` to the previous one are skipped; when the buffer fills, the interval at
+    least doubles and the samples are thinned to it, so a download of any length ends with at most ``cap``
+    samples spread evenly over time (the latest sample is always kept).
     """
 
     __slots__ = ("_cap", "_interval_s", "_last", "_samples")
 
     def __init__(self, *, interval_s: float = 0.05, cap: int = MAX_PROGRESS_SAMPLES) -> None:
-        if cap < 2:
-            raise ValueError(f"cap must be >= 2, got {cap}")
+        if cap < 4:
+            raise ValueError(f"cap must be >= 4, got {cap}")
+        if not interval_s >= 0:
+            raise ValueError(f"interval_s must be >= 0, got {interval_s}")
         self._cap = cap
         self._interval_s = interval_s
         self._samples: list[tuple[float, int]] = []
@@ -53,8 +56,17 @@ class ProgressSampler:
             return
         self._samples.append((t, total_bytes))
         if len(self._samples) > self._cap - 1:  # keep one slot for the final sample
-            self._samples = self._samples[::2]
-            self._interval_s *= 2
+            self._compact()
+
+    def _compact(self) -> None:
+        """Keep samples at least a doubled interval apart (at most about cap / 2 remain, evenly spaced)."""
+        span = self._samples[-1][0] - self._samples[0][0]
+        self._interval_s = max(self._interval_s * 2, 2 * span / self._cap)
+        kept = [self._samples[0]]
+        for sample in self._samples[1:]:
+            if sample[0] - kept[-1][0] >= self._interval_s:
+                kept.append(sample)
+        self._samples = kept
 
     def samples(self) -> tuple[tuple[float, int], ...]:
         """The samples, including the most recent one even if it was skipped."""
