@@ -1,24 +1,18 @@
 """CBOR and JSON codecs for both roles (PROTOCOL.md sections 3-4).
 
-Device role: ``encode_request`` / ``decode_answer``. Service role: ``decode_request`` / ``encode_answer``.
-Decoders look keys up by name, ignore unknown keys, accept definite and indefinite CBOR maps and the long-form
-rejection keys (``code``/``message``/``clientToken``). Service-side decoders raise ``RequestRejected`` with the
-AWS code the service answers with, in the documented check order; device-side decoders raise
-``RemoteProtocolError``. Encoders for the service emit what AWS emits: indefinite-length CBOR maps, data keys in
-the order ``c?, f, i, l, p``, rejections with both short and long keys.
+Device role: ``encode_request`` / ``decode_answer`` (``_device.py``). Service role: ``decode_request`` /
+``encode_answer`` (``_service.py``). Decoders look keys up by name, ignore unknown keys, accept definite and
+indefinite CBOR maps and the long-form rejection keys (``code``/``message``/``clientToken``). Service-side decoders
+raise ``RequestRejected`` with the AWS code the service answers with, in the documented check order; device-side
+decoders raise ``RemoteProtocolError``. Encoders for the service emit what AWS emits: indefinite-length CBOR maps,
+data keys in the order ``c?, f, i, l, p``, rejections with both short and long keys. Payload parsing and the
+translation of cbor2/json exceptions happen in one place, ``_wire.load_document``.
 """
 
 from __future__ import annotations
 
-from .messages import (
-    Answer,
-    DataBlock,
-    DescribeStreamRequest,
-    GetStreamRequest,
-    Rejection,
-    Request,
-    StreamDescription,
-)
+from . import _device, _service
+from .messages import Answer, DataBlock, Request
 from .topics import Format, Operation
 
 __all__ = [
@@ -33,35 +27,37 @@ __all__ = [
 
 def encode_request(request: Request, fmt: Format) -> bytes:
     """Device side: payload for ``describe/<fmt>`` or ``get/<fmt>``. Raises LocalProtocolError on bad values."""
-    raise NotImplementedError
+    return _device.encode_request(request, fmt)
 
 
 def decode_request(operation: Operation, payload: bytes, fmt: Format) -> Request:
-    """Service side: parse and validate a request; raises RequestRejected (code, message, token to echo)."""
-    raise NotImplementedError
+    """Service side: parse and validate a request; raises RequestRejected (code, message, token to echo).
+
+    Only stream-independent checks: the emulator still checks stream, version, file id and range.
+    """
+    return _service.decode_request(operation, payload, fmt)
 
 
 def encode_answer(answer: Answer, fmt: Format) -> bytes:
-    """Service side: payload for ``description``/``data``/``rejected``."""
-    raise NotImplementedError
+    """Service side: payload for ``description``/``data``/``rejected``.
+
+    Only types are checked (LocalProtocolError), not protocol ranges, so that the emulator can inject faults.
+    """
+    return _service.encode_answer(answer, fmt)
 
 
 def encode_data_block(
     fmt: Format, file_id: int, block_index: int, payload: bytes, client_token: str | None = None
 ) -> bytes:
-    """Service side fast path for one data message (the hot loop of the emulator)."""
-    raise NotImplementedError
+    """Service side fast path for one data message (the hot loop of the emulator); ``l`` is ``len(payload)``."""
+    return _service.encode_data_block(fmt, file_id, block_index, payload, client_token)
 
 
 def decode_answer(operation: Operation, payload: bytes, fmt: Format) -> Answer:
     """Device side: parse ``description``/``data``/``rejected``; raises RemoteProtocolError."""
-    raise NotImplementedError
+    return _device.decode_answer(operation, payload, fmt)
 
 
 def decode_data_block(payload: bytes, fmt: Format) -> DataBlock:
-    """Device side fast path for ``data/<fmt>``."""
-    raise NotImplementedError
-
-
-# Re-exported for callers that only import the codec.
-_ = (DescribeStreamRequest, GetStreamRequest, StreamDescription, Rejection)
+    """Device side fast path for ``data/<fmt>``; a block whose ``l`` differs from its payload length is malformed."""
+    return _device.decode_data_block(payload, fmt)

@@ -1,0 +1,263 @@
+"""Device role of the codec: encode requests (refusing what a service would reject) and decode answers.
+
+How this works: ``encode_request`` checks every value against the limits of PROTOCOL.md section 3 and raises
+``LocalProtocolError`` with a hint, so a device never publishes a request the service rejects for its form. It
+emits definite-length CBOR maps / compact JSON with keys in the order ``c, s, f, l, o, n, b``.
+
+The answer decoders are strict about types and tolerant about layout: keys in any order, unknown keys ignored,
+definite or indefinite CBOR maps, and on rejections the long keys ``code``/``message``/``clientToken`` (the short
+key wins when both are present; a JSON ``null`` token or message counts as absent). Anything else malformed,
+including a data block whose ``l`` differs from the payload length, raises ``RemoteProtocolError``. Checks that
+need the download (wrong file id, index past the end, wrong length for the block) are the engine's.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+
+from ._wire import (
+    FIELD_NAMES,
+    KEY_BITMAP,
+    KEY_BLOCK_INDEX,
+    KEY_BLOCK_SIZE,
+    KEY_CODE,
+    KEY_COUNT,
+    KEY_DESCRIPTION,
+    KEY_FILE_ID,
+    KEY_FILE_SIZE,
+    KEY_FILES,
+    KEY_MESSAGE,
+    KEY_OFFSET,
+    KEY_PAYLOAD,
+    KEY_TOKEN,
+    KEY_VERSION,
+    LONG_CODE,
+    LONG_MESSAGE,
+    LONG_TOKEN,
+    MalformedPayload,
+    cbor_head,
+    cbor_int,
+    cbor_text,
+    is_unicode,
+    json_bytes,
+    kind_of,
+    load_document,
+    show_int,
+)
+from .bitmap import bitmap_to_hex
+from .errors import LocalProtocolError, RemoteProtocolError
+from .limits import (
+    MAX_BITMAP_BYTES,
+    MAX_BLOCK_COUNT,
+    MAX_BLOCK_SIZE,
+    MAX_CLIENT_TOKEN_BYTES,
+    MAX_FILE_ID,
+    MAX_OFFSET,
+    MAX_STREAM_VERSION,
+    MIN_BLOCK_COUNT,
+    MIN_BLOCK_SIZE,
+    MIN_FILE_ID,
+)
+from .messages import (
+    Answer,
+    DataBlock,
+    DescribeStreamRequest,
+    FileInfo,
+    GetStreamRequest,
+    Rejection,
+    Request,
+    StreamDescription,
+)
+from .topics import Format, Operation
+
+# ------------------------------------------------------------------------------------------- encode_request
+
+
+def encode_request(request: Request, fmt: Format) -> bytes:
+    fields: list[tuple[str, int | str | bytes]] = []
+    if isinstance(request, DescribeStreamRequest):
+        _add_token(fields, request.client_token)
+    elif isinstance(request, GetStreamRequest):
+        _add_token(fields, request.client_token)
+        if request.stream_version is not None:
+            fields.append((KEY_VERSION, _bounded(request.stream_version, KEY_VERSION, 0, MAX_STREAM_VERSION)))
+        fields.append((KEY_FILE_ID, _bounded(request.file_id, KEY_FILE_ID, MIN_FILE_ID, MAX_FILE_ID)))
+        fields.append((KEY_BLOCK_SIZE, _bounded(request.block_size, KEY_BLOCK_SIZE, MIN_BLOCK_SIZE, MAX_BLOCK_SIZE)))
+        fields.append((KEY_OFFSET, _bounded(request.offset, KEY_OFFSET, 0, MAX_OFFSET)))
+        if request.number_of_blocks is not None:
+            count = _bounded(request.number_of_blocks, KEY_COUNT, MIN_BLOCK_COUNT, MAX_BLOCK_COUNT)
+            fields.append((KEY_COUNT, count))
+        if request.bitmap is not None:
+            fields.append((KEY_BITMAP, _bitmap(request.bitmap)))
+    else:
+        raise LocalProtocolError(
+            f"cannot encode {type(request).__name__} as a request",
+            hint="pass a DescribeStreamRequest or GetStreamRequest",
+        )
+    if fmt is Format.JSON:
+        return json_bytes({k: bitmap_to_hex(v) if isinstance(v, bytes) else v for k, v in fields})
+    parts = [cbor_head(5, len(fields))]
+    for key, value in fields:
+        parts.append(cbor_text(key))
+        if isinstance(value, bytes):
+            parts += (cbor_head(2, len(value)), value)
+        elif isinstance(value, str):
+            parts.append(cbor_text(value))
+        else:
+            parts.append(cbor_int(value))
+    return b"".join(parts)
+
+
+def _add_token(fields: list[tuple[str, int | str | bytes]], token: object) -> None:
+    if token is None:
+        return
+    if type(token) is not str:
+        raise LocalProtocolError(f"the client token must be a str, got {kind_of(token)}")
+    if not is_unicode(token):
+        raise LocalProtocolError("the client token is not valid Unicode (lone surrogate)")
+    size = len(token.encode("utf-8"))
+    if size > MAX_CLIENT_TOKEN_BYTES:
+        raise LocalProtocolError(
+            f"the client token is {size} bytes long; the service rejects tokens over {MAX_CLIENT_TOKEN_BYTES} bytes",
+            hint="use a shorter token",
+        )
+    fields.append((KEY_TOKEN, token))
+
+
+def _bounded(value: object, key: str, low: int, high: int) -> int:
+    name = FIELD_NAMES[key]
+    if type(value) is not int:
+        raise LocalProtocolError(f"the {name} ({key}) must be an int, got {kind_of(value)}")
+    if not low <= value <= high:
+        raise LocalProtocolError(
+            f"the {name} {key}={show_int(value)} is outside {low}..{high}; the service would reject it",
+            hint=f"use a {name} in {low}..{high}",
+        )
+    return value
+
+
+def _bitmap(value: object) -> bytes:
+    if not isinstance(value, bytes | bytearray):
+        raise LocalProtocolError(f"the bitmap must be bytes, got {kind_of(value)}")
+    if len(value) >= MAX_BITMAP_BYTES:
+        raise LocalProtocolError(
+            f"the bitmap is {len(value)} bytes; the service rejects bitmaps of {MAX_BITMAP_BYTES} bytes or more",
+            hint="ask for a smaller window of blocks",
+        )
+    return bytes(value)
+
+
+# -------------------------------------------------------------------------------------------- decode_answer
+
+
+def decode_answer(operation: Operation, payload: bytes, fmt: Format) -> Answer:
+    if operation is Operation.DATA:
+        return decode_data_block(payload, fmt)
+    if operation is Operation.DESCRIPTION:
+        return _description(_load(payload, fmt, operation), fmt)
+    if operation is Operation.REJECTED:
+        return _rejection(_load(payload, fmt, operation), fmt)
+    raise LocalProtocolError(
+        f"{operation.value!r} is not an answer operation", hint="use decode_request for device requests"
+    )
+
+
+def decode_data_block(payload: bytes, fmt: Format) -> DataBlock:
+    doc = _load(payload, fmt, Operation.DATA)
+    token = _optional_text(doc, fmt, KEY_TOKEN)
+    file_id = _int(doc, KEY_FILE_ID, MIN_FILE_ID, MAX_FILE_ID)
+    index = _int(doc, KEY_BLOCK_INDEX, 0, None)
+    length = _int(doc, KEY_BLOCK_SIZE, 0, MAX_BLOCK_SIZE)
+    data = _payload(doc, fmt)
+    if len(data) != length:
+        raise RemoteProtocolError(f"data block {index}: l={length} but the payload p has {len(data)} bytes")
+    return DataBlock(client_token=token, file_id=file_id, block_index=index, block_length=length, payload=data)
+
+
+def _load(payload: bytes, fmt: Format, operation: Operation) -> Mapping[object, object]:
+    where = f"{operation.value}/{fmt.value}"
+    try:
+        doc = load_document(payload, fmt)
+    except MalformedPayload as exc:
+        raise RemoteProtocolError(f"malformed {where} message: {exc}") from exc
+    if not isinstance(doc, Mapping):
+        raise RemoteProtocolError(f"malformed {where} message: {kind_of(doc)}, not a map")
+    return doc
+
+
+def _int(doc: Mapping[object, object], key: str, low: int, high: int | None) -> int:
+    if key not in doc:
+        raise RemoteProtocolError(f"the {FIELD_NAMES[key]} {key} is missing")
+    value = doc[key]
+    if type(value) is not int:
+        raise RemoteProtocolError(f"the {FIELD_NAMES[key]} {key} is {kind_of(value)}, not an integer")
+    if value < low or (high is not None and value > high):
+        upper = "" if high is None else str(high)
+        raise RemoteProtocolError(f"the {FIELD_NAMES[key]} {key}={show_int(value)} is outside {low}..{upper}")
+    return value
+
+
+def _text(value: object, fmt: Format, what: str) -> str:
+    if type(value) is not str:
+        raise RemoteProtocolError(f"the {what} is {kind_of(value)}, not a text string")
+    if fmt is Format.JSON and not is_unicode(value):
+        raise RemoteProtocolError(f"the {what} is not valid Unicode")
+    return value
+
+
+def _optional_text(doc: Mapping[object, object], fmt: Format, key: str, long_key: str | None = None) -> str | None:
+    for k in (key, long_key):
+        if k is not None and k in doc and doc[k] is not None:
+            return _text(doc[k], fmt, f"{FIELD_NAMES[key]} {k}")
+    return None
+
+
+def _payload(doc: Mapping[object, object], fmt: Format) -> bytes:
+    if KEY_PAYLOAD not in doc:
+        raise RemoteProtocolError("the payload p is missing")
+    value = doc[KEY_PAYLOAD]
+    if fmt is Format.CBOR:
+        if type(value) is not bytes:
+            raise RemoteProtocolError(f"the payload p is {kind_of(value)}, not a byte string")
+        return value
+    if type(value) is not str:
+        raise RemoteProtocolError(f"the payload p is {kind_of(value)}, not a Base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RemoteProtocolError("the payload p is not standard Base64 with padding") from exc
+
+
+def _description(doc: Mapping[object, object], fmt: Format) -> StreamDescription:
+    token = _optional_text(doc, fmt, KEY_TOKEN)
+    version = _int(doc, KEY_VERSION, 0, MAX_STREAM_VERSION)
+    # A stream's description is optional in create_stream: a missing d reads as "".
+    text = _optional_text(doc, fmt, KEY_DESCRIPTION) or ""
+    if KEY_FILES not in doc:
+        raise RemoteProtocolError("the file list r is missing")
+    entries = doc[KEY_FILES]
+    if not isinstance(entries, list | tuple):
+        raise RemoteProtocolError(f"the file list r is {kind_of(entries)}, not an array")
+    files: list[FileInfo] = []
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            raise RemoteProtocolError(f"an entry of the file list r is {kind_of(entry)}, not a map")
+        file_id = _int(entry, KEY_FILE_ID, MIN_FILE_ID, MAX_FILE_ID)
+        if any(f.file_id == file_id for f in files):
+            raise RemoteProtocolError(f"file id {file_id} appears twice in the file list r")
+        files.append(FileInfo(file_id=file_id, file_size=_int(entry, KEY_FILE_SIZE, 0, None)))
+    return StreamDescription(client_token=token, stream_version=version, description=text, files=tuple(files))
+
+
+def _rejection(doc: Mapping[object, object], fmt: Format) -> Rejection:
+    if KEY_CODE in doc:
+        code = _text(doc[KEY_CODE], fmt, "error code o")
+    elif LONG_CODE in doc:
+        code = _text(doc[LONG_CODE], fmt, "error code")
+    else:
+        raise RemoteProtocolError("the rejection has no error code (o or code)")
+    token = _optional_text(doc, fmt, KEY_TOKEN, LONG_TOKEN)
+    message = _optional_text(doc, fmt, KEY_MESSAGE, LONG_MESSAGE) or ""
+    return Rejection(client_token=token, code=code, message=message)
