@@ -1,0 +1,123 @@
+"""The control plane of local_iot: moto's server (S3, IAM, IoT, STS...) plus the stream API, in a thread.
+
+How this works: moto's own WSGI application (the one ``moto_server`` runs) is wrapped by ``StreamsApi``, which
+answers the IoT stream and tagging calls from ``streams_backends`` and passes every other request to moto. A
+werkzeug threaded server on ``host:port`` (port 0: a free port, read back after binding) runs it on a daemon
+thread. Point any boto3 client at ``endpoint_url`` (or export ``AWS_ENDPOINT_URL``) with dummy credentials.
+
+moto keeps its state in process-global backends: two ``ControlPlane`` objects in one process serve the same
+data, and ``reset()`` (moto's ``POST /moto-api/reset``) clears S3, IAM, IoT and the streams for all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import urllib.request
+from types import TracebackType
+from typing import Any
+
+import boto3
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from local_iot.moto_catalog import MotoCatalog
+from local_iot.streams_api import StreamsApi
+
+log = logging.getLogger(__name__)
+
+#: Credentials for talking to the emulator. moto accepts any; these are never valid on AWS.
+DUMMY_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+class ControlPlaneError(Exception):
+    """The control plane cannot start (address in use...) or is used before start()."""
+
+
+class _QuietRequestHandler(MotoRequestHandler):
+    """moto's request handler, logging each request to our logger at DEBUG instead of werkzeug's stderr handler."""
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        log.debug("%s " + message, self.address_string(), *args)
+
+
+class ControlPlane:
+    """moto + the stream API on ``http://host:port``. Use as a context manager or call start()/stop()."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, region: str = "us-east-1") -> None:
+        self.host = host
+        self.region = region
+        self.account_id = os.environ.get("MOTO_ACCOUNT_ID", DEFAULT_ACCOUNT_ID)  # the account moto answers as
+        self.catalog = MotoCatalog(account_id=self.account_id, region=region)
+        self._requested_port = port
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise ControlPlaneError("the control plane is not running: call start() first")
+        return int(self._server.server_address[1])
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> ControlPlane:
+        if self._server is not None:
+            raise ControlPlaneError("the control plane is already running")
+        app = StreamsApi(DomainDispatcherApplication(create_backend_app))
+        try:
+            server = make_server(
+                self.host, self._requested_port, app, threaded=True, request_handler=_QuietRequestHandler
+            )
+        except OSError as exc:
+            raise ControlPlaneError(
+                f"cannot listen on {self.host}:{self._requested_port} ({exc}): choose another port, or 0 for a free one"
+            ) from exc
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="local-iot-control-plane", daemon=True)
+        self._thread.start()
+        log.info("control plane (moto + streams) listening on %s, region %s", self.endpoint_url, self.region)
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        server.shutdown()
+        thread.join()
+        server.server_close()
+        self._server = self._thread = None
+        log.info("control plane stopped")
+
+    def __enter__(self) -> ControlPlane:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def client(self, service_name: str, **kwargs: Any) -> Any:
+        """A boto3 client for this control plane with dummy credentials (never the user's real ones)."""
+        session = boto3.session.Session(region_name=self.region, **DUMMY_CREDENTIALS)
+        return session.client(service_name, endpoint_url=self.endpoint_url, **kwargs)  # type: ignore[call-overload]
+
+    def environment(self) -> dict[str, str]:
+        """Environment for a process that should use this control plane through the standard boto3 chain."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": DUMMY_CREDENTIALS["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": DUMMY_CREDENTIALS["aws_secret_access_key"],
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_REGION": self.region,
+        }
+
+    def reset(self) -> None:
+        """Forget everything (moto's reset: S3, IAM, IoT, streams, in every account and region)."""
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
