@@ -9,3 +9,7 @@ import click
 @click.version_option(package_name="iot-stream-sim")
 def main() -> None:
     """Simulated devices for AWS IoT MQTT-based file delivery (streams)."""
+
+from .decode import decode_command  # noqa: E402  (commands register after the group is defined)
+
+main.add_command(decode_command, "decode")
