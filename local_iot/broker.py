@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -43,7 +44,8 @@ STDERR_NAME = "mosquitto.stderr"
 #: The ACL rule that mirrors the AWS device policy: a certificate may only use its own thing's stream topics.
 DEVICE_ACL_PATTERN = "pattern readwrite $aws/things/%u/streams/#"
 _FALLBACK_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-_BIND_RACE_MARKERS = ("Address already in use",)
+_IN_USE_MARKER = "Address already in use"
+_OPENING = re.compile(r"Opening ipv[46] listen socket on port (\d+)")
 _READY_MARKER = " running"
 _START_ATTEMPTS = 5
 _POLL_INTERVAL = 0.02
@@ -197,18 +199,24 @@ class MosquittoBroker:
         self._state_dir.mkdir(parents=True, exist_ok=True)
         self._prepare_tls()
         self.acl_path.write_text(render_acl())
-        auto = self._config.mqtt_port == 0 or self._config.tls_port == 0
-        attempts = _START_ATTEMPTS if auto else 1
-        for attempt in range(1, attempts + 1):
+        fixed = {p for p in (self._config.mqtt_port, self._config.tls_port) if p}
+        for attempt in range(1, _START_ATTEMPTS + 1):
             mqtt_port, tls_port = self._choose_ports()
             try:
                 self._launch(binary, mqtt_port, tls_port)
                 return self
-            except _BindRace as race:
-                log.info("mosquitto lost a port race (attempt %d/%d): %s", attempt, attempts, race)
-                if attempt == attempts:
+            except _PortInUse as e:
+                if e.port in fixed or e.port is None:
+                    what = f"port {e.port}" if e.port else "a port"
                     raise BrokerStartError(
-                        f"mosquitto could not bind its ports after {attempts} attempts", log_tail=race.log_tail
+                        f"{what} on {self.host} is already in use: choose another port or 0 for a free one",
+                        log_tail=e.log_tail,
+                    ) from None
+                # A port we chose as free was taken before mosquitto bound it: choose again.
+                log.info("mosquitto lost a race for port %d (attempt %d/%d)", e.port, attempt, _START_ATTEMPTS)
+                if attempt == _START_ATTEMPTS:
+                    raise BrokerStartError(
+                        f"mosquitto could not bind free ports after {_START_ATTEMPTS} attempts", log_tail=e.log_tail
                     ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -376,8 +384,9 @@ class MosquittoBroker:
         while True:
             if proc.poll() is not None:
                 tail = self.log_tail()
-                if any(marker in tail for marker in _BIND_RACE_MARKERS):
-                    raise _BindRace(f"exit code {proc.returncode}", log_tail=tail)
+                if _IN_USE_MARKER in tail:
+                    opened = _OPENING.findall(tail)  # the last listener it tried to open is the one that failed
+                    raise _PortInUse(int(opened[-1]) if opened else None, log_tail=tail)
                 raise BrokerStartError(f"mosquitto exited with code {proc.returncode} while starting", log_tail=tail)
             if not logged_running:
                 logged_running = self._log_says_running()
@@ -401,8 +410,12 @@ class MosquittoBroker:
         return any(line.rstrip().endswith(_READY_MARKER) for line in text.splitlines())
 
 
-class _BindRace(BrokerStartError):
-    """mosquitto exited because a chosen port was taken between free_port() and its bind()."""
+class _PortInUse(BrokerStartError):
+    """mosquitto exited because ``port`` was taken (by a race after free_ports(), or it was never free)."""
+
+    def __init__(self, port: int | None, *, log_tail: str) -> None:
+        super().__init__(f"port {port} is in use", log_tail=log_tail)
+        self.port = port
 
 
 def _accepts(host: str, port: int) -> bool:
