@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import urllib.request
 from types import TracebackType
@@ -20,6 +21,7 @@ from typing import Any
 
 import boto3
 from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.config import default_user_config
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
@@ -68,17 +70,30 @@ class ControlPlane:
     def start(self) -> ControlPlane:
         if self._server is not None:
             raise ControlPlaneError("the control plane is already running")
+        # AWS's certificateId is the SHA-256 of the certificate's DER; moto uses a hash of the PEM text unless told
+        # otherwise (a process-wide moto setting; it also makes register_certificate reject PEM that is not X.509).
+        default_user_config["iot"]["use_valid_cert"] = True
         app = StreamsApi(DomainDispatcherApplication(create_backend_app))
-        try:
-            server = make_server(
-                self.host, self._requested_port, app, threaded=True, request_handler=_QuietRequestHandler
-            )
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        try:  # bind here: werkzeug's make_server calls sys.exit when the port is taken
+            listener = socket.create_server((self.host, self._requested_port), family=family)
         except OSError as exc:
             raise ControlPlaneError(
                 f"cannot listen on {self.host}:{self._requested_port} ({exc}): choose another port, or 0 for a free one"
             ) from exc
+        with listener:  # werkzeug serves a duplicate of this socket
+            server = make_server(
+                self.host,
+                listener.getsockname()[1],
+                app,
+                threaded=True,
+                request_handler=_QuietRequestHandler,
+                fd=listener.fileno(),
+            )
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="local-iot-control-plane", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="local-iot-control-plane", daemon=True
+        )
         self._thread.start()
         log.info("control plane (moto + streams) listening on %s, region %s", self.endpoint_url, self.region)
         return self
