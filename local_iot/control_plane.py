@@ -19,9 +19,9 @@ import urllib.request
 from types import TracebackType
 from typing import Any
 
-import boto3
-from moto.core import DEFAULT_ACCOUNT_ID
+import boto3  # type: ignore[import-untyped]
 from moto.core.config import default_user_config
+from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
@@ -119,7 +119,7 @@ class ControlPlane:
     def client(self, service_name: str, **kwargs: Any) -> Any:
         """A boto3 client for this control plane with dummy credentials (never the user's real ones)."""
         session = boto3.session.Session(region_name=self.region, **DUMMY_CREDENTIALS)
-        return session.client(service_name, endpoint_url=self.endpoint_url, **kwargs)  # type: ignore[call-overload]
+        return session.client(service_name, endpoint_url=self.endpoint_url, **kwargs)
 
     def environment(self) -> dict[str, str]:
         """Environment for a process that should use this control plane through the standard boto3 chain."""
