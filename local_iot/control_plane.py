@@ -20,6 +20,8 @@ from types import TracebackType
 from typing import Any
 
 import boto3  # type: ignore[import-untyped]
+import botocore.exceptions  # type: ignore[import-untyped]
+import botocore.session  # type: ignore[import-untyped]
 from moto.core.config import default_user_config
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
@@ -36,6 +38,16 @@ DUMMY_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "t
 
 class ControlPlaneError(Exception):
     """The control plane cannot start (address in use...) or is used before start()."""
+
+
+def _check_profile() -> None:
+    """moto builds botocore sessions in this process, and they fail on every request if AWS_PROFILE is unknown."""
+    try:
+        botocore.session.Session().get_scoped_config()
+    except botocore.exceptions.ProfileNotFound as exc:
+        raise ControlPlaneError(
+            f"{exc}: moto reads AWS_PROFILE in this process: unset it (local_iot needs none) or name one that exists"
+        ) from exc
 
 
 class _QuietRequestHandler(MotoRequestHandler):
@@ -70,6 +82,7 @@ class ControlPlane:
     def start(self) -> ControlPlane:
         if self._server is not None:
             raise ControlPlaneError("the control plane is already running")
+        _check_profile()
         # AWS's certificateId is the SHA-256 of the certificate's DER; moto uses a hash of the PEM text unless told
         # otherwise (a process-wide moto setting; it also makes register_certificate reject PEM that is not X.509).
         default_user_config["iot"]["use_valid_cert"] = True
@@ -118,7 +131,9 @@ class ControlPlane:
 
     def client(self, service_name: str, **kwargs: Any) -> Any:
         """A boto3 client for this control plane with dummy credentials (never the user's real ones)."""
-        session = boto3.session.Session(region_name=self.region, **DUMMY_CREDENTIALS)
+        # A botocore session that ignores AWS_PROFILE: the user's profile (and its credentials) plays no part here.
+        core = botocore.session.Session(session_vars={"profile": (None, None, None, None)})
+        session = boto3.session.Session(botocore_session=core, region_name=self.region, **DUMMY_CREDENTIALS)
         return session.client(service_name, endpoint_url=self.endpoint_url, **kwargs)
 
     def environment(self) -> dict[str, str]:

@@ -473,6 +473,13 @@ def test_control_plane_lifecycle_errors() -> None:
     plane.stop()  # stopping twice is harmless
 
 
+def test_unknown_aws_profile_is_a_clear_start_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
+    with pytest.raises(ControlPlaneError, match="unset it"):
+        ControlPlane().start()
+
+
 # -- MotoCatalog ---------------------------------------------------------------------------------------------------
 
 
