@@ -1,0 +1,425 @@
+"""The manifest: one JSON file recording everything a run created, read by ``device-sim`` and by cleanup.
+
+How this works: ``Manifest`` and its parts are frozen dataclasses; a change makes a new value with
+``dataclasses.replace``. ``ManifestStore`` holds the current value and writes it atomically (temp file + rename)
+after every step, so an interrupted run is recorded up to its last completed call and cleanup can remove it.
+Paths are stored relative to the manifest's directory when they lie below it (absolute otherwise) and
+``load_manifest`` returns them absolute. The format is documented in docs/provisioner.md.
+
+Typical use from device-sim::
+
+    from provisioner.manifest import load_manifest
+    m = load_manifest("run.json")
+    thing = m.thing("sim-0")          # ThingRecord: cert_path, key_path (absolute)
+    m.mqtt.host, m.mqtt.port, m.mqtt.ca_path, m.stream.stream_id, m.firmware[0].sha256
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import secrets
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ManifestError
+
+SCHEMA_VERSION = 1
+#: Tag key (streams, roles, policies, buckets) and thing attribute name that carry the run id.
+RUN_ID_KEY = "iot-stream-sim:run-id"
+#: Marker appended to stream descriptions so that ``cleanup --run-id`` finds streams without tag APIs.
+RUN_ID_MARKER = "[iot-stream-sim:run-id={run_id}]"
+
+
+def new_run_id(now: datetime.datetime | None = None) -> str:
+    """``20250101T120000Z-3f2a1b``: sortable, unique enough, valid in every AWS name it is used in."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MqttEndpoint:
+    host: str
+    port: int
+    #: The root CA that signs the broker's server certificate (AmazonRootCA1 on AWS).
+    ca_path: Path | None = None
+    #: A plain (non-TLS) MQTT port, when the endpoint offers one (only local brokers do).
+    plain_port: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BucketRecord:
+    name: str
+    created: bool
+    #: Every object of the run lives under this key prefix (``<prefix>/<run id>/``); cleanup deletes all of it.
+    object_prefix: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FirmwareObject:
+    """An uploaded S3 object. ``source``: ``file:<path>`` or ``generate:size=<n>,seed=<n>,index=<n>``."""
+
+    file_id: int
+    bucket: str
+    key: str
+    version_id: str | None
+    size: int
+    sha256: str
+    etag: str
+    source: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RoleRecord:
+    name: str
+    arn: str
+    created: bool
+    inline_policy_name: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StreamFileRecord:
+    file_id: int
+    bucket: str
+    key: str
+    version_id: str | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StreamRecord:
+    stream_id: str
+    stream_arn: str
+    version: int
+    description: str
+    role_arn: str
+    files: tuple[StreamFileRecord, ...]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PolicyRecord:
+    name: str
+    arn: str
+    created: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ThingRecord:
+    """A fleet member, recorded step by step: the thing, then its certificate and files, then the attachments."""
+
+    name: str
+    arn: str | None = None
+    certificate_id: str | None = None
+    certificate_arn: str | None = None
+    cert_path: Path | None = None
+    key_path: Path | None = None
+    policy_attached: bool = False
+    principal_attached: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.certificate_arn and self.cert_path and self.key_path) and (
+            self.policy_attached and self.principal_attached
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Manifest:
+    run_id: str
+    region: str
+    account_id: str
+    partition: str = "aws"
+    created_at: str
+    schema_version: int = SCHEMA_VERSION
+    aws_endpoint_url: str | None = None
+    mqtt: MqttEndpoint | None = None
+    certs_dir: Path | None = None
+    bucket: BucketRecord | None = None
+    firmware: tuple[FirmwareObject, ...] = ()
+    role: RoleRecord | None = None
+    stream: StreamRecord | None = None
+    policy: PolicyRecord | None = None
+    things: tuple[ThingRecord, ...] = field(default=())
+
+    def thing(self, name: str) -> ThingRecord | None:
+        return next((t for t in self.things if t.name == name), None)
+
+    def with_thing(self, record: ThingRecord) -> Manifest:
+        """A copy with ``record`` replacing the thing of the same name (or appended)."""
+        things = [record if t.name == record.name else t for t in self.things]
+        if self.thing(record.name) is None:
+            things.append(record)
+        return replace(self, things=tuple(things))
+
+    def firmware_file(self, file_id: int) -> FirmwareObject | None:
+        return next((f for f in self.firmware if f.file_id == file_id), None)
+
+
+# --- JSON ---------------------------------------------------------------------------------------------------------
+
+
+def _path_out(path: Path | None, base: Path) -> str | None:
+    if path is None:
+        return None
+    try:
+        return str(path.resolve().relative_to(base))
+    except ValueError:
+        return str(path.resolve())
+
+
+def _path_in(text: Any, base: Path) -> Path | None:
+    if text is None:
+        return None
+    path = Path(str(text))
+    return path if path.is_absolute() else base / path
+
+
+def manifest_to_json(manifest: Manifest, base: Path) -> dict[str, Any]:
+    """The JSON object for ``manifest``; paths relative to ``base`` (the manifest's directory) where possible."""
+    mqtt = manifest.mqtt
+    stream = manifest.stream
+    return {
+        "schema_version": manifest.schema_version,
+        "run_id": manifest.run_id,
+        "created_at": manifest.created_at,
+        "region": manifest.region,
+        "account_id": manifest.account_id,
+        "partition": manifest.partition,
+        "aws_endpoint_url": manifest.aws_endpoint_url,
+        "mqtt": None
+        if mqtt is None
+        else {
+            "host": mqtt.host,
+            "port": mqtt.port,
+            "ca_path": _path_out(mqtt.ca_path, base),
+            "plain_port": mqtt.plain_port,
+        },
+        "certs_dir": _path_out(manifest.certs_dir, base),
+        "bucket": None
+        if manifest.bucket is None
+        else {
+            "name": manifest.bucket.name,
+            "created": manifest.bucket.created,
+            "object_prefix": manifest.bucket.object_prefix,
+        },
+        "firmware": [
+            {
+                "file_id": f.file_id,
+                "bucket": f.bucket,
+                "key": f.key,
+                "version_id": f.version_id,
+                "size": f.size,
+                "sha256": f.sha256,
+                "etag": f.etag,
+                "source": f.source,
+            }
+            for f in manifest.firmware
+        ],
+        "role": None
+        if manifest.role is None
+        else {
+            "name": manifest.role.name,
+            "arn": manifest.role.arn,
+            "created": manifest.role.created,
+            "inline_policy_name": manifest.role.inline_policy_name,
+        },
+        "stream": None
+        if stream is None
+        else {
+            "stream_id": stream.stream_id,
+            "stream_arn": stream.stream_arn,
+            "version": stream.version,
+            "description": stream.description,
+            "role_arn": stream.role_arn,
+            "files": [
+                {"file_id": f.file_id, "bucket": f.bucket, "key": f.key, "version_id": f.version_id}
+                for f in stream.files
+            ],
+        },
+        "policy": None
+        if manifest.policy is None
+        else {"name": manifest.policy.name, "arn": manifest.policy.arn, "created": manifest.policy.created},
+        "things": [
+            {
+                "name": t.name,
+                "arn": t.arn,
+                "certificate_id": t.certificate_id,
+                "certificate_arn": t.certificate_arn,
+                "cert_path": _path_out(t.cert_path, base),
+                "key_path": _path_out(t.key_path, base),
+                "policy_attached": t.policy_attached,
+                "principal_attached": t.principal_attached,
+            }
+            for t in manifest.things
+        ],
+    }
+
+
+def manifest_from_json(data: dict[str, Any], base: Path) -> Manifest:
+    """Parse the JSON object; raises ManifestError for another schema version or missing/bad fields."""
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ManifestError(
+            f"manifest schema version {version!r} is not supported",
+            hint=f"this provisioner reads version {SCHEMA_VERSION}; use the matching iot-stream-sim release",
+        )
+    try:
+        mqtt = data.get("mqtt")
+        stream = data.get("stream")
+        role = data.get("role")
+        policy = data.get("policy")
+        bucket = data.get("bucket")
+        return Manifest(
+            schema_version=version,
+            run_id=str(data["run_id"]),
+            created_at=str(data["created_at"]),
+            region=str(data["region"]),
+            account_id=str(data["account_id"]),
+            partition=str(data.get("partition") or "aws"),
+            aws_endpoint_url=data.get("aws_endpoint_url"),
+            mqtt=None
+            if mqtt is None
+            else MqttEndpoint(
+                host=str(mqtt["host"]),
+                port=int(mqtt["port"]),
+                ca_path=_path_in(mqtt.get("ca_path"), base),
+                plain_port=None if mqtt.get("plain_port") is None else int(mqtt["plain_port"]),
+            ),
+            certs_dir=_path_in(data.get("certs_dir"), base),
+            bucket=None
+            if bucket is None
+            else BucketRecord(
+                name=str(bucket["name"]), created=bool(bucket["created"]), object_prefix=str(bucket["object_prefix"])
+            ),
+            firmware=tuple(
+                FirmwareObject(
+                    file_id=int(f["file_id"]),
+                    bucket=str(f["bucket"]),
+                    key=str(f["key"]),
+                    version_id=f.get("version_id"),
+                    size=int(f["size"]),
+                    sha256=str(f["sha256"]),
+                    etag=str(f["etag"]),
+                    source=str(f.get("source", "")),
+                )
+                for f in data.get("firmware", [])
+            ),
+            role=None
+            if role is None
+            else RoleRecord(
+                name=str(role["name"]),
+                arn=str(role["arn"]),
+                created=bool(role["created"]),
+                inline_policy_name=role.get("inline_policy_name"),
+            ),
+            stream=None
+            if stream is None
+            else StreamRecord(
+                stream_id=str(stream["stream_id"]),
+                stream_arn=str(stream["stream_arn"]),
+                version=int(stream["version"]),
+                description=str(stream.get("description", "")),
+                role_arn=str(stream["role_arn"]),
+                files=tuple(
+                    StreamFileRecord(
+                        file_id=int(f["file_id"]),
+                        bucket=str(f["bucket"]),
+                        key=str(f["key"]),
+                        version_id=f.get("version_id"),
+                    )
+                    for f in stream.get("files", [])
+                ),
+            ),
+            policy=None
+            if policy is None
+            else PolicyRecord(name=str(policy["name"]), arn=str(policy["arn"]), created=bool(policy["created"])),
+            things=tuple(
+                ThingRecord(
+                    name=str(t["name"]),
+                    arn=t.get("arn"),
+                    certificate_id=t.get("certificate_id"),
+                    certificate_arn=t.get("certificate_arn"),
+                    cert_path=_path_in(t.get("cert_path"), base),
+                    key_path=_path_in(t.get("key_path"), base),
+                    policy_attached=bool(t.get("policy_attached", False)),
+                    principal_attached=bool(t.get("principal_attached", False)),
+                )
+                for t in data.get("things", [])
+            ),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ManifestError(f"manifest is malformed ({type(e).__name__}: {e})") from e
+
+
+def load_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Read a manifest; its relative paths come back absolute (relative to the manifest's directory)."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ManifestError(
+            f"manifest {p} does not exist", hint="pass the file `provisioner up --manifest` wrote"
+        ) from e
+    except (OSError, ValueError) as e:
+        raise ManifestError(f"cannot read manifest {p}: {e}") from e
+    if not isinstance(data, dict):
+        raise ManifestError(f"manifest {p} is not a JSON object")
+    return manifest_from_json(data, p.resolve().parent)
+
+
+def save_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> None:
+    """Write atomically: a reader (or a crash) never sees half a manifest."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(manifest_to_json(manifest, p.resolve().parent), indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ManifestStore:
+    """The manifest of the run in progress; ``update`` saves it after every step (not in dry-run mode)."""
+
+    def __init__(self, manifest: Manifest, path: Path | None, *, dry_run: bool = False) -> None:
+        self.manifest = manifest
+        self.path = path
+        self.dry_run = dry_run
+
+    def update(self, manifest: Manifest) -> Manifest:
+        self.manifest = manifest
+        if self.path is not None and not self.dry_run:
+            save_manifest(manifest, self.path)
+        return manifest
+
+    def change(self, **changes: Any) -> Manifest:
+        return self.update(replace(self.manifest, **changes))
+
+
+__all__ = [
+    "RUN_ID_KEY",
+    "RUN_ID_MARKER",
+    "SCHEMA_VERSION",
+    "BucketRecord",
+    "FirmwareObject",
+    "Manifest",
+    "ManifestStore",
+    "MqttEndpoint",
+    "PolicyRecord",
+    "RoleRecord",
+    "StreamFileRecord",
+    "StreamRecord",
+    "ThingRecord",
+    "load_manifest",
+    "new_run_id",
+    "save_manifest",
+]

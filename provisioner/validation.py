@@ -1,0 +1,159 @@
+"""Checks of user input against AWS's constraints (PROTOCOL.md section 1), made before any AWS call.
+
+Every function raises ``InputError`` with a message that names the bad value and says what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from device_sim.protocol.limits import MAX_FILE_ID, MAX_FILES_PER_STREAM, MIN_FILE_ID
+from device_sim.protocol.topics import valid_stream_id, valid_thing_name
+
+from .errors import InputError
+
+MAX_DESCRIPTION = 2028
+MIN_ROLE_ARN = 20
+MAX_ROLE_ARN = 2048
+MAX_TAG_KEY = 128
+MAX_TAG_VALUE = 256
+#: Run ids end up in S3 keys, IAM/IoT names, tag values and thing attributes: keep them to this alphabet.
+_RUN_ID = re.compile(r"[A-Za-z0-9-]{1,40}")
+_ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "KIB": 1024, "M": 1000**2, "MB": 1000**2, "MIB": 1024**2}
+_SIZE_UNITS |= {"G": 1000**3, "GB": 1000**3, "GIB": 1024**3}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StreamFileSpec:
+    """One ``files`` entry: fileId and the pinned S3 object."""
+
+    file_id: int
+    bucket: str
+    key: str
+    version_id: str | None
+
+
+def check_stream_id(stream_id: str) -> str:
+    if not valid_stream_id(stream_id):
+        raise InputError(
+            f"invalid stream id {stream_id!r}", hint="use 1-128 characters of a-z A-Z 0-9 _ - (e.g. fw-test)"
+        )
+    return stream_id
+
+
+def check_description(description: str) -> str:
+    if len(description) > MAX_DESCRIPTION:
+        raise InputError(
+            f"stream description has {len(description)} characters", hint=f"AWS allows at most {MAX_DESCRIPTION}"
+        )
+    bad = [c for c in description if unicodedata.category(c).startswith("C")]
+    if bad:
+        raise InputError(
+            f"stream description contains control/format characters {bad!r}",
+            hint="AWS rejects them ([^\\p{C}]); use printable text",
+        )
+    return description
+
+
+def check_file_ids(file_ids: Sequence[int]) -> None:
+    """1..50 files with unique ids in 0..255."""
+    if not file_ids:
+        raise InputError("a stream needs at least one file", hint="pass --file PATH or --generate SIZE")
+    if len(file_ids) > MAX_FILES_PER_STREAM:
+        raise InputError(f"{len(file_ids)} files given", hint=f"a stream holds at most {MAX_FILES_PER_STREAM} files")
+    for file_id in file_ids:
+        if not MIN_FILE_ID <= file_id <= MAX_FILE_ID:
+            raise InputError(f"file id {file_id} out of range", hint=f"use {MIN_FILE_ID}..{MAX_FILE_ID}")
+    dupes = sorted(i for i, n in Counter(file_ids).items() if n > 1)
+    if dupes:
+        raise InputError(f"duplicate file ids {dupes}", hint="every file of a stream needs its own fileId")
+
+
+def check_stream_files(files: Sequence[StreamFileSpec]) -> None:
+    check_file_ids([f.file_id for f in files])
+    for f in files:
+        check_bucket(f.bucket)
+        if not f.key:
+            raise InputError(f"file {f.file_id} has an empty S3 key")
+
+
+def check_role_arn(role_arn: str) -> str:
+    if not MIN_ROLE_ARN <= len(role_arn) <= MAX_ROLE_ARN or not _ROLE_ARN.fullmatch(role_arn):
+        raise InputError(
+            f"invalid role ARN {role_arn!r}",
+            hint="expected arn:aws:iam::<12-digit account>:role/<name> (20-2048 characters)",
+        )
+    return role_arn
+
+
+def role_name_from_arn(role_arn: str) -> str:
+    return check_role_arn(role_arn).rsplit("/", 1)[-1]
+
+
+def check_tags(tags: dict[str, str]) -> list[dict[str, str]]:
+    """The tags as AWS's ``[{"Key": ..., "Value": ...}]`` list, after checking their lengths."""
+    out = []
+    for key, value in tags.items():
+        if not 1 <= len(key) <= MAX_TAG_KEY or key.lower().startswith("aws:"):
+            raise InputError(f"invalid tag key {key!r}", hint=f"1-{MAX_TAG_KEY} characters, not starting with aws:")
+        if len(value) > MAX_TAG_VALUE:
+            raise InputError(f"tag {key!r} has a value of {len(value)} characters", hint=f"at most {MAX_TAG_VALUE}")
+        out.append({"Key": key, "Value": value})
+    return out
+
+
+def check_run_id(run_id: str) -> str:
+    if not _RUN_ID.fullmatch(run_id):
+        raise InputError(f"invalid run id {run_id!r}", hint="use 1-40 characters of A-Z a-z 0-9 -")
+    return run_id
+
+
+def check_bucket(bucket: str) -> str:
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise InputError(
+            f"invalid S3 bucket name {bucket!r}", hint="3-63 characters of a-z 0-9 . - starting with a letter/digit"
+        )
+    return bucket
+
+
+def check_thing_prefix(prefix: str, count: int) -> str:
+    if count < 0:
+        raise InputError(f"--things must not be negative, not {count}")
+    last = f"{prefix}-{max(count - 1, 0)}"
+    if not valid_thing_name(last) or len(last) > 128:
+        raise InputError(f"invalid thing name {last!r}", hint="use a prefix of a-z A-Z 0-9 : _ - (e.g. sim)")
+    return prefix
+
+
+def parse_size(text: str) -> int:
+    """``1MiB`` -> 1048576, ``512KiB`` -> 524288, ``1000000`` -> 1000000, ``1.5MB`` -> 1500000."""
+    match = _SIZE.fullmatch(text)
+    if not match:
+        raise InputError(f"invalid size {text!r}", hint="use a number with an optional unit: 1000000, 512KiB, 1MiB")
+    number, unit = match.group(1), (match.group(2) or "").upper()
+    size = int(float(number) * _SIZE_UNITS[unit])
+    if size <= 0:
+        raise InputError(f"size {text!r} is not positive")
+    return size
+
+
+def parse_host_port(text: str, *, default_port: int = 8883) -> tuple[str, int]:
+    """``host:port`` (or ``host`` with ``default_port``; ``[v6]:port`` for IPv6)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or "]" in port_text:
+        host, port_text = text, str(default_port)
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise InputError(f"invalid MQTT endpoint {text!r}", hint="use HOST:PORT, e.g. 127.0.0.1:8883") from None
+    if not host or not 0 < port < 65536:
+        raise InputError(f"invalid MQTT endpoint {text!r}", hint="use HOST:PORT, e.g. 127.0.0.1:8883")
+    return host, port
