@@ -30,6 +30,8 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from local_iot.moto_catalog import MotoCatalog
 from local_iot.streams_api import StreamsApi
 
+__all__ = ["DUMMY_CREDENTIALS", "ControlPlane", "ControlPlaneError", "MotoCatalog"]
+
 log = logging.getLogger(__name__)
 
 #: Credentials for talking to the emulator. moto accepts any; these are never valid on AWS.
