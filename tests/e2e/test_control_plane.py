@@ -27,6 +27,7 @@ from cryptography.x509.oid import NameOID
 from device_sim.protocol import ErrorCode
 from local_iot.catalog import CatalogError
 from local_iot.control_plane import ControlPlane, ControlPlaneError
+from local_iot.streams_backend import streams_backends
 
 pytestmark = pytest.mark.e2e
 
@@ -170,6 +171,18 @@ def test_update_bumps_the_version_and_keeps_what_is_omitted(cp: ControlPlane, io
     assert (info["description"], info["roleArn"], info["files"]) == ("v3", other_role, files(new, file_id=1))
     record = cp.catalog.get_stream(sid)
     assert record is not None and record.files[0].etag == new.etag
+
+
+def test_stream_version_stops_at_65535(cp: ControlPlane) -> None:
+    iot = cp.client("iot", region_name="eu-north-1")
+    iot.create_stream(streamId="old", files=GOOD_FILES, roleArn=ROLE)
+    backend = streams_backends[cp.account_id]["eu-north-1"]
+    for _ in range(65533):  # the same call the HTTP handler makes, without 65533 round trips
+        backend.update_stream("old", description="again")
+    assert iot.update_stream(streamId="old", description="last")["streamVersion"] == 65535
+    with pytest.raises(iot.exceptions.LimitExceededException):
+        iot.update_stream(streamId="old", description="one too many")
+    assert iot.describe_stream(streamId="old")["streamInfo"]["streamVersion"] == 65535
 
 
 def test_unknown_stream_is_resource_not_found(iot: Any) -> None:
