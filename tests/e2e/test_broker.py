@@ -11,8 +11,9 @@ import os
 import queue
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,6 +174,21 @@ def test_explicit_port_in_use_fails_fast_naming_the_port(tmp_path: Path) -> None
     assert not broker.running
 
 
+@pytest.mark.e2e
+def test_mosquitto_failing_at_start_fails_fast_with_its_log(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    config = BrokerConfig(
+        state_dir=tmp_path, ca_cert=missing / "ca.pem", server_cert=missing / "s.pem", server_key=missing / "s.key"
+    )
+    broker = MosquittoBroker(config)
+    started = time.monotonic()
+    with pytest.raises(BrokerStartError, match="exited with code") as err:
+        broker.start()
+    assert time.monotonic() - started < config.start_timeout / 2, "an exit is noticed at once, not at the deadline"
+    assert "Unable to load CA certificates" in err.value.log_tail
+    assert not broker.running
+
+
 def test_missing_binary_tells_how_to_install(tmp_path: Path) -> None:
     broker = MosquittoBroker(BrokerConfig(state_dir=tmp_path, mosquitto_path=str(tmp_path / "no-mosquitto")))
     with pytest.raises(MosquittoNotFoundError, match="not an executable"):
@@ -285,3 +301,115 @@ def test_device_cannot_publish_into_another_things_topics(
     assert device_b.until(data_topic("thing-b"), b"marker") == [
         Received(topic=data_topic("thing-b"), payload=b"marker")
     ]
+
+
+def _pump(
+    client: mqtt.Client,
+    done: Callable[[], bool],
+    what: str,
+    timeout: float = TIMEOUT,
+    detail: Callable[[], str] = lambda: "",
+) -> None:
+    """Run a thread-less paho client's network loop on this thread until ``done()``."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; {detail()}")
+        rc = client.loop(timeout=0.05)
+        assert rc == mqtt.MQTT_ERR_SUCCESS, f"network loop failed while waiting for {what}: {rc}"
+
+
+@pytest.mark.e2e
+def test_qos0_flood_reaches_a_stalled_subscriber_without_loss(broker: MosquittoBroker, clients: list[Client]) -> None:
+    """5000 x 4 KiB at QoS 0 while the subscriber reads nothing: mosquitto must queue all ~20 MB, not drop.
+
+    With mosquitto's default max_queued_messages (1000) most of these are silently dropped.
+    """
+    count, size = 5000, 4096
+    topic = data_topic("thing-flood")
+    end = b"end"
+    subscriber = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="flood-sub", protocol=mqtt.MQTTv311)
+    acks: list[str] = []
+    got: list[bytes] = []  # filled by callbacks that run on this thread (manual network loop)
+    subscriber.on_connect = lambda c, u, f, rc, p: acks.append(f"connack {rc}")
+    subscriber.on_subscribe = lambda c, u, mid, rcs, p: acks.append("suback")
+    subscriber.on_message = lambda c, u, msg: got.append(msg.payload)
+    subscriber.connect(broker.host, broker.mqtt_port, keepalive=60)
+    try:
+        _pump(subscriber, lambda: bool(acks), "CONNACK")
+        assert acks == ["connack Success"]
+        subscriber.subscribe(topic, 0)
+        _pump(subscriber, lambda: "suback" in acks, "SUBACK")
+
+        publisher = Client(broker, "flood-pub", nodelay=True)
+        clients.append(publisher)
+        filler = bytes(size - 4)
+        for i in range(count):
+            publisher.publish(topic, i.to_bytes(4, "big") + filler)
+        # The broker handles one connection's packets in order: once it acknowledges this QoS 1 publish, every
+        # QoS 0 message before it has been routed to the (stalled) subscriber's queue.
+        publisher.publish(topic, end, qos=1).wait_for_publish(timeout=30)
+
+        # If mosquitto dropped messages, it dropped this marker too: the wait then ends with the count received.
+        _pump(
+            subscriber,
+            lambda: bool(got) and got[-1] == end,
+            "the end marker",
+            timeout=30,
+            detail=lambda: f"received {len(got)} of {count} messages: mosquitto dropped the rest",
+        )
+    finally:
+        subscriber.disconnect()
+    indices = [int.from_bytes(p[:4], "big") for p in got[:-1]]
+    assert len(indices) == count, f"lost {count - len(indices)} of {count} messages"
+    assert indices == list(range(count))
+    assert all(len(p) == size for p in got[:-1])
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("endpoint", ["localhost", "127.0.0.1"])
+def test_awscrt_device_connects_over_mtls_and_receives_its_topic(
+    broker: MosquittoBroker, certs: dict[str, CertPaths], clients: list[Client], endpoint: str
+) -> None:
+    """The device transport (awscrt/s2n) accepts the server certificate and presents the device certificate."""
+    from awscrt import mqtt5
+    from awsiot import mqtt5_client_builder
+
+    events: queue.Queue[tuple[str, object]] = queue.Queue()
+    stopped = threading.Event()
+
+    def on_message(data: mqtt5.PublishReceivedData) -> None:
+        packet = data.publish_packet
+        events.put(("message", (packet.topic, bytes(packet.payload or b""))))
+
+    device = mqtt5_client_builder.mtls_from_path(
+        endpoint=endpoint,
+        port=broker.tls_port,
+        cert_filepath=str(certs["thing-a"].cert_path),
+        pri_key_filepath=str(certs["thing-a"].key_path),
+        ca_filepath=str(broker.ca_cert_path),
+        client_id=f"thing-a-crt-{endpoint}",
+        keep_alive_interval_sec=30,
+        on_publish_received=on_message,
+        on_lifecycle_connection_success=lambda data: events.put(("connected", None)),
+        on_lifecycle_connection_failure=lambda data: events.put(("failed", data.exception)),
+        on_lifecycle_stopped=lambda data: stopped.set(),
+    )
+    device.start()
+    try:
+        assert events.get(timeout=TIMEOUT) == ("connected", None)
+        own = data_topic("thing-a", stream="crt")
+        forbidden = data_topic("thing-b", stream="crt")
+        subscribe = mqtt5.SubscribePacket(
+            subscriptions=[mqtt5.Subscription(topic_filter=f, qos=mqtt5.QoS.AT_MOST_ONCE) for f in (forbidden, own)]
+        )
+        suback = device.subscribe(subscribe).result(TIMEOUT)
+        assert suback.reason_codes[1] == mqtt5.SubackReasonCode.GRANTED_QOS_0
+        service = Client(broker, f"service-crt-{endpoint}")
+        clients.append(service)
+        service.publish(forbidden, b"not-for-a")
+        service.publish(own, b"block")
+        assert events.get(timeout=TIMEOUT) == ("message", (own, b"block"))
+    finally:
+        device.stop()
+        assert stopped.wait(TIMEOUT)
