@@ -46,8 +46,11 @@ class StreamsApi:
         if handler is None or target is None:
             return self._app(environ, start_response)
         request = Request(environ)
-        backend = streams_backends[_account_id(environ)][target]
         try:
+            try:
+                backend = streams_backends[_account_id(environ)][target]
+            except KeyError as exc:
+                raise StreamApiError(ApiError.INVALID_REQUEST, f"unknown region {target!r}: use an AWS region") from exc
             body = handler(backend, request)
             response = _json_response(200, body)
         except StreamApiError as exc:
