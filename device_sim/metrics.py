@@ -44,6 +44,8 @@ __all__ = [
 
 #: A ``DeviceMetrics`` keeps at most this many progress samples (older ones are thinned out evenly).
 MAX_PROGRESS_SAMPLES = 100
+#: Wall times below this (a clock's resolution) give a throughput of 0 instead of a meaningless huge number.
+MIN_WALL_S = 1e-6
 #: Bytes in a megabyte for throughput figures (MB/s, decimal like network rates).
 MEGABYTE = 1_000_000
 
@@ -353,7 +355,7 @@ class FleetSummary:
     #: File bytes of verified devices only (goodput) and of all devices.
     bytes_verified: int = 0
     bytes_total: int = 0
-    #: ``bytes_verified / wall_s`` in MB/s (1 MB = 1e6 bytes); 0 when ``wall_s`` is 0.
+    #: ``bytes_verified / wall_s`` in MB/s (1 MB = 1e6 bytes); 0 when ``wall_s`` is (about) 0.
     throughput_mb_s: float = 0.0
     blocks: int = 0
     duplicates: int = 0
@@ -447,7 +449,7 @@ def aggregate(
         download_s=distribution(r.download_s for r in recs),
         bytes_verified=bytes_verified,
         bytes_total=sum(r.bytes for r in recs),
-        throughput_mb_s=bytes_verified / wall_s / MEGABYTE if wall_s > 0 else 0.0,
+        throughput_mb_s=bytes_verified / MEGABYTE / wall_s if wall_s >= MIN_WALL_S else 0.0,
         blocks=sum(r.blocks for r in recs),
         duplicates=sum(r.duplicates for r in recs),
         invalid_blocks=sum(r.invalid_blocks for r in recs),

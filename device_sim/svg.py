@@ -45,7 +45,7 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
         raise ValueError(f"tick range must be finite, got {lo}..{hi}")
     if hi < lo:
         lo, hi = hi, lo
-    if hi == lo:
+    if hi - lo <= 1e-300:  # one value (or a span floats cannot divide): centre it
         pad = abs(lo) * 0.5 or 1.0
         lo, hi = lo - pad, hi + pad
     raw = (hi - lo) / max(1, count)
@@ -53,7 +53,7 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
     first = math.floor(lo / step + 1e-9)
     last = math.ceil(hi / step - 1e-9)
-    return [round(k * step, 12) for k in range(first, last + 1)]
+    return [float(f"{k * step:.12g}") for k in range(first, last + 1)]  # no 0.30000000000000004 labels
 
 
 def histogram(values: Sequence[float], bins: int | None = None) -> list[tuple[float, float, int]]:
@@ -71,7 +71,8 @@ def histogram(values: Sequence[float], bins: int | None = None) -> list[tuple[fl
     counts = [0] * n_bins
     for v in values:
         counts[min(n_bins - 1, int((v - lo) / width))] += 1
-    return [(lo + k * width, lo + (k + 1) * width, c) for k, c in enumerate(counts)]
+    edges = [lo + k * width for k in range(n_bins)] + [hi]
+    return [(edges[k], edges[k + 1], c) for k, c in enumerate(counts)]
 
 
 class _Canvas:
