@@ -1,0 +1,146 @@
+"""MQTT5 driver: ``awscrt.mqtt5.Client`` built directly from ``ClientOptions``.
+
+Not through ``awsiot.mqtt5_client_builder``: the builder defaults to port 443 with ALPN, keepalive 1200 s and
+``AWS_IOT_CORE_DEFAULTS`` flow control, and has no plain-TCP variant; here every option is explicit. The session is
+clean and the offline queue fails everything on disconnect, so no stale request is replayed after a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+
+from awscrt import mqtt5  # type: ignore[import-untyped]
+from awscrt.io import ClientTlsContext  # type: ignore[import-untyped]
+
+from ._driver import CrtFuture, DriverHooks, make_post
+from .crt import CrtResources, socket_options
+from .errors import BrokerRefusal, SubscribeRejected
+from .settings import FlowControl, QoS, TransportSettings
+
+#: AWS IoT accepts at most 8 topic filters per SUBSCRIBE.
+_FILTERS_PER_SUBSCRIBE = 8
+_FLOW_CONTROL = {
+    FlowControl.AWS: mqtt5.ExtendedValidationAndFlowControlOptions.AWS_IOT_CORE_DEFAULTS,
+    FlowControl.NONE: mqtt5.ExtendedValidationAndFlowControlOptions.NONE,
+}
+
+
+class Mqtt5Driver:
+    def __init__(
+        self,
+        settings: TransportSettings,
+        resources: CrtResources,
+        tls_ctx: ClientTlsContext | None,
+        hooks: DriverHooks,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._hooks = hooks
+        self._post = make_post(loop)
+        self._stopping = False
+        keepalive_ms = settings.keepalive_s * 1000
+        options = mqtt5.ClientOptions(
+            host_name=settings.endpoint,
+            port=settings.resolved_port,
+            bootstrap=resources.bootstrap,
+            socket_options=socket_options(settings),
+            tls_ctx=tls_ctx,
+            connect_options=mqtt5.ConnectPacket(
+                client_id=settings.client_id, keep_alive_interval_sec=settings.keepalive_s
+            ),
+            session_behavior=mqtt5.ClientSessionBehaviorType.CLEAN,
+            extended_validation_and_flow_control_options=_FLOW_CONTROL[settings.flow_control],
+            offline_queue_behavior=mqtt5.ClientOperationQueueBehaviorType.FAIL_ALL_ON_DISCONNECT,
+            retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.FULL,
+            min_reconnect_delay_ms=int(settings.reconnect_min_s * 1000),
+            max_reconnect_delay_ms=int(settings.reconnect_max_s * 1000),
+            ping_timeout_ms=min(3000, keepalive_ms // 2),
+            connack_timeout_ms=max(1, int(settings.connect_timeout_s * 1000)),
+            ack_timeout_sec=max(1, math.ceil(settings.operation_timeout_s)),
+            on_publish_callback_fn=self._crt_publish,
+            on_lifecycle_event_connection_success_fn=self._crt_success,
+            on_lifecycle_event_connection_failure_fn=self._crt_failure,
+            on_lifecycle_event_disconnection_fn=self._crt_disconnection,
+            on_lifecycle_event_stopped_fn=self._crt_stopped,
+            disable_metrics=not settings.metrics,
+        )
+        self._client = mqtt5.Client(options)
+
+    # -- CRT threads: post and nothing else
+
+    def _crt_publish(self, data: mqtt5.PublishReceivedData) -> None:
+        packet = data.publish_packet
+        self._post(self._hooks.message, packet.topic, packet.payload)
+
+    def _crt_success(self, data: mqtt5.LifecycleConnectSuccessData) -> None:
+        self._post(self._on_success, data)
+
+    def _crt_failure(self, data: mqtt5.LifecycleConnectFailureData) -> None:
+        self._post(self._on_failure, data)
+
+    def _crt_disconnection(self, data: mqtt5.LifecycleDisconnectData) -> None:
+        self._post(self._hooks.interrupted, data.exception)
+
+    def _crt_stopped(self, data: mqtt5.LifecycleStoppedData) -> None:
+        self._post(self._hooks.stopped)
+
+    # -- event loop
+
+    def _on_success(self, data: mqtt5.LifecycleConnectSuccessData) -> None:
+        settings = data.negotiated_settings
+        self._hooks.connected(bool(settings.rejoined_session) if settings is not None else False)
+
+    def _on_failure(self, data: mqtt5.LifecycleConnectFailureData) -> None:
+        error: BaseException = data.exception
+        connack = data.connack_packet
+        if connack is not None and connack.reason_code is not None and int(connack.reason_code) >= 0x80:
+            refusal = BrokerRefusal(
+                getattr(connack.reason_code, "name", str(connack.reason_code)), int(connack.reason_code)
+            )
+            refusal.__cause__ = error
+            error = refusal
+        self._hooks.connect_failed(error)
+
+    def start(self) -> None:
+        self._client.start()
+
+    def subscribe(self, filters: Sequence[str], qos: QoS) -> list[CrtFuture]:
+        crt_qos = mqtt5.QoS(int(qos))
+        return [
+            self._client.subscribe(
+                mqtt5.SubscribePacket(subscriptions=[mqtt5.Subscription(topic_filter=f, qos=crt_qos) for f in chunk])
+            )
+            for chunk in (
+                filters[i : i + _FILTERS_PER_SUBSCRIBE] for i in range(0, len(filters), _FILTERS_PER_SUBSCRIBE)
+            )
+        ]
+
+    def suback_codes(self, filters: Sequence[str], results: Sequence[object]) -> list[int]:
+        codes: list[int] = []
+        for result in results:
+            if isinstance(result, SubscribeRejected):
+                codes.extend(result.rejected.values())
+            elif isinstance(result, mqtt5.SubackPacket):
+                codes.extend(int(code) for code in result.reason_codes)
+        if len(codes) != len(filters):
+            raise ValueError(f"SUBACK carried {len(codes)} codes for {len(filters)} filters")
+        return codes
+
+    def publish(self, topic: str, payload: bytes, qos: QoS) -> CrtFuture:
+        future: CrtFuture = self._client.publish(
+            mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS(int(qos)))
+        )
+        return future
+
+    def puback_failure(self, result: object) -> tuple[str, int] | None:
+        puback = getattr(result, "puback", None)
+        code = getattr(puback, "reason_code", None)
+        if code is None or int(code) < 0x80:
+            return None
+        return getattr(code, "name", str(code)), int(code)
+
+    def stop(self) -> None:
+        if not self._stopping:
+            self._stopping = True
+            self._client.stop()
