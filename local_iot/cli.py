@@ -1,11 +1,140 @@
-"""``local-iot``: the offline stand-in for AWS IoT Core."""
+"""``local-iot``: the offline stand-in for AWS IoT Core (``local-iot up``)."""
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
 import click
+
+from .broker import BrokerError
+from .control_plane import ControlPlaneError
+from .faults import FaultSpecError, parse_faults
+from .quotas import QuotaSpecError, parse_quotas
+from .runner import INFO_FILE, LocalIot, LocalIotError, LocalIotSettings
+from .service_mqtt import ServiceError
+
+
+class LocalIotCliError(click.ClickException):
+    exit_code = 3
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="iot-stream-sim")
-def main() -> None:
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
     """An offline AWS IoT Core for streams: mosquitto with mutual TLS, moto, and a stream service."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _check_spec(parse, value: str | None, param: str) -> str | None:  # type: ignore[no-untyped-def]
+    try:
+        parse(value)
+    except (FaultSpecError, QuotaSpecError) as exc:
+        raise click.BadParameter(str(exc), param_hint=param) from None
+    return value
+
+
+@main.command("up")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".local-iot"),
+    show_default=True,
+    help="Where the CA, certificates, broker files and local-iot.json go.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address every listener binds to.")
+@click.option(
+    "--mqtt-port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Plain MQTT port (0: a free port)."
+)
+@click.option(
+    "--tls-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Mutual-TLS MQTT port (0: a free port).",
+)
+@click.option(
+    "--aws-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Control-plane HTTP port for AWS_ENDPOINT_URL (0: a free port).",
+)
+@click.option("--region", default="us-east-1", show_default=True)
+@click.option(
+    "--latency-ms",
+    type=click.FloatRange(0, 60000),
+    default=0.0,
+    show_default=True,
+    help="Delay added to every answer (a WAN round trip).",
+)
+@click.option(
+    "--quotas",
+    default="none",
+    show_default=True,
+    help="'none', or 'aws' for AWS's per-connection limits (100 publishes/s, 512 KiB/s).",
+)
+@click.option("--faults", default=None, help="Fault spec, e.g. 'drop=0.1,dup=0.05,reorder=0.1' (see README).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for fault injection.")
+def up(
+    state_dir: Path,
+    host: str,
+    mqtt_port: int,
+    tls_port: int,
+    aws_port: int,
+    region: str,
+    latency_ms: float,
+    quotas: str,
+    faults: str | None,
+    seed: int,
+) -> None:
+    """Start everything, write STATE_DIR/local-iot.json, and run until Ctrl-C or SIGTERM."""
+    _check_spec(parse_quotas, quotas, "--quotas")
+    _check_spec(parse_faults, faults, "--faults")
+    settings = LocalIotSettings(
+        state_dir=state_dir,
+        host=host,
+        mqtt_port=mqtt_port,
+        tls_port=tls_port,
+        aws_port=aws_port,
+        region=region,
+        latency_ms=latency_ms,
+        quotas=quotas,
+        faults=faults,
+        seed=seed,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            iot = LocalIot(settings).start()
+        except (LocalIotError, BrokerError, ControlPlaneError, ServiceError, OSError) as exc:
+            raise LocalIotCliError(f"local_iot could not start: {exc}") from exc
+        try:
+            info = iot.info
+            click.echo(f"local_iot is up (state in {info['state_dir']})")
+            click.echo(f"  MQTT plain     {info['mqtt_host']}:{info['mqtt_port']}")
+            click.echo(f"  MQTT mutual TLS {info['mqtt_host']}:{info['tls_port']}  (CA {info['ca_cert']})")
+            click.echo(f"  AWS endpoint   {info['aws_endpoint_url']}  (region {info['region']})")
+            click.echo(f"  latency {latency_ms} ms, quotas {quotas}, faults {faults or 'none'}, seed {seed}")
+            click.echo(f"  written: {Path(info['state_dir']) / INFO_FILE}")
+            click.echo("# use it from another shell (dummy credentials; never your real ones):")
+            for key, value in iot.environment().items():
+                click.echo(f"export {key}={value}")
+            click.echo("# Ctrl-C to stop", err=True)
+            stop.wait()
+        finally:
+            iot.stop()
+            click.echo("local_iot stopped", err=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,1 @@
+pytest_plugins = ["local_iot.pytest_plugin"]

@@ -1,0 +1,155 @@
+"""The assembled emulator: boto3 control plane + a raw MQTT client over mutual TLS (not our device code)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import signal
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import cbor2
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from local_iot.runner import INFO_FILE, LocalIot
+
+pytestmark = pytest.mark.e2e
+
+ROLE_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "iot.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+}
+
+
+def make_stream(iot: LocalIot, stream_id: str, data: bytes) -> None:
+    s3, iam, control = iot.client("s3"), iot.client("iam"), iot.client("iot")
+    bucket = f"bkt-{stream_id}".lower().replace("_", "-")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    version = s3.put_object(Bucket=bucket, Key="fw.bin", Body=data)["VersionId"]
+    role = iam.create_role(RoleName=f"role-{stream_id}", AssumeRolePolicyDocument=json.dumps(ROLE_TRUST))["Role"]
+    iam.put_role_policy(
+        RoleName=f"role-{stream_id}",
+        PolicyName="read",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+                        "Resource": f"arn:aws:s3:::{bucket}/fw.bin",
+                    }
+                ],
+            }
+        ),
+    )
+    answer = control.create_stream(
+        streamId=stream_id,
+        files=[{"fileId": 0, "s3Location": {"bucket": bucket, "key": "fw.bin", "version": version}}],
+        roleArn=role["Arn"],
+    )
+    assert answer["streamVersion"] == 1
+
+
+def tls_client(iot: LocalIot, thing: str, directory: Path) -> tuple[mqtt.Client, queue.Queue[tuple[str, bytes]]]:
+    paths = iot.issue_device(thing, directory)
+    assert os.stat(paths.key_path).st_mode & 0o777 == 0o600
+    inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    connected: queue.Queue[object] = queue.Queue()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=thing)
+    client.tls_set(
+        ca_certs=iot.info["ca_cert"],
+        certfile=str(paths.cert_path),
+        keyfile=str(paths.key_path),
+        tls_version=ssl.PROTOCOL_TLS_CLIENT,
+    )
+    client.on_message = lambda c, u, msg: inbox.put((msg.topic, msg.payload))
+    client.on_connect = lambda c, u, f, rc, p: connected.put(rc)
+    client.on_subscribe = lambda c, u, mid, rcs, p: connected.put(("sub", rcs))
+    client.connect("localhost", iot.info["tls_port"])
+    client.loop_start()
+    assert not connected.get(timeout=10).is_failure
+    prefix = f"$aws/things/{thing}/streams/+/"
+    client.subscribe([(prefix + "description/cbor", 0), (prefix + "data/cbor", 0), (prefix + "rejected/cbor", 0)])
+    assert connected.get(timeout=10)[0] == "sub"
+    return client, inbox
+
+
+def test_stream_download_over_mutual_tls(local_iot: LocalIot, tmp_path: Path) -> None:
+    data = os.urandom(10_000)
+    make_stream(local_iot, "lio_e2e", data)
+    client, inbox = tls_client(local_iot, "lio-thing", tmp_path)
+    try:
+        base = "$aws/things/lio-thing/streams/lio_e2e/"
+        client.publish(base + "describe/cbor", cbor2.dumps({"c": "t1"}))
+        topic, payload = inbox.get(timeout=10)
+        assert topic == base + "description/cbor"
+        desc = cbor2.loads(payload)
+        assert desc["c"] == "t1" and desc["s"] == 1 and desc["r"] == [{"f": 0, "z": len(data)}]
+        client.publish(base + "get/cbor", cbor2.dumps({"f": 0, "l": 4096, "o": 0, "n": 3}))
+        blocks = {}
+        for _ in range(3):
+            topic, payload = inbox.get(timeout=10)
+            assert topic == base + "data/cbor"
+            block = cbor2.loads(payload)
+            blocks[block["i"]] = block["p"]
+        assert b"".join(blocks[i] for i in range(3)) == data
+        # A bitmap bit past the end of the file is rejected exactly like the emulator rule says.
+        client.publish(base + "get/cbor", cbor2.dumps({"c": "x", "f": 0, "l": 4096, "o": 0, "b": b"\x08"}))
+        topic, payload = inbox.get(timeout=10)
+        rejection = cbor2.loads(payload)
+        assert topic == base + "rejected/cbor"
+        assert rejection["o"] == rejection["code"] == "InvalidRequest"
+        assert rejection["c"] == "x"
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_local_iot_up_command(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "local_iot", "up", "--state-dir", str(state), "--latency-ms", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:  # blocks until the command prints; ends if it dies
+            lines.append(line)
+            if line.startswith("export AWS_REGION"):
+                break
+        text = "".join(lines)
+        assert "export AWS_ENDPOINT_URL=http://127.0.0.1:" in text, text + proc.stderr.read()
+        info = json.loads((state / INFO_FILE).read_text())
+        assert info["latency_ms"] == 5 and info["tls_port"] and info["mqtt_port"] != 1883
+        broker_pid = info["broker_pid"]
+        os.kill(broker_pid, 0)  # the broker runs
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert not (state / INFO_FILE).exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(broker_pid, 0)
+
+
+def test_local_iot_up_rejects_bad_faults(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "local_iot", "up", "--state-dir", str(tmp_path), "--faults", "explode=1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "--faults" in proc.stderr
+    assert not (tmp_path / INFO_FILE).exists()
