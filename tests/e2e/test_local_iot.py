@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
@@ -136,7 +135,7 @@ def test_local_iot_up_command(tmp_path: Path) -> None:
         os.kill(broker_pid, 0)  # the broker runs
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert not (state / INFO_FILE).exists()
     with pytest.raises(ProcessLookupError):
