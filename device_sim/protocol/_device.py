@@ -18,6 +18,7 @@ import binascii
 from collections.abc import Mapping
 
 from ._wire import (
+    BREAK,
     FIELD_NAMES,
     KEY_BITMAP,
     KEY_BLOCK_INDEX,
@@ -37,6 +38,7 @@ from ._wire import (
     LONG_MESSAGE,
     LONG_TOKEN,
     MalformedPayload,
+    cbor_data_prefix,
     cbor_head,
     cbor_int,
     cbor_text,
@@ -44,6 +46,7 @@ from ._wire import (
     json_bytes,
     kind_of,
     load_document,
+    load_first_cbor_item,
     show_int,
 )
 from .bitmap import bitmap_to_hex
@@ -165,6 +168,47 @@ def decode_answer(operation: Operation, payload: bytes, fmt: Format) -> Answer:
 
 
 def decode_data_block(payload: bytes, fmt: Format) -> DataBlock:
+    """Device side fast path for ``data/<fmt>``; raises RemoteProtocolError (also when ``l`` != payload length).
+
+    A CBOR message laid out exactly as AWS sends it (``bf [c] f i l p ff``, minimal heads) is decoded with
+    ``cbor2.loads`` and accepted once its bytes are shown to be exactly that layout (so no trailing bytes);
+    anything else goes through the general decoder, which also explains what is wrong.
+    """
+    if fmt is Format.CBOR and type(payload) is bytes and payload[-1:] == BREAK:
+        block = _aws_layout_block(payload)
+        if block is not None:
+            return block
+    return decode_data_block_general(payload, fmt)
+
+
+def _aws_layout_block(payload: bytes) -> DataBlock | None:
+    try:
+        doc = load_first_cbor_item(payload)
+    except MalformedPayload:
+        return None
+    if type(doc) is not dict:
+        return None
+    token, file_id, index, length, data = doc.get("c"), doc.get("f"), doc.get("i"), doc.get("l"), doc.get("p")
+    if not (
+        type(file_id) is int
+        and type(index) is int
+        and type(length) is int
+        and type(data) is bytes
+        and (token is None or type(token) is str)
+        and len(doc) == (4 if token is None else 5)
+        and 0 <= file_id <= MAX_FILE_ID
+        and index >= 0
+        and length == len(data) <= MAX_BLOCK_SIZE
+    ):
+        return None
+    prefix = cbor_data_prefix(token, file_id, index, length, length)
+    if len(payload) != len(prefix) + length + 1 or not payload.startswith(prefix):
+        return None
+    return DataBlock(client_token=token, file_id=file_id, block_index=index, block_length=length, payload=data)
+
+
+def decode_data_block_general(payload: bytes, fmt: Format) -> DataBlock:
+    """The full decoder (cbor2/json) that also explains what is wrong; the reference for ``_fast_data``."""
     doc = _load(payload, fmt, Operation.DATA)
     token = _optional_text(doc, fmt, KEY_TOKEN)
     file_id = _int(doc, KEY_FILE_ID, MIN_FILE_ID, MAX_FILE_ID)
@@ -224,6 +268,9 @@ def _payload(doc: Mapping[object, object], fmt: Format) -> bytes:
         return value
     if type(value) is not str:
         raise RemoteProtocolError(f"the payload p is {kind_of(value)}, not a Base64 string")
+    # b64decode(validate=True) checks the alphabet but tolerates surplus padding ("YWJj=", "YWJj====").
+    if len(value) % 4 or value.endswith("==="):
+        raise RemoteProtocolError("the payload p is not standard Base64 with padding")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:

@@ -33,6 +33,7 @@ from ._wire import (
     KEY_TOKEN,
     KEY_VERSION,
     MalformedPayload,
+    cbor_data_prefix,
     cbor_head,
     cbor_int,
     cbor_text,
@@ -200,17 +201,12 @@ def _bitmap(value: object, fmt: Format, reject: Callable[[ErrorCode, str], Reque
 
 def encode_answer(answer: DataBlock | StreamDescription | Rejection, fmt: Format) -> bytes:
     """Encode an answer. Only types are checked: the emulator may inject odd values (wrong ids, lengths)."""
-    try:
-        if isinstance(answer, DataBlock):
-            return _data(
-                fmt, answer.client_token, answer.file_id, answer.block_index, answer.block_length, answer.payload
-            )
-        if isinstance(answer, StreamDescription):
-            return _description(answer, fmt)
-        if isinstance(answer, Rejection):
-            return _rejection(answer, fmt)
-    except UnicodeEncodeError as exc:
-        raise LocalProtocolError("a text field is not valid Unicode (lone surrogate)") from exc
+    if isinstance(answer, DataBlock):
+        return _data(fmt, answer.client_token, answer.file_id, answer.block_index, answer.block_length, answer.payload)
+    if isinstance(answer, StreamDescription):
+        return _description(answer, fmt)
+    if isinstance(answer, Rejection):
+        return _rejection(answer, fmt)
     raise LocalProtocolError(
         f"cannot encode {type(answer).__name__} as an answer", hint="pass a DataBlock, StreamDescription or Rejection"
     )
@@ -219,17 +215,15 @@ def encode_answer(answer: DataBlock | StreamDescription | Rejection, fmt: Format
 def encode_data_block(
     fmt: Format, file_id: int, block_index: int, payload: bytes, client_token: str | None = None
 ) -> bytes:
-    try:
-        return _data(fmt, client_token, file_id, block_index, len(payload), payload)
-    except UnicodeEncodeError as exc:
-        raise LocalProtocolError("the client token is not valid Unicode (lone surrogate)") from exc
+    """Service side fast path for one data message (the emulator's hot loop); ``l`` is the payload's length.
+
+    CBOR: an indefinite-length map ``c?, f, i, l, p`` assembled by hand; JSON: compact text with Base64.
+    """
+    return _data(fmt, client_token, file_id, block_index, None, payload)
 
 
 _C = cbor_text("c")
 _F = cbor_text("f")
-_I = cbor_text("i")
-_L = cbor_text("l")
-_P = cbor_text("p")
 
 
 def _check_int(value: object, name: str) -> int:
@@ -241,32 +235,30 @@ def _check_int(value: object, name: str) -> int:
 def _check_text(value: object, name: str) -> str:
     if type(value) is not str:
         raise LocalProtocolError(f"{name} must be a str, got {kind_of(value)}")
+    if not is_unicode(value):
+        raise LocalProtocolError(f"{name} is not valid Unicode (lone surrogate)")
     return value
 
 
-def _data(fmt: Format, token: str | None, file_id: int, block_index: int, block_length: int, payload: bytes) -> bytes:
-    """The data message, keys ``c?, f, i, l, p``: CBOR as an indefinite-length map, JSON with Base64."""
-    if type(file_id) is not int or type(block_index) is not int or type(block_length) is not int:
-        raise LocalProtocolError("file id, block index and block length must be ints")
+def _data(
+    fmt: Format,
+    token: str | None,
+    file_id: int,
+    block_index: int,
+    block_length: int | None,
+    payload: bytes | bytearray | memoryview,
+) -> bytes:
+    """The data message; ``block_length`` None means the payload's length."""
     if not isinstance(payload, bytes | bytearray | memoryview):
         raise LocalProtocolError(f"the payload must be bytes, got {kind_of(payload)}")
+    size = payload.nbytes if isinstance(payload, memoryview) else len(payload)
+    if block_length is None:
+        block_length = size
+    if type(file_id) is not int or type(block_index) is not int or type(block_length) is not int:
+        raise LocalProtocolError("file id, block index and block length must be ints")
     if fmt is Format.CBOR:
-        return b"".join(
-            (
-                BEGIN_MAP,
-                b"" if token is None else _C + cbor_text(_check_text(token, "client token")),
-                _F,
-                cbor_int(file_id),
-                _I,
-                cbor_int(block_index),
-                _L,
-                cbor_int(block_length),
-                _P,
-                cbor_head(2, len(payload)),
-                payload,
-                BREAK,
-            )
-        )
+        token = None if token is None else _check_text(token, "client token")
+        return b"".join((cbor_data_prefix(token, file_id, block_index, block_length, size), payload, BREAK))
     head = b"{" if token is None else b'{"c":' + json_bytes(_check_text(token, "client token")) + b","
     return b"".join(
         (head, b'"f":%d,"i":%d,"l":%d,"p":"' % (file_id, block_index, block_length), base64.b64encode(payload), b'"}')

@@ -98,6 +98,15 @@ def _load_cbor(payload: bytes) -> object:
     return value
 
 
+def load_first_cbor_item(payload: bytes) -> object:
+    """The first CBOR item of the payload, via ``cbor2.loads`` (about twice as fast as a CBORDecoder on a stream,
+    but it ignores trailing bytes). Only for callers that then prove the item spans the whole payload."""
+    try:
+        return cbor2.loads(payload, max_depth=_MAX_CBOR_DEPTH)
+    except Exception as exc:  # the same boundary as _load_cbor
+        raise MalformedPayload(f"not valid CBOR ({exc})") from exc
+
+
 def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -150,7 +159,7 @@ def kind_of(value: object) -> str:
 
 def show_int(value: int) -> str:
     """An integer for an error message; huge ones are not spelled out."""
-    return str(value) if -(10**12) < value < 10**12 else ("a huge negative number" if value < 0 else "a huge number")
+    return str(value) if -(10**12) < value < 10**12 else ("-huge" if value < 0 else "huge")
 
 
 # --------------------------------------------------------------------------------------------- CBOR emitting
@@ -196,6 +205,24 @@ def cbor_key(key: str) -> bytes:
 
 BEGIN_MAP: Final = b"\xbf"  # indefinite-length map
 BREAK: Final = b"\xff"
+_START_F: Final = BEGIN_MAP + cbor_text("f")
+_START_C: Final = BEGIN_MAP + cbor_text("c")
+_F: Final = cbor_text("f")
+_I: Final = cbor_text("i")
+_L: Final = cbor_text("l")
+_P: Final = cbor_text("p")
+
+
+def cbor_data_prefix(token: str | None, file_id: int, block_index: int, block_length: int, size: int) -> bytes:
+    """Everything of a data message before the payload bytes, as AWS lays it out: ``bf [c] f i l p <head>``.
+
+    The message is this prefix, the ``size`` payload bytes and BREAK. Raises UnicodeEncodeError for a token with
+    lone surrogates.
+    """
+    start = _START_F if token is None else _START_C + cbor_text(token) + _F
+    return b"".join(
+        (start, cbor_int(file_id), _I, cbor_int(block_index), _L, cbor_int(block_length), _P, cbor_head(2, size))
+    )
 
 
 def json_bytes(value: object) -> bytes:

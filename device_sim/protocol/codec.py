@@ -12,7 +12,7 @@ translation of cbor2/json exceptions happen in one place, ``_wire.load_document`
 from __future__ import annotations
 
 from . import _device, _service
-from .messages import Answer, DataBlock, Request
+from .messages import Answer, Request
 from .topics import Format, Operation
 
 __all__ = [
@@ -46,18 +46,13 @@ def encode_answer(answer: Answer, fmt: Format) -> bytes:
     return _service.encode_answer(answer, fmt)
 
 
-def encode_data_block(
-    fmt: Format, file_id: int, block_index: int, payload: bytes, client_token: str | None = None
-) -> bytes:
-    """Service side fast path for one data message (the hot loop of the emulator); ``l`` is ``len(payload)``."""
-    return _service.encode_data_block(fmt, file_id, block_index, payload, client_token)
-
-
 def decode_answer(operation: Operation, payload: bytes, fmt: Format) -> Answer:
     """Device side: parse ``description``/``data``/``rejected``; raises RemoteProtocolError."""
     return _device.decode_answer(operation, payload, fmt)
 
 
-def decode_data_block(payload: bytes, fmt: Format) -> DataBlock:
-    """Device side fast path for ``data/<fmt>``; a block whose ``l`` differs from its payload length is malformed."""
-    return _device.decode_data_block(payload, fmt)
+# The two hot paths are the implementations themselves, without a wrapper call:
+# encode_data_block(fmt, file_id, block_index, payload, client_token=None) -> bytes   (service, the emulator's loop)
+# decode_data_block(payload, fmt) -> DataBlock   (device; a block whose l differs from its payload is malformed)
+encode_data_block = _service.encode_data_block
+decode_data_block = _device.decode_data_block
