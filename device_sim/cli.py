@@ -13,3 +13,7 @@ def main() -> None:
 from .decode import decode_command  # noqa: E402  (commands register after the group is defined)
 
 main.add_command(decode_command, "decode")
+
+from .cli_download import download_command  # noqa: E402
+
+main.add_command(download_command, "download")

@@ -18,43 +18,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from local_iot.runner import INFO_FILE, LocalIot
 
+from .streams import make_stream
+
 pytestmark = pytest.mark.e2e
-
-ROLE_TRUST = {
-    "Version": "2012-10-17",
-    "Statement": [{"Effect": "Allow", "Principal": {"Service": "iot.amazonaws.com"}, "Action": "sts:AssumeRole"}],
-}
-
-
-def make_stream(iot: LocalIot, stream_id: str, data: bytes) -> None:
-    s3, iam, control = iot.client("s3"), iot.client("iam"), iot.client("iot")
-    bucket = f"bkt-{stream_id}".lower().replace("_", "-")
-    s3.create_bucket(Bucket=bucket)
-    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    version = s3.put_object(Bucket=bucket, Key="fw.bin", Body=data)["VersionId"]
-    role = iam.create_role(RoleName=f"role-{stream_id}", AssumeRolePolicyDocument=json.dumps(ROLE_TRUST))["Role"]
-    iam.put_role_policy(
-        RoleName=f"role-{stream_id}",
-        PolicyName="read",
-        PolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Action": ["s3:GetObject", "s3:GetObjectVersion"],
-                        "Resource": f"arn:aws:s3:::{bucket}/fw.bin",
-                    }
-                ],
-            }
-        ),
-    )
-    answer = control.create_stream(
-        streamId=stream_id,
-        files=[{"fileId": 0, "s3Location": {"bucket": bucket, "key": "fw.bin", "version": version}}],
-        roleArn=role["Arn"],
-    )
-    assert answer["streamVersion"] == 1
 
 
 def tls_client(iot: LocalIot, thing: str, directory: Path) -> tuple[mqtt.Client, queue.Queue[tuple[str, bytes]]]:
