@@ -8,7 +8,10 @@ sans-IO core plus quotas, faults and latency) and publishes the answers at QoS 0
 right there, unless earlier answers are still waiting; answers due later (latency, quota pacing, fault delays)
 go on a heap that a scheduler thread publishes when due, so answers to a request keep their order. The fault
 ``disconnect`` kicks a device by connecting a short-lived client with the device's client id (= its thing name,
-as the AWS policy requires): the broker then drops the older connection. ``ready`` is set after the SUBACK.
+as the AWS policy requires): the broker then drops the older connection. So that the device first gets the blocks
+sent before the fault, the service publishes a *fence* on its own topic (subscribed without No Local) and kicks
+when the fence comes back: the broker handles one connection's publishes in order, so by then it has forwarded
+the blocks. ``ready`` is set after the SUBACK.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from .catalog import Catalog
 from .faults import FaultSpec, parse_faults
 from .quotas import QuotaSettings, parse_quotas
 from .service import Outgoing
-from .service_pipeline import Action, DisconnectClient, PipelineStats, ServicePipeline, ServiceSettings
+from .service_pipeline import Action, PipelineStats, ServicePipeline, ServiceSettings
 
 __all__ = ["SERVICE_FILTER", "ServiceError", "ServiceStartError", "StreamService"]
 
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 
 #: The one subscription of the service: requests and malformed stream topics alike.
 SERVICE_FILTER = "$aws/things/+/streams/+/#"
+FENCE_PREFIX = "local-iot/stream-service/"
 DEFAULT_CLIENT_ID = "local-iot-stream-service"
 
 
@@ -102,7 +106,7 @@ class StreamService:
         self._scheduler: threading.Thread | None = None
         self._kickers: list[threading.Thread] = []
         self._published = 0
-        self._last_info: mqtt.MQTTMessageInfo | None = None  # the latest publish (guarded by _cond)
+        self._fence = f"{FENCE_PREFIX}{client_id}/fence/"
         self._started = False
 
     # -- lifecycle --------------------------------------------------------------------------------------------
@@ -178,7 +182,12 @@ class StreamService:
             self._failed = f"CONNACK {reason}"
             self._ready.set()
             return
-        client.subscribe([(SERVICE_FILTER, SubscribeOptions(qos=0, noLocal=True))])
+        client.subscribe(
+            [
+                (SERVICE_FILTER, SubscribeOptions(qos=0, noLocal=True)),
+                (self._fence + "+", SubscribeOptions(qos=0, noLocal=False)),
+            ]
+        )
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
@@ -195,7 +204,12 @@ class StreamService:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         now = time.monotonic()
-        actions = self._pipeline.receive(message.topic, message.payload, now)
+        topic = message.topic
+        if topic.startswith(self._fence):
+            self._kick(topic[len(self._fence) :])
+            return
+        payload = message.payload
+        actions = self._pipeline.receive(topic, payload if type(payload) is bytes else bytes(payload), now)
         if actions:
             self._dispatch(actions, now)
 
@@ -207,10 +221,10 @@ class StreamService:
                 publish = self._client.publish
                 for action in actions:
                     if isinstance(action, Outgoing):
-                        self._last_info = publish(action.topic, action.payload, 0)
+                        publish(action.topic, action.payload, 0)
                         self._published += 1
                     else:
-                        self._kick(action)
+                        publish(self._fence + action.thing_name, b"", 0)
                 return
             for action in actions:
                 heapq.heappush(self._heap, (action.due, next(self._seq), action))
@@ -229,29 +243,22 @@ class StreamService:
                 while self._heap and self._heap[0][0] <= time.monotonic():
                     action = heapq.heappop(self._heap)[2]
                     if isinstance(action, Outgoing):
-                        self._last_info = self._client.publish(action.topic, action.payload, 0)
+                        self._client.publish(action.topic, action.payload, 0)
                         self._published += 1
                     else:
-                        self._kick(action)
+                        self._client.publish(self._fence + action.thing_name, b"", 0)
 
-    def _kick(self, action: DisconnectClient) -> None:
-        args = (action.thing_name, self._last_info)
-        thread = threading.Thread(target=self._kick_now, args=args, name="stream-service-kick")
-        self._kickers = [k for k in self._kickers if k.is_alive()]
-        self._kickers.append(thread)
+    def _kick(self, thing_name: str) -> None:
+        thread = threading.Thread(target=self._kick_now, args=(thing_name,), name="stream-service-kick")
+        with self._cond:
+            if self._stopping:
+                return
+            self._kickers = [k for k in self._kickers if k.is_alive()]
+            self._kickers.append(thread)
         thread.start()
 
-    def _kick_now(self, thing_name: str, after: mqtt.MQTTMessageInfo | None) -> None:
-        """Connect with the device's client id: the broker drops the device's connection (MQTT session takeover).
-
-        First wait until the answers published before the fault are written to our socket, so that the broker
-        handles them before the takeover and the device gets its K-th block.
-        """
-        if after is not None:
-            try:
-                after.wait_for_publish(timeout=5.0)
-            except (RuntimeError, ValueError) as error:
-                log.debug("fault disconnect: the last answer was not written (%s); kicking anyway", error)
+    def _kick_now(self, thing_name: str) -> None:
+        """Connect with the device's client id: the broker drops the device's connection (MQTT session takeover)."""
         kicker = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=thing_name, protocol=MQTTProtocolVersion.MQTTv5)
         connected = threading.Event()
         kicker.on_connect = lambda *args: connected.set()

@@ -28,7 +28,7 @@ TIMEOUT = 10.0
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
-    with MosquittoBroker(BrokerConfig(state_dir=tmp_path_factory.mktemp("broker"), tls_port=None)) as running:
+    with MosquittoBroker(BrokerConfig(state_dir=tmp_path_factory.mktemp("broker"))) as running:
         yield running
 
 
@@ -44,7 +44,7 @@ def catalog() -> InMemoryCatalog:
 class Device:
     """A raw MQTT 3.1.1 client whose client id is its thing name; received messages land in a queue."""
 
-    def __init__(self, broker: MosquittoBroker, thing: str, fmt: str = "cbor") -> None:
+    def __init__(self, broker: MosquittoBroker, thing: str, fmt: str = "cbor", tls_dir: Path | None = None) -> None:
         self.thing, self.fmt = thing, fmt
         self.inbox: queue.Queue[tuple[str, bytes, float]] = queue.Queue()
         self.disconnected = threading.Event()
@@ -53,7 +53,12 @@ class Device:
         self.client.on_message = lambda c, u, m: self.inbox.put((m.topic, m.payload, time.monotonic()))
         self.client.on_subscribe = lambda *args: subscribed.set()
         self.client.on_disconnect = lambda *args: self.disconnected.set()
-        self.client.connect(broker.host, broker.mqtt_port)
+        if tls_dir is None:
+            self.client.connect(broker.host, broker.mqtt_port)
+        else:  # mutual TLS, like a real device: certificate CN = thing name = client id
+            paths = broker.ca.issue_device_files(tls_dir, thing)
+            self.client.tls_set(str(broker.ca_cert_path), str(paths.cert_path), str(paths.key_path))
+            self.client.connect("localhost", broker.tls_port)
         self.client.loop_start()
         prefix = f"$aws/things/{thing}/streams/s1"
         self.client.subscribe([(f"{prefix}/{op}/{fmt}", 0) for op in ("description", "data", "rejected")])
@@ -141,12 +146,44 @@ def test_latency_is_added_to_every_answer(broker: MosquittoBroker, catalog: InMe
         assert all(at - sent >= 0.2 for _, _, at in arrivals)
 
 
+def test_aws_quotas_pace_bytes_per_connection(
+    broker: MosquittoBroker, catalog: InMemoryCatalog, device: Device
+) -> None:
+    catalog.put_object("b", "fw.bin", bytes(12 * 32768))
+    catalog.update_stream("s1")
+    with StreamService(catalog, host=broker.host, port=broker.mqtt_port, quotas="aws"):
+        sent = device.publish("get", {"f": 0, "l": 32768, "o": 0, "n": 4})
+        device.publish("get", {"f": 0, "l": 32768, "o": 4, "n": 4})
+        device.publish("get", {"f": 0, "l": 32768, "o": 8, "n": 4})
+        arrivals = [device.receive() for _ in range(12)]
+    assert [doc["i"] for _, doc, _ in arrivals] == list(range(12))
+    # 384 KiB at 512 KiB/s after a 128 KiB burst: the last block cannot arrive before 0.5 s
+    elapsed = arrivals[-1][2] - sent
+    assert elapsed >= 0.5
+    blocks_per_second = (12 - 4) / (arrivals[-1][2] - arrivals[3][2])
+    assert blocks_per_second <= 16.5  # 512 KiB/s of 32 KiB blocks
+
+
 def test_fault_disconnect_kicks_the_device(broker: MosquittoBroker, catalog: InMemoryCatalog, device: Device) -> None:
     with StreamService(catalog, host=broker.host, port=broker.mqtt_port, faults="disconnect=after:8") as service:
         device.publish("get", {"f": 0, "l": 4096, "o": 0, "n": 8})
         assert [device.receive()[1]["i"] for _ in range(8)] == list(range(8))
         assert device.disconnected.wait(TIMEOUT)
         assert service.stats().faults.disconnects == 1
+
+
+def test_fault_disconnect_kicks_a_device_on_the_tls_listener(
+    broker: MosquittoBroker, catalog: InMemoryCatalog, tmp_path: Path
+) -> None:
+    # The kicker connects to the plain listener; mosquitto's client ids are broker-wide, so the TLS device goes.
+    dev = Device(broker, "dev-tls", tls_dir=tmp_path)
+    try:
+        with StreamService(catalog, host=broker.host, port=broker.mqtt_port, faults="disconnect=after:3"):
+            dev.publish("get", {"f": 0, "l": 4096, "o": 0, "n": 3})
+            assert [dev.receive()[1]["i"] for _ in range(3)] == [0, 1, 2]
+            assert dev.disconnected.wait(TIMEOUT)
+    finally:
+        dev.close()
 
 
 def test_start_fails_cleanly_without_a_broker(catalog: InMemoryCatalog, tmp_path: Path) -> None:
