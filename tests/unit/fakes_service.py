@@ -53,11 +53,13 @@ class FakeStreamService:
     def __init__(self, files: Mapping[int, bytes], *, stream_version: int = 1) -> None:
         self.files = dict(files)
         self.stream_version = stream_version
+        self.history: dict[int, dict[int, bytes]] = {stream_version: dict(files)}  # version -> files
 
     def update_file(self, file_id: int, content: bytes) -> None:
         """``update_stream``: new content, version + 1."""
         self.files[file_id] = content
         self.stream_version += 1
+        self.history[self.stream_version] = dict(self.files)
 
     def describe(self, client_token: str | None = None) -> StreamDescription:
         return StreamDescription(
@@ -125,8 +127,9 @@ class Faults:
     garbage: float = 0.0  # a bad block (wrong file, wrong length, bad index) is injected next to a real one
     throttle: float = 0.0  # a request is answered InternalError
     update: float = 0.0  # the stream is updated (new version and content) just before serving a request
+    max_updates: int = 3
     fatal: float = 0.0  # a request is answered ETagMismatch
-    foreign: float = 0.0  # an extra rejection carrying another client's token
+    foreign: float = 0.0  # an extra rejection carrying another client's token (only when the engine sends one)
     latency: float = 0.025  # one way, seconds
     per_block: float = 0.0001  # transmission time of one block, seconds
 
@@ -141,7 +144,7 @@ class Faults:
 class Outcome:
     state: EngineState
     data: bytes  # reassembled from WriteBlock actions
-    expected: bytes  # the service's content of the file at the end
+    expected: bytes  # the file's content in the stream version the engine ended on
     failure: Failed | None
     stats: EngineStats
     elapsed: float  # virtual seconds
@@ -214,6 +217,8 @@ class LinkSimulation:
                 engine.handle_timer(self.now)
             self._carry_out()
         elapsed = self.now
+        version = engine.stream_version
+        expected = self.service.history[version if version is not None else self.service.stream_version]
         # Late traffic after the end is accepted and changes nothing.
         while self._queue:
             when, _, kind, item = heapq.heappop(self._queue)
@@ -225,7 +230,7 @@ class LinkSimulation:
         return Outcome(
             state=engine.state,
             data=bytes(self.data),
-            expected=self.service.files[self.file_id],
+            expected=expected[self.file_id],
             failure=engine.failure,
             stats=engine.stats,
             elapsed=elapsed,
@@ -270,11 +275,12 @@ class LinkSimulation:
     def _serve(self, request: GetStreamRequest) -> None:
         f, rng = self.faults, self.rng
         token = request.client_token
-        if f.update and rng.random() < f.update:
+        updates = self.service.stream_version - min(self.service.history)
+        if f.update and updates < f.max_updates and not self.engine.state.terminal and rng.random() < f.update:
             old = self.service.files[self.file_id]
             size = max(0, len(old) + rng.randint(-2 * self.settings.block_size, 2 * self.settings.block_size))
             self.service.update_file(self.file_id, rng.randbytes(size))
-        if f.foreign and rng.random() < f.foreign:
+        if f.foreign and self.settings.client_token is not None and rng.random() < f.foreign:
             self._send("rejection", Rejection(client_token="someone-else", code="ETagMismatch"), f.latency)
         answer: Answer
         if f.throttle and rng.random() < f.throttle:
