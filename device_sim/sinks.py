@@ -537,6 +537,7 @@ class FileSink:
         self._require(_FileState.FINISHED, "commit")
         target = Path(final_path).absolute() if final_path is not None else self.path
         with _storage("move into place", target):
+            target.parent.mkdir(parents=True, exist_ok=True)
             os.close(self._fd)
             self._fd = -1
             os.replace(self.part_path, target)

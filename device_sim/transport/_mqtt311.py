@@ -58,6 +58,8 @@ class Mqtt311Driver:
     ) -> None:
         self._hooks = hooks
         self._post = make_post(loop)
+        self._call = loop.call_soon_threadsafe  # the per-message hop, without a wrapper frame
+        self._deliver = hooks.message
         self._loop = loop
         self._connect_started = False
         self._connect_resolved = False
@@ -92,7 +94,10 @@ class Mqtt311Driver:
     # -- CRT threads: post and nothing else
 
     def _crt_message(self, topic: str, payload: bytes) -> None:
-        self._post(self._hooks.message, topic, payload)
+        try:
+            self._call(self._deliver, topic, payload)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            return
 
     def _crt_interrupted(self, connection: mqtt.Connection, error: BaseException, **kwargs: Any) -> None:
         self._post(self._hooks.interrupted, error)

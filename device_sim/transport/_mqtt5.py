@@ -38,6 +38,8 @@ class Mqtt5Driver:
     ) -> None:
         self._hooks = hooks
         self._post = make_post(loop)
+        self._call = loop.call_soon_threadsafe  # the per-message hop, without a wrapper frame
+        self._deliver = hooks.message
         self._stopping = False
         keepalive_ms = settings.keepalive_s * 1000
         options = mqtt5.ClientOptions(
@@ -71,7 +73,10 @@ class Mqtt5Driver:
 
     def _crt_publish(self, data: mqtt5.PublishReceivedData) -> None:
         packet = data.publish_packet
-        self._post(self._hooks.message, packet.topic, packet.payload)
+        try:
+            self._call(self._deliver, packet.topic, packet.payload)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            return
 
     def _crt_success(self, data: mqtt5.LifecycleConnectSuccessData) -> None:
         self._post(self._on_success, data)

@@ -165,8 +165,13 @@ class MqttTransport:
         """Subscribe; returns the granted QoS per filter. SubscribeRejected when the broker refuses any filter."""
         self._require_connected(Op.SUBSCRIBE)
         chosen = QoS(qos) if qos is not None else self.settings.qos
-        codes = await self._subscribe_now(list(filters), chosen)
-        self._subscriptions.update(dict.fromkeys(filters, chosen))
+        filters = list(filters)
+        codes = await self._subscribe_now(filters, chosen)
+        granted = [f for f, code in zip(filters, codes, strict=True) if code < 0x80]
+        self._subscriptions.update(dict.fromkeys(granted, chosen))  # re-subscribed after a reconnect
+        rejected = {f: code for f, code in zip(filters, codes, strict=True) if code >= 0x80}
+        if rejected:
+            raise SubscribeRejected(rejected)
         return codes
 
     async def publish(self, topic: str, payload: bytes, qos: QoS | int | None = None) -> None:
@@ -269,6 +274,7 @@ class MqttTransport:
         )
 
     async def _subscribe_now(self, filters: list[str], qos: QoS) -> list[int]:
+        """One SUBACK code per filter (>= 0x80: refused)."""
         assert self._driver is not None and self._pending is not None
         with foreign_errors(Op.SUBSCRIBE, where=self._where):
             crt_futures = self._driver.subscribe(filters, qos)
@@ -278,11 +284,7 @@ class MqttTransport:
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, SubscribeRejected):
                 raise result
-        codes = self._driver.suback_codes(filters, results)
-        rejected = {f: code for f, code in zip(filters, codes, strict=True) if code >= 0x80}
-        if rejected:
-            raise SubscribeRejected(rejected)
-        return codes
+        return self._driver.suback_codes(filters, results)
 
     async def _probe_tls(self, waiter: asyncio.Future[Any], after_s: float) -> None:
         await asyncio.sleep(after_s)
@@ -307,7 +309,10 @@ class MqttTransport:
         try:
             if not session_present:
                 for qos, filters in filters_by_qos.items():
-                    await self._subscribe_now(filters, qos)
+                    codes = await self._subscribe_now(filters, qos)
+                    rejected = {f: code for f, code in zip(filters, codes, strict=True) if code >= 0x80}
+                    if rejected:
+                        raise SubscribeRejected(rejected)
         except ConnectionLost:
             return  # dropped again: the next reconnect re-subscribes
         except TransportError as exc:
