@@ -17,3 +17,8 @@ main.add_command(decode_command, "decode")
 from .cli_download import download_command  # noqa: E402
 
 main.add_command(download_command, "download")
+
+from .cli_fleet import fleet_command, sweep_command  # noqa: E402
+
+main.add_command(fleet_command, "fleet")
+main.add_command(sweep_command, "sweep")

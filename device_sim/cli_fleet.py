@@ -1,0 +1,275 @@
+"""``device-sim fleet`` and ``device-sim sweep``: many devices from a manifest, reports, block-size sweeps.
+
+Exit codes: 0 every device verified; 1 a device failed (or the run was stopped); 2 bad arguments; 6 the reports
+could not be written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import signal
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .cli_download import make_source
+from .cli_options import SizeListType, build_download_settings, download_options, transport_choices
+from .device import DownloadSettings, SinkKind
+from .fleet import FleetProgress, FleetRun, FleetSettings, run_fleet, target_from_manifest
+from .metrics import DeviceMetrics, aggregate
+from .protocol.limits import DEFAULT_PRICE_PER_MILLION_MESSAGES_USD
+from .report import ReportWriteError, write_reports
+from .sweep_result import SweepPoint
+
+
+class ReportFailed(click.ClickException):
+    exit_code = 6
+
+
+def fleet_options(func: Any) -> Any:
+    options = [
+        click.option(
+            "--manifest",
+            type=click.Path(dir_okay=False, path_type=Path),
+            required=True,
+            help="The manifest `provisioner up` wrote (endpoint, stream, things and certificates).",
+        ),
+        click.option(
+            "--devices",
+            type=click.IntRange(1),
+            default=None,
+            help="How many of the manifest's things to run [default: all].",
+        ),
+        click.option(
+            "--connect-rate",
+            type=click.FloatRange(0.01, 100000),
+            default=100.0,
+            show_default=True,
+            help="Connects per second (AWS allows 500/s per account).",
+        ),
+        click.option(
+            "--start-jitter",
+            type=click.FloatRange(0),
+            default=0.0,
+            show_default=True,
+            help="Extra random delay per device, in seconds.",
+        ),
+        click.option(
+            "--deadline",
+            type=click.FloatRange(0.1),
+            default=None,
+            help="Stop after this many seconds and report unfinished devices as cancelled.",
+        ),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed for the start jitter."),
+        click.option(
+            "--report-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path("reports"),
+            show_default=True,
+            help="Where summary.json, devices.csv, junit.xml and report.html go.",
+        ),
+        click.option(
+            "--price-per-million",
+            type=click.FloatRange(0),
+            default=DEFAULT_PRICE_PER_MILLION_MESSAGES_USD,
+            show_default=True,
+            help="US$ per million metered messages, for the cost estimate.",
+        ),
+        click.option("--no-tls", is_flag=True, help="Use the broker's plain port (local benches only)."),
+        click.option("--quiet", is_flag=True, help="No live progress display."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _prepare(params: dict[str, Any]) -> tuple[Any, list[Any], FleetSettings, Any]:
+    from provisioner.errors import ProvisionerError
+    from provisioner.manifest import load_manifest
+
+    try:
+        manifest = load_manifest(params["manifest"])
+        target, identities = target_from_manifest(manifest, no_tls=params["no_tls"])
+    except (ProvisionerError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    if not identities:
+        raise click.UsageError(f"{params['manifest']} has no things with certificates: run `provisioner up --things N`")
+    if params["devices"] is not None:
+        if params["devices"] > len(identities):
+            raise click.BadParameter(f"the manifest has only {len(identities)} things", param_hint="--devices")
+        identities = identities[: params["devices"]]
+    fleet = FleetSettings(
+        connect_rate=params["connect_rate"],
+        start_jitter=params["start_jitter"],
+        deadline_s=params["deadline"],
+        seed=params["seed"],
+        price_per_million=params["price_per_million"],
+        transport=transport_choices(params),
+    )
+    source = None
+    if params["verify_s3"] and params["expect_sha256"] is None:
+        source = make_source(target.aws_endpoint_url, target.region)
+    return target, identities, fleet, source
+
+
+@contextlib.contextmanager
+def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iterator[None]:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def run_with_display(
+    target: Any,
+    identities: list[Any],
+    download: DownloadSettings,
+    fleet: FleetSettings,
+    source: Any,
+    *,
+    quiet: bool,
+    title: str,
+) -> FleetRun:
+    """run_fleet with Ctrl-C handling and, on a terminal, a live progress line."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    progress = FleetProgress(len(identities))
+    with _stop_on_signals(loop, stop):
+        if quiet or not sys.stderr.isatty():
+            return await run_fleet(target, identities, download, fleet, source=source, progress=progress, stop=stop)
+        from rich.console import Console
+        from rich.live import Live
+
+        class View:
+            def __rich__(self) -> str:
+                p = progress
+                return (
+                    f"[bold]{title}[/] waiting {p.waiting}  connecting {p.connecting}  "
+                    f"downloading {p.downloading}  [green]verified {p.verified}[/]  "
+                    f"[red]failed {p.failed}[/]  {p.mb_per_s:.2f} MB/s"
+                )
+
+        with Live(View(), console=Console(stderr=True), refresh_per_second=4, transient=True):
+            return await run_fleet(target, identities, download, fleet, source=source, progress=progress, stop=stop)
+
+
+def _print_summary(run: FleetRun) -> None:
+    from rich.console import Console
+
+    from .report_rich import rich_summary_table
+
+    Console().print(rich_summary_table(run.summary))
+    if run.interrupted:
+        click.echo("the run was stopped before every device finished", err=True)
+
+
+def _write(report_dir: Path, summary: Any, records: list[DeviceMetrics], sweep: list[SweepPoint] | None) -> None:
+    try:
+        paths = write_reports(report_dir, summary, records, sweep=sweep)
+    except ReportWriteError as exc:
+        raise ReportFailed(str(exc)) from exc
+    click.echo(f"reports: {', '.join(str(p) for p in paths.values())}")
+
+
+@click.command("fleet")
+@fleet_options
+@download_options
+def fleet_command(**params: Any) -> None:
+    """Run many devices from a manifest at once, verify every one, write reports."""
+    target, identities, fleet, source = _prepare(params)
+    download = build_download_settings(params, sink=SinkKind.DIGEST)
+    run = asyncio.run(
+        run_with_display(
+            target, identities, download, fleet, source, quiet=params["quiet"], title=f"fleet of {len(identities)}"
+        )
+    )
+    _print_summary(run)
+    _write(params["report_dir"], run.summary, list(run.records), None)
+    if not run.summary.all_verified or run.interrupted:
+        sys.exit(1)
+
+
+@click.command("sweep")
+@fleet_options
+@click.option(
+    "--block-sizes",
+    type=SizeListType(),
+    default="1KiB,4KiB,16KiB,64KiB,128KiB",
+    show_default=True,
+    help="Comma-separated block sizes to try.",
+)
+@click.option(
+    "--blocks-per-request-list",
+    "bpr_list",
+    default=None,
+    help="Comma-separated blocks-per-request values to try [default: the maximum for each size].",
+)
+@click.option("--inflight-list", default=None, help="Comma-separated requests-in-flight values to try.")
+@download_options
+def sweep_command(**params: Any) -> None:
+    """Run the fleet once per setting and compare time, throughput, messages and cost.
+
+    Against local_iot, start it with --latency-ms and --quotas aws: without AWS's per-connection limits
+    (100 publishes/s, 512 KiB/s) small blocks look far better than they are on AWS.
+    """
+    target, identities, fleet, source = _prepare(params)
+    base = build_download_settings(params, sink=SinkKind.DIGEST)
+    bprs = _int_list(params["bpr_list"], "--blocks-per-request-list") or [None]
+    inflights = _int_list(params["inflight_list"], "--inflight-list") or [base.inflight]
+    combos = list(itertools.product(params["block_sizes"], bprs, inflights))
+    for block_size, bpr, inflight in combos:  # validate every setting before running any
+        build_download_settings({**params, "block_size": block_size, "blocks_per_request": bpr, "inflight": inflight})
+    points: list[SweepPoint] = []
+    records: list[DeviceMetrics] = []
+    interrupted = False
+    for n, (block_size, bpr, inflight) in enumerate(combos, 1):
+        settings = replace(base, block_size=block_size, blocks_per_request=bpr, inflight=inflight)
+        point_label = SweepPoint(
+            block_size=block_size, blocks_per_request=bpr, inflight=inflight, summary=aggregate([], wall_s=0)
+        ).label
+        title = f"[{n}/{len(combos)}] {point_label}"
+        run = asyncio.run(
+            run_with_display(target, identities, settings, fleet, source, quiet=params["quiet"], title=title)
+        )
+        relabelled = [replace(r, settings=point_label) for r in run.records]
+        records.extend(relabelled)
+        points.append(SweepPoint(block_size=block_size, blocks_per_request=bpr, inflight=inflight, summary=run.summary))
+        click.echo(f"{title}: {run.summary.verified}/{run.summary.devices} verified in {run.wall_s:.2f} s", err=True)
+        if run.interrupted:
+            interrupted = True
+            break
+    from rich.console import Console
+
+    from .report_rich import rich_sweep_table
+
+    Console().print(rich_sweep_table(points))
+    overall = aggregate(
+        records,
+        wall_s=sum(p.summary.wall_s for p in points),
+        settings={"sweep": ", ".join(p.label for p in points)},
+        price_per_million=fleet.price_per_million,
+    )
+    _write(params["report_dir"], overall, records, points)
+    if interrupted or not all(p.summary.all_verified for p in points):
+        sys.exit(1)
+
+
+def _int_list(text: str | None, option: str) -> list[int | None]:
+    if not text:
+        return []
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter("give comma-separated whole numbers", param_hint=option) from None
+    if any(v < 1 for v in values):
+        raise click.BadParameter("values must be >= 1", param_hint=option)
+    return list(values)
