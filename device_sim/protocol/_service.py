@@ -12,6 +12,7 @@ order and stops at the first failure with ``RequestRejected(code, message, clien
    missing ``f`` or ``l`` is InvalidRequest;
 4. bounds, in order ``l``, ``o``, ``n`` (``n`` = 0 is InvalidRequest, an emulator rule), ``b``, then the file id.
 
+The stream version ``s`` is any integer here: one that differs from the stream's is the emulator's VersionMismatch.
 From step 3 on, the rejection echoes the (valid) token. Checks that need the stream (exists, version, file id
 known, range past the end of the file, S3) belong to the emulator. Keys the codec does not know are ignored.
 """
@@ -33,7 +34,7 @@ from ._wire import (
     KEY_TOKEN,
     KEY_VERSION,
     MalformedPayload,
-    cbor_data_prefix,
+    cbor_data_message,
     cbor_head,
     cbor_int,
     cbor_text,
@@ -219,6 +220,9 @@ def encode_data_block(
 
     CBOR: an indefinite-length map ``c?, f, i, l, p`` assembled by hand; JSON: compact text with Base64.
     """
+    if fmt is Format.CBOR and type(payload) is bytes and type(file_id) is int and type(block_index) is int:
+        token = None if client_token is None else _check_text(client_token, "client token")
+        return cbor_data_message(token, file_id, block_index, len(payload), payload, len(payload))
     return _data(fmt, client_token, file_id, block_index, None, payload)
 
 
@@ -258,7 +262,7 @@ def _data(
         raise LocalProtocolError("file id, block index and block length must be ints")
     if fmt is Format.CBOR:
         token = None if token is None else _check_text(token, "client token")
-        return b"".join((cbor_data_prefix(token, file_id, block_index, block_length, size), payload, BREAK))
+        return cbor_data_message(token, file_id, block_index, block_length, payload, size)
     head = b"{" if token is None else b'{"c":' + json_bytes(_check_text(token, "client token")) + b","
     return b"".join(
         (head, b'"f":%d,"i":%d,"l":%d,"p":"' % (file_id, block_index, block_length), base64.b64encode(payload), b'"}')

@@ -213,12 +213,28 @@ _L: Final = cbor_text("l")
 _P: Final = cbor_text("p")
 
 
-def cbor_data_prefix(token: str | None, file_id: int, block_index: int, block_length: int, size: int) -> bytes:
-    """Everything of a data message before the payload bytes, as AWS lays it out: ``bf [c] f i l p <head>``.
+def cbor_data_message(
+    token: str | None,
+    file_id: int,
+    block_index: int,
+    block_length: int,
+    payload: bytes | bytearray | memoryview,
+    size: int,
+) -> bytes:
+    """A data message as AWS lays it out: ``bf [c] f i l p <payload> ff`` (ints already checked to be ints).
 
-    The message is this prefix, the ``size`` payload bytes and BREAK. Raises UnicodeEncodeError for a token with
+    One join, no intermediate buffers: this is the emulator's hot path. Raises UnicodeEncodeError for a token with
     lone surrogates.
     """
+    start = _START_F if token is None else _START_C + cbor_text(token) + _F
+    head = cbor_head(2, size)
+    return b"".join(
+        (start, cbor_int(file_id), _I, cbor_int(block_index), _L, cbor_int(block_length), _P, head, payload, BREAK)
+    )
+
+
+def cbor_data_prefix(token: str | None, file_id: int, block_index: int, block_length: int, size: int) -> bytes:
+    """The bytes of ``cbor_data_message`` before the payload (the message is prefix + payload + BREAK)."""
     start = _START_F if token is None else _START_C + cbor_text(token) + _F
     return b"".join(
         (start, cbor_int(file_id), _I, cbor_int(block_index), _L, cbor_int(block_length), _P, cbor_head(2, size))
