@@ -214,11 +214,16 @@ def encode_answer(answer: DataBlock | StreamDescription | Rejection, fmt: Format
 
 
 def encode_data_block(
-    fmt: Format, file_id: int, block_index: int, payload: bytes, client_token: str | None = None
+    fmt: Format,
+    file_id: int,
+    block_index: int,
+    payload: bytes | bytearray | memoryview,
+    client_token: str | None = None,
 ) -> bytes:
     """Service side fast path for one data message (the emulator's hot loop); ``l`` is the payload's length.
 
     CBOR: an indefinite-length map ``c?, f, i, l, p`` assembled by hand; JSON: compact text with Base64.
+    A memoryview (a slice of the file) is copied once, straight into the message.
     """
     if fmt is Format.CBOR and type(payload) is bytes and type(file_id) is int and type(block_index) is int:
         token = None if client_token is None else _check_text(client_token, "client token")

@@ -234,6 +234,14 @@ def test_encode_data_block_accepts_memoryview_and_bytearray() -> None:
             )
 
 
+def test_encode_data_block_takes_a_memoryview_slice_of_the_file() -> None:
+    # The emulator slices the file without copying; the message must carry exactly the slice.
+    file = bytes(range(256)) * 40
+    for fmt in Format:
+        block = decode_data_block(encode_data_block(fmt, 0, 1, memoryview(file)[4096:8192], "t"), fmt)
+        assert (block.block_length, block.payload) == (4096, file[4096:8192])
+
+
 def test_encode_data_block_refuses_wrong_types() -> None:
     with pytest.raises(LocalProtocolError):
         encode_data_block(CBOR, "1", 2, b"x")  # type: ignore[arg-type]
