@@ -2,22 +2,22 @@
 
 How this works
 --------------
-The engine keeps one status byte per block of the file: MISSING, CLAIMED (asked for by a request in
-flight) or HAVE. Up to ``inflight`` requests are in flight; each claims up to ``window`` of the lowest
+A ``BlockLedger`` (engine_blocks) knows for every block whether it is missing, claimed by a request in
+flight, or stored. Up to ``inflight`` requests are in flight; each claims up to ``window`` of the lowest
 missing, unclaimed blocks and asks for exactly those (offset = the lowest one, ``n`` = how many, bitmap =
-which), so requests never overlap and never ask for a block we have. A request is finished when all its
-blocks arrived; its slot is then refilled at once.
+which), so requests never overlap and never name a stored block. A request whose blocks have all arrived
+is done, and its slot is refilled at once.
 
 Each request in flight has an idle timer: ``last activity + timeout``, where the activity is the request
-being sent or one of its blocks arriving, and the timeout follows the measured round trip (see
-``engine_rtt``). When it expires, the request's missing blocks go back to MISSING and the slot is refilled,
-so the re-request asks for the lost blocks first and fills the rest of the window with new ones.
+being sent or one of its blocks arriving, and the timeout follows the measured round trip (engine_rtt).
+When it expires, the request's missing blocks go back to missing and the slot is refilled, so the
+re-request names the lost blocks first and fills the rest of its window with new ones.
 
-Rejections: VersionMismatch -> NEEDS_DESCRIBE (the caller re-describes and calls ``restart``); InternalError
-and unknown throttling-like codes -> BACKOFF (bounded exponential wait, then ask again); anything else ->
-FAILED with the code. Timeouts, back-offs and re-describes count towards the abort rule (``max_retries``
-rounds with no new block -> FAILED); every new block resets it. Every non-terminal state has a timer, so a
-caller that honours ``get_timer()`` never hangs.
+Rejections: VersionMismatch -> NEEDS_DESCRIBE (the caller describes the stream again and calls
+``restart``); InternalError and unknown throttling-like codes -> BACKOFF (a bounded exponential wait, then
+ask again); anything else -> FAILED with the code. Timeouts, back-offs and re-describes count towards the
+abort rule (``max_retries`` rounds with no new block -> FAILED); every new block resets it. Every
+non-terminal state has a timer, so a caller that honours ``get_timer()`` never hangs.
 
 Inputs go through one choke point, ``_apply``, which looks the (state, input) pair up in ``TRANSITIONS``:
 a pair that is not there raises EngineStateError; a handler that lands in a state the table does not list
@@ -26,9 +26,11 @@ for the pair is a bug and raises AssertionError.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from types import MappingProxyType
 
 from .engine_blocks import BlockLedger
@@ -180,7 +182,9 @@ class DownloadEngine:
             maximum=self.settings.max_timeout,
             fixed=self.settings.request_timeout,
         )
-        self._stall = 0  # timed-out requests since the last new block; a whole round counts `inflight`
+        # Rounds without a new block. A timed-out request counts 1/k of a round when k requests were in
+        # flight, so a round is a round whether 1 or `inflight` requests are out (e.g. at the end of a file).
+        self._stall = Fraction(0)
         self._throttle_streak = 0
         self._backoff_until = 0.0
         self._describe_since = 0.0
@@ -265,7 +269,7 @@ class DownloadEngine:
         if state is EngineState.BACKOFF:
             return self._backoff_until
         if state is EngineState.NEEDS_DESCRIBE:
-            return self._describe_since + self._timeout()
+            return self._describe_since + self.settings.describe_timeout
         return None
 
     # ------------------------------------------------------------------------------------------ inputs
@@ -338,7 +342,7 @@ class DownloadEngine:
         self._actions.append(
             WriteBlock(index=index, offset_bytes=index * self.settings.block_size, payload=block.payload)
         )
-        self._stall = 0
+        self._stall = Fraction(0)
         self._throttle_streak = 0
         if ledger.complete:
             return self._complete()
@@ -401,7 +405,7 @@ class DownloadEngine:
             self._fill()
             return EngineState.RUNNING
         if state is EngineState.NEEDS_DESCRIBE:
-            if now < self._describe_since + self._timeout():
+            if now < self._describe_since + self.settings.describe_timeout:
                 return state
             if self._add_round():
                 return self._fail(
@@ -418,11 +422,12 @@ class DownloadEngine:
         expired = [r for r in self._ledger.in_flight if r.last_activity + timeout <= now]
         if not expired:
             return state
+        share = Fraction(1, len(self._ledger.in_flight))
         for request in expired:
             self._ledger.release(request)
             self._counters.timeouts += 1
-            self._stall += 1
-        if self._stall > self.settings.max_retries * self.settings.inflight:
+            self._stall += share
+        if self._stall > self.settings.max_retries:
             return self._fail(
                 FailureReason.TIMEOUT,
                 None,
@@ -456,12 +461,12 @@ class DownloadEngine:
     # ----------------------------------------------------------------------------------------- helpers
 
     def _timeout(self) -> float:
-        return self._rtt.timeout(self._stall // self.settings.inflight)
+        return self._rtt.timeout(math.floor(self._stall))
 
     def _add_round(self) -> bool:
         """Count a whole round without progress; True when the abort rule is reached."""
-        self._stall += self.settings.inflight
-        return self._stall > self.settings.max_retries * self.settings.inflight
+        self._stall += 1
+        return self._stall > self.settings.max_retries
 
     def _fill(self) -> None:
         """Send requests until ``inflight`` are in flight or no missing block is left unclaimed."""

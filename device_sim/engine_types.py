@@ -98,8 +98,9 @@ class EngineSettings:
     of timeouts without a new block. A number fixes the timeout (no adaptation, no doubling).
 
     Abort rule: the download fails after ``max_retries`` consecutive rounds of timeouts, back-offs or
-    re-describes without a new block between them (with one request in flight a round is one request, as
-    in the FreeRTOS OTA agent; with ``inflight`` N it is N timed-out requests).
+    re-describes without a new block between them. With one request in flight a round is one timed-out
+    request, as in the FreeRTOS OTA agent ("32 requests with no block between them"); with k requests in
+    flight each timed-out request counts 1/k of a round.
     """
 
     block_size: int = 4096
@@ -116,6 +117,8 @@ class EngineSettings:
     #: First wait after a throttling-like rejection; doubles per consecutive one, up to backoff_max.
     backoff_initial: float = 0.5
     backoff_max: float = 8.0
+    #: After Redescribe, how long to wait for restart() before emitting Redescribe again.
+    describe_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         _check_int("block_size", self.block_size, MIN_BLOCK_SIZE, MAX_BLOCK_SIZE)
@@ -124,7 +127,14 @@ class EngineSettings:
             _check_int("blocks_per_request", self.blocks_per_request, 1, most)
         _check_int("inflight", self.inflight, 1, None)
         _check_int("max_retries", self.max_retries, 0, None)
-        for name in ("initial_timeout", "min_timeout", "max_timeout", "backoff_initial", "backoff_max"):
+        for name in (
+            "initial_timeout",
+            "min_timeout",
+            "max_timeout",
+            "backoff_initial",
+            "backoff_max",
+            "describe_timeout",
+        ):
             _check_positive(name, getattr(self, name))
         if self.request_timeout is not None:
             _check_positive("request_timeout", self.request_timeout)
@@ -194,7 +204,9 @@ class DiscardBlocks:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Redescribe:
-    """Send DescribeStream again, then call ``restart(file_size, stream_version, now)`` with the answer."""
+    """Describe the stream again, then call ``restart(file_size, stream_version, now)`` with the answer (or
+    ``cancel`` when the file is gone). Emitted again every ``describe_timeout`` seconds until restart() is
+    called; a caller whose describe is still under way may ignore the repeats."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

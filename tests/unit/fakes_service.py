@@ -254,9 +254,11 @@ class LinkSimulation:
             engine.restart(entry.file_size, info.stream_version, self.now)
 
     def _carry_out(self) -> None:
+        ended = False
         for action in self.engine.next_actions():
-            if self.engine.state.terminal and not isinstance(action, Complete | Failed | WriteBlock):
+            if ended:
                 self.violations.append(f"{action} after the end")
+            ended = isinstance(action, Complete | Failed)
             if isinstance(action, SendRequest):
                 self._check_request(action.request)
                 self.requests.append(action.request)

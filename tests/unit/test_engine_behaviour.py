@@ -12,6 +12,7 @@ from device_sim.engine import (
     DownloadEngine,
     EngineSettings,
     EngineState,
+    EngineUsageError,
     Failed,
     FailureReason,
     Redescribe,
@@ -262,6 +263,38 @@ def test_abort_rule_after_max_retries_rounds_without_a_block() -> None:
     assert engine.stats.timeouts == 4
 
 
+@pytest.mark.parametrize(("blocks", "inflight", "per_round"), [(4, 1, 1), (4, 4, 1), (40, 4, 4), (12, 3, 2)])
+def test_abort_rule_counts_rounds_whatever_the_number_in_flight(blocks: int, inflight: int, per_round: int) -> None:
+    # (4, 4): one small file, one request out of four slots; (12, 3): windows of 8 -> only two requests.
+    engine = make(blocks * BS, max_retries=5, request_timeout=1.0, inflight=inflight, blocks_per_request=8)
+    engine.start(0.0)
+    assert len(requests(engine)) == per_round
+    while engine.state is EngineState.RUNNING:
+        engine.handle_timer(engine.get_timer())  # type: ignore[arg-type]
+        requests(engine)
+    assert engine.failure is not None and engine.failure.reason is FailureReason.TIMEOUT
+    assert engine.get_timer() is None
+    assert engine.stats.timeouts == per_round * 6  # five rounds of re-requests, the sixth round gives up
+    assert engine.stats.requests_sent == per_round * 6
+
+
+def test_one_lost_request_among_several_is_a_fraction_of_a_round() -> None:
+    content = content_of(64 * BS)
+    engine = make(64 * BS, max_retries=1, request_timeout=1.0, inflight=4, blocks_per_request=4)
+    engine.start(0.0)
+    requests(engine)
+    for i in range(4, 16):  # requests 2-4 are answered; request 1 (blocks 0-3) is lost
+        engine.receive_block(blk(content, i), 0.5)
+    assert len(requests(engine)) == 3  # their slots are refilled at 0.5, and those answers get lost too
+    engine.handle_timer(1.0)  # request 1 times out: a quarter of a round
+    assert [asked(r) for r in requests(engine)] == [[0, 1, 2, 3]]
+    engine.handle_timer(1.5)  # the three others: one full round in all, which max_retries=1 allows
+    assert engine.state is EngineState.RUNNING and len(requests(engine)) == 3
+    engine.handle_timer(2.0)  # a second round begins: over the limit
+    assert engine.failure is not None and engine.failure.reason is FailureReason.TIMEOUT
+    assert engine.stats.timeouts == 5
+
+
 def test_a_new_block_resets_the_abort_rule() -> None:
     content = content_of(10 * BS)
     engine = make(10 * BS, blocks_per_request=1, max_retries=2, request_timeout=1.0)
@@ -499,3 +532,34 @@ def test_stats_snapshot_is_frozen_and_read_only() -> None:
         stats.rejections["x"] = 1  # type: ignore[index]
     engine.receive_rejection(Rejection(code="InternalError"), 0.2)
     assert stats.rejections == {"InternalError": 1}  # a snapshot does not move
+
+
+def test_restart_to_an_empty_file_discards_and_completes() -> None:
+    engine = make(4 * BS)
+    engine.start(0.0)
+    engine.receive_rejection(Rejection(code="VersionMismatch"), 0.1)
+    engine.next_actions()
+    engine.restart(0, 2, 0.2)
+    assert engine.next_actions() == [DiscardBlocks(file_size=0, reason="stream version 1 -> 2"), Complete()]
+
+
+def test_restart_with_an_impossible_size_is_refused_and_changes_nothing() -> None:
+    engine = make(4 * BS)
+    engine.start(0.0)
+    engine.receive_rejection(Rejection(code="VersionMismatch"), 0.1)
+    engine.next_actions()
+    with pytest.raises(EngineUsageError, match="block size of at least"):
+        engine.restart(98306 * BS, 2, 0.2)
+    assert engine.state is EngineState.NEEDS_DESCRIBE and engine.next_actions() == []
+    assert engine.stream_version == 1 and engine.stats.restarts == 0
+
+
+def test_redescribe_repeats_every_describe_timeout() -> None:
+    engine = make(4 * BS, describe_timeout=2.5)
+    engine.start(0.0)
+    requests(engine)
+    engine.receive_rejection(Rejection(code="VersionMismatch"), 1.0)
+    assert engine.next_actions() == [Redescribe()]
+    assert engine.get_timer() == 3.5
+    engine.handle_timer(3.5)
+    assert engine.next_actions() == [Redescribe()] and engine.get_timer() == 6.0

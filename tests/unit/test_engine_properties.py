@@ -86,7 +86,7 @@ def run(block_size: int, content: bytes, s: EngineSettings, f: Faults, rng: rand
 def time_bound(blocks: int, s: EngineSettings, f: Faults, restarts: int) -> float:
     """Virtual seconds an engine may take: each new block, restart or the end follows at most
     ``max_retries + 1`` rounds without progress, each no longer than the longest wait plus a round trip."""
-    longest = max(s.request_timeout or s.max_timeout, s.backoff_max) + 2 * f.latency + f.jitter + 1.0
+    longest = max(s.request_timeout or s.max_timeout, s.backoff_max, s.describe_timeout) + 2 * f.latency + f.jitter + 1
     return (blocks + restarts + 1) * (s.max_retries + 2) * longest
 
 
