@@ -43,14 +43,14 @@ class TokenBucket:
     def acquire(self) -> float:
         """Take one token, sleeping until one is available. Returns the time slept."""
         self._refill()
-        waited = 0.0
-        while self._tokens < 1:
+        delay = 0.0
+        if self._tokens < 1:
             delay = (1 - self._tokens) / self.rate
             self._sleep(delay)
-            waited += delay
             self._refill()
+        # Take the token even when rounding left 0.999...: a tiny debt delays the next call instead of spinning.
         self._tokens -= 1
-        return waited
+        return delay
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
