@@ -22,3 +22,7 @@ from .cli_fleet import fleet_command, sweep_command  # noqa: E402
 
 main.add_command(fleet_command, "fleet")
 main.add_command(sweep_command, "sweep")
+
+from .demo import demo_command  # noqa: E402
+
+main.add_command(demo_command, "demo")
