@@ -224,15 +224,17 @@ def sweep_command(**params: Any) -> None:
     target, identities, fleet, source = _prepare(params)
     base = build_download_settings(params, sink=SinkKind.DIGEST)
     bprs = _int_list(params["bpr_list"], "--blocks-per-request-list") or [None]
-    inflights = _int_list(params["inflight_list"], "--inflight-list") or [base.inflight]
+    inflights = _int_list(params["inflight_list"], "--inflight-list") or [None]
     combos = list(itertools.product(params["block_sizes"], bprs, inflights))
     for block_size, bpr, inflight in combos:  # validate every setting before running any
-        build_download_settings({**params, "block_size": block_size, "blocks_per_request": bpr, "inflight": inflight})
+        build_download_settings(
+            {**params, "block_size": block_size, "blocks_per_request": bpr, "inflight": inflight or base.inflight}
+        )
     points: list[SweepPoint] = []
     records: list[DeviceMetrics] = []
     interrupted = False
     for n, (block_size, bpr, inflight) in enumerate(combos, 1):
-        settings = replace(base, block_size=block_size, blocks_per_request=bpr, inflight=inflight)
+        settings = replace(base, block_size=block_size, blocks_per_request=bpr, inflight=inflight or base.inflight)
         point_label = SweepPoint(
             block_size=block_size, blocks_per_request=bpr, inflight=inflight, summary=aggregate([], wall_s=0)
         ).label
