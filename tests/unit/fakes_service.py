@@ -6,10 +6,12 @@ it carries the engine's requests to the service and the answers back through a p
 virtual time, with faults (drops, duplicates, jitter that reorders, garbage blocks, throttling, stream
 updates, fatal rejections, foreign rejections), reassembles the file from ``WriteBlock`` actions and records
 every protocol violation it sees. It is a test model, not the emulator (``local_iot`` is).
+At the end: small helpers for driving an engine by hand in unit tests.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import random
@@ -386,3 +388,32 @@ class LinkSimulation:
         size = self.settings.block_size
         length = block_length(len(self.data), size, index)
         self.data[index * size : index * size + length] = b"\xee" * length
+
+
+# ------------------------------------------------------------------------------ driving an engine by hand
+
+BS = 256  # block size of the hand-driven engines (file id 2)
+
+
+def content_of(size: int) -> bytes:
+    return bytes((i * 7 + i // 256) % 251 for i in range(size))
+
+
+def make(size: int, *, now: float = 0.0, version: int | None = 1, have: object = None, **kw: object) -> DownloadEngine:
+    settings = EngineSettings(block_size=BS, **kw)  # type: ignore[arg-type]
+    return DownloadEngine(file_id=2, file_size=size, stream_version=version, now=now, settings=settings, have=have)  # type: ignore[arg-type]
+
+
+def blk(content: bytes, index: int, **changes: object) -> DataBlock:
+    payload = content[index * BS : (index + 1) * BS]
+    block = DataBlock(file_id=2, block_index=index, block_length=len(payload), payload=payload)
+    return dataclasses.replace(block, **changes)  # type: ignore[arg-type]
+
+
+def requests(engine: DownloadEngine) -> list[GetStreamRequest]:
+    return [a.request for a in engine.next_actions() if isinstance(a, SendRequest)]
+
+
+def asked(request: GetStreamRequest) -> list[int]:
+    assert request.bitmap is not None
+    return decode_bitmap(request.bitmap, request.offset)
