@@ -51,9 +51,7 @@ class StreamTopic:
     format: Format
 
     def __str__(self) -> str:
-        return (
-            f"{PREFIX}{self.thing_name}/streams/{self.stream_id}/{self.operation.value}/{self.format.value}"
-        )
+        return f"{PREFIX}{self.thing_name}/streams/{self.stream_id}/{self.operation.value}/{self.format.value}"
 
     def reply(self, operation: Operation) -> StreamTopic:
         """The same stream and format with another operation (e.g. the answer topic of a request)."""
@@ -65,13 +63,9 @@ class StreamTopic:
 def build_topic(thing_name: str, stream_id: str, operation: Operation, fmt: Format) -> str:
     """The topic string; raises LocalProtocolError for a bad thing name or stream id or a too-long topic."""
     if not valid_thing_name(thing_name):
-        raise LocalProtocolError(
-            f"bad thing name {thing_name!r}", hint="use 1-128 characters of a-z A-Z 0-9 : _ -"
-        )
+        raise LocalProtocolError(f"bad thing name {thing_name!r}", hint="use 1-128 characters of a-z A-Z 0-9 : _ -")
     if not valid_stream_id(stream_id):
-        raise LocalProtocolError(
-            f"bad stream id {stream_id!r}", hint="use 1-128 characters of a-z A-Z 0-9 _ -"
-        )
+        raise LocalProtocolError(f"bad stream id {stream_id!r}", hint="use 1-128 characters of a-z A-Z 0-9 _ -")
     topic = str(StreamTopic(thing_name=thing_name, stream_id=stream_id, operation=operation, format=fmt))
     if len(topic.encode()) > MAX_TOPIC_BYTES:
         raise LocalProtocolError(
