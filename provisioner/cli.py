@@ -21,6 +21,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .aws import Api, AwsTarget, PlannedCall, open_clients
@@ -125,55 +126,61 @@ def _existing_manifest(path: Path | None) -> Manifest | None:
 
 
 def _print_plan(planned: list[PlannedCall]) -> None:
-    console.print(f"[bold]Dry run: nothing was created.[/bold] {len(planned)} planned changes:")
+    click.echo(f"Dry run: nothing was created. {len(planned)} planned changes:")
     for call in planned:
-        console.print(f"  {call.render()}", markup=False, highlight=False, soft_wrap=True)
+        click.echo(f"  {call.render()}")
     counts = Counter(f"{c.service}.{c.operation}" for c in planned)
-    console.print("  totals: " + ", ".join(f"{n} x {op}" for op, n in counts.items()), highlight=False)
+    click.echo("  totals: " + ", ".join(f"{n} x {op}" for op, n in counts.items()))
 
 
 @contextmanager
 def _thing_progress(total: int) -> Iterator[Callable[[ThingProgress], None]]:
-    with Progress(
+    """A progress callback that shows a rich bar from the first finished thing on (stderr)."""
+    progress = Progress(
         TextColumn("[bold]things[/bold] {task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err_console,
-        transient=False,
-    ) as progress:
-        task = progress.add_task("", total=total)
+    )
+    task = progress.add_task("", total=total)
 
-        def update(p: ThingProgress) -> None:
-            progress.update(task, completed=p.index + 1, description=f"{p.name}{' (kept)' if p.skipped else ''}")
+    def update(p: ThingProgress) -> None:
+        if not progress.live.is_started:
+            progress.start()
+        progress.update(task, completed=p.index + 1, description=f"{p.name}{' (kept)' if p.skipped else ''}")
 
+    try:
         yield update
+    finally:
+        if progress.live.is_started:
+            progress.stop()
 
 
 def _summary(manifest: Manifest, path: Path | None) -> None:
-    console.print(f"run [bold]{manifest.run_id}[/bold] in {manifest.account_id}/{manifest.region}", highlight=False)
+    lines = [f"run {manifest.run_id} in {manifest.account_id}/{manifest.region}"]
     if manifest.aws_endpoint_url:
-        console.print(f"  AWS endpoint   {manifest.aws_endpoint_url}", highlight=False)
+        lines.append(f"  AWS endpoint   {manifest.aws_endpoint_url}")
     for f in manifest.firmware:
-        console.print(
+        lines.append(
             f"  file {f.file_id:<3}       s3://{f.bucket}/{f.key} version {f.version_id} "
-            f"({f.size} bytes, sha256 {f.sha256[:16]}...)",
-            highlight=False,
+            f"({f.size} bytes, sha256 {f.sha256[:16]}...)"
         )
     if manifest.role:
-        console.print(f"  role           {manifest.role.arn}{' (created)' if manifest.role.created else ''}")
+        lines.append(f"  role           {manifest.role.arn}{' (created)' if manifest.role.created else ''}")
     if manifest.stream:
-        console.print(f"  stream         {manifest.stream.stream_id} version {manifest.stream.version}")
+        lines.append(f"  stream         {manifest.stream.stream_id} version {manifest.stream.version}")
     if manifest.things:
         done = sum(t.complete for t in manifest.things)
-        console.print(f"  things         {done}/{len(manifest.things)} ready, certificates in {manifest.certs_dir}")
+        lines.append(f"  things         {done}/{len(manifest.things)} ready, certificates in {manifest.certs_dir}")
     if manifest.mqtt:
-        console.print(f"  MQTT endpoint  {manifest.mqtt.host}:{manifest.mqtt.port} (root CA {manifest.mqtt.ca_path})")
+        lines.append(f"  MQTT endpoint  {manifest.mqtt.host}:{manifest.mqtt.port} (root CA {manifest.mqtt.ca_path})")
     if path is not None:
-        console.print(f"  manifest       {path}")
+        lines.append(f"  manifest       {path}")
         if manifest.things and manifest.stream:
-            first = manifest.things[0].name
-            console.print(f"next: device-sim download --manifest {path} --thing {first}", highlight=False)
+            lines.append(f"next: device-sim download --manifest {path} --thing {manifest.things[0].name}")
+    for line in lines:
+        click.echo(line)
 
 
 def _setup_logging(verbose: int) -> None:
@@ -427,7 +434,7 @@ def stream_create(
     if dry_run:
         _print_plan(api.planned)
     else:
-        console.print(f"stream {record.stream_id} created: version {record.version}, arn {record.stream_arn}")
+        click.echo(f"stream {record.stream_id} created: version {record.version}, arn {record.stream_arn}")
 
 
 @stream.command("update")
@@ -466,7 +473,7 @@ def stream_update(
     if dry_run:
         _print_plan(api.planned)
     else:
-        console.print(f"stream {change.stream_id}: version {change.old_version} -> {change.new_version}")
+        click.echo(f"stream {change.stream_id}: version {change.old_version} -> {change.new_version}")
 
 
 @stream.command("describe")
@@ -479,7 +486,7 @@ def stream_describe(aws: AwsOptions, stream_id: str | None, manifest_path: Path 
     manifest = _existing_manifest(manifest_path)
     stream_id = _stream_id(stream_id, manifest)
     info = describe_stream(_api(aws, manifest=manifest), stream_id)
-    console.print_json(json.dumps(info, default=str))
+    click.echo(json.dumps(info, default=str, indent=2))
 
 
 @stream.command("list")
@@ -488,7 +495,7 @@ def stream_describe(aws: AwsOptions, stream_id: str | None, manifest_path: Path 
 def stream_list(aws: AwsOptions) -> None:
     """List the account's streams (id, version, description)."""
     for s in list_streams(_api(aws)):
-        console.print(f"{s['streamId']}\tversion {s.get('streamVersion')}\t{s.get('description', '')}", highlight=False)
+        click.echo(f"{s['streamId']}\tversion {s.get('streamVersion')}\t{s.get('description', '')}")
 
 
 @stream.command("delete")
@@ -513,7 +520,7 @@ def stream_delete(aws: AwsOptions, stream_id: str | None, manifest_path: Path | 
         and manifest.stream.stream_id == stream_id
     ):
         ManifestStore(manifest, manifest_path).change(stream=None)
-    console.print(f"stream {stream_id} deleted")
+    click.echo(f"stream {stream_id} deleted")
 
 
 def _stream_id(stream_id: str | None, manifest: Manifest | None) -> str:
@@ -626,12 +633,12 @@ def _print_report(report: CleanupReport, api: Api) -> None:
         _print_plan(api.planned)
         return
     for label in report.removed:
-        console.print(f"[green]removed[/green]       {label}", highlight=False)
+        console.print(f"[green]removed[/green]       {escape(label)}", highlight=False, soft_wrap=True)
     for label in report.already_gone:
-        console.print(f"[dim]already gone[/dim]  {label}", highlight=False)
+        console.print(f"[dim]already gone[/dim]  {escape(label)}", highlight=False, soft_wrap=True)
     for label, reason in report.failed:
-        console.print(f"[red]NOT removed[/red]   {label}: {reason}", highlight=False)
-    console.print(
+        console.print(f"[red]NOT removed[/red]   {escape(label)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    click.echo(
         f"{len(report.removed)} removed, {len(report.already_gone)} already gone, {len(report.failed)} not removed"
     )
 

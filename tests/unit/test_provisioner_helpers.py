@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,8 +122,8 @@ class _AwsError(Exception):
         self.code, self.message, self.status, self.extra = code, message, status, extra or {}
 
 
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeStreams]:
+@contextmanager
+def fake_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeStreams]:
     """Dummy credentials, no endpoint override, moto's in-process mock, and FakeStreams."""
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_IOT", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
@@ -132,6 +133,12 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeStreams]:
     monkeypatch.setenv("AWS_REGION", REGION)
     fake = FakeStreams().install(monkeypatch)
     with mock_aws():
+        yield fake
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeStreams]:
+    with fake_aws(monkeypatch) as fake:
         yield fake
 
 
