@@ -14,7 +14,7 @@ from .broker import BrokerError
 from .control_plane import ControlPlaneError
 from .faults import FaultSpecError, parse_faults
 from .quotas import QuotaSpecError, parse_quotas
-from .runner import INFO_FILE, LocalIot, LocalIotError, LocalIotSettings
+from .runner import INFO_FILE, LocalIot, LocalIotError, LocalIotSettings, load_info
 from .service_mqtt import ServiceError
 
 
@@ -138,3 +138,26 @@ def up(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@main.command("env")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".local-iot"),
+    show_default=True,
+    help="The state dir of a running `local-iot up`.",
+)
+def env(state_dir: Path) -> None:
+    """Print `export` lines that point boto3 (and so provisioner/device-sim) at a running local_iot.
+
+    Use: eval "$(local-iot env --state-dir DIR)". The credentials are dummies; never your real ones.
+    """
+    from .control_plane import aws_environment
+
+    try:
+        info = load_info(state_dir)
+    except LocalIotError as exc:
+        raise LocalIotCliError(str(exc)) from exc
+    for key, value in aws_environment(info["aws_endpoint_url"], info["region"]).items():
+        click.echo(f"export {key}={value}")

@@ -30,12 +30,23 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from local_iot.moto_catalog import MotoCatalog
 from local_iot.streams_api import StreamsApi
 
-__all__ = ["DUMMY_CREDENTIALS", "ControlPlane", "ControlPlaneError", "MotoCatalog"]
+__all__ = ["DUMMY_CREDENTIALS", "ControlPlane", "ControlPlaneError", "MotoCatalog", "aws_environment"]
 
 log = logging.getLogger(__name__)
 
 #: Credentials for talking to the emulator. moto accepts any; these are never valid on AWS.
 DUMMY_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+def aws_environment(endpoint_url: str, region: str) -> dict[str, str]:
+    """``AWS_ENDPOINT_URL``, dummy credentials and region: the standard boto3 chain pointed at a control plane."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint_url,
+        "AWS_ACCESS_KEY_ID": DUMMY_CREDENTIALS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": DUMMY_CREDENTIALS["aws_secret_access_key"],
+        "AWS_DEFAULT_REGION": region,
+        "AWS_REGION": region,
+    }
 
 
 class ControlPlaneError(Exception):
@@ -140,13 +151,7 @@ class ControlPlane:
 
     def environment(self) -> dict[str, str]:
         """Environment for a process that should use this control plane through the standard boto3 chain."""
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": DUMMY_CREDENTIALS["aws_access_key_id"],
-            "AWS_SECRET_ACCESS_KEY": DUMMY_CREDENTIALS["aws_secret_access_key"],
-            "AWS_DEFAULT_REGION": self.region,
-            "AWS_REGION": self.region,
-        }
+        return aws_environment(self.endpoint_url, self.region)
 
     def reset(self) -> None:
         """Forget everything (moto's reset: S3, IAM, IoT, streams, in every account and region)."""

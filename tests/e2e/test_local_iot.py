@@ -99,11 +99,27 @@ def test_local_iot_up_command(tmp_path: Path) -> None:
         assert info["latency_ms"] == 5 and info["tls_port"] and info["mqtt_port"] != 1883
         broker_pid = info["broker_pid"]
         os.kill(broker_pid, 0)  # the broker runs
+        env = subprocess.run(
+            [sys.executable, "-m", "local_iot", "env", "--state-dir", str(state)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert f"export AWS_ENDPOINT_URL={info['aws_endpoint_url']}\n" in env
+        assert "export AWS_ACCESS_KEY_ID=testing\n" in env
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert not (state / INFO_FILE).exists()
+    gone = subprocess.run(
+        [sys.executable, "-m", "local_iot", "env", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert gone.returncode == 3 and "local-iot up" in gone.stderr
     with pytest.raises(ProcessLookupError):
         os.kill(broker_pid, 0)
 
