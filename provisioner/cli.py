@@ -97,7 +97,10 @@ def _aws_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(profile: str | None, region: str | None, local_dir: Path | None, tps: float, **kwargs: Any) -> Any:
         if tps <= 0:
             raise click.BadParameter("must be positive", param_hint="--tps")
-        local = read_local_config(local_dir) if local_dir is not None else None
+        try:
+            local = read_local_config(local_dir) if local_dir is not None else None
+        except ProvisionerError as e:
+            raise ProvisionerCliError(e) from e
         return fn(aws=AwsOptions(profile=profile, region=region, local=local, tps=tps), **kwargs)
 
     return wrapper

@@ -172,6 +172,8 @@ def _access_hint(service: str, operation: str, api_name: str, params: dict[str, 
         extra = f" and iam:PassRole on {params.get('roleArn', 'the stream role')}"
         if params.get("tags"):
             extra += " and iot:TagResource"
+    elif operation == "head_bucket":
+        return f"the bucket belongs to another account, or your credentials need {action} on it"
     elif operation == "create_role" and params.get("Tags"):
         extra = " and iam:TagRole"
     elif operation == "create_policy" and params.get("tags"):

@@ -124,8 +124,11 @@ def check_bucket_usable(state: BucketState, *, create: bool, force_unversioned: 
 def ensure_bucket(api: Api, store: ManifestStore, state: BucketState, *, key_prefix: str) -> BucketRecord:
     """Create the bucket (versioned, tagged with the run id) when it does not exist; record it."""
     run_id = store.manifest.run_id
-    prefix = object_prefix(key_prefix, run_id)
     recorded = store.manifest.bucket
+    if recorded is not None and recorded.name == state.name:
+        prefix = recorded.object_prefix  # a resumed run keeps its prefix even if --key-prefix changed
+    else:
+        prefix = object_prefix(key_prefix, run_id)
     created = recorded is not None and recorded.name == state.name and recorded.created
     if not state.exists:
         params = {} if api.region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": api.region}}

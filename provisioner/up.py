@@ -129,6 +129,11 @@ def _check_locally(store: ManifestStore, options: UpOptions) -> tuple[list[Firmw
             f"this manifest's run made stream {manifest.stream.stream_id}, not {options.stream_id}",
             hint="use another --manifest for another stream",
         )
+    if manifest.role is not None and options.role_arn is not None and manifest.role.arn != options.role_arn:
+        raise InputError(
+            f"this manifest's run uses role {manifest.role.arn}, not {options.role_arn}",
+            hint="use another --manifest for another role",
+        )
     if manifest.bucket is not None and manifest.bucket.name != options.bucket:
         raise InputError(
             f"this manifest's run uses bucket {manifest.bucket.name}, not {options.bucket}",

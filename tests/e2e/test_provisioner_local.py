@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner, Result
 from paho.mqtt.enums import CallbackAPIVersion
 
-from local_iot.broker import BrokerConfig, MosquittoBroker
 from local_iot.control_plane import ControlPlane
+from local_iot.runner import LocalIot, LocalIotSettings
 from provisioner.cli import main
 from provisioner.manifest import load_manifest
 
@@ -114,23 +114,6 @@ def test_up_update_cleanup_through_aws_endpoint_url(
     assert account(control_plane) == EMPTY
 
 
-def _write_local_config(state: Path, cp: ControlPlane, broker: MosquittoBroker) -> None:
-    state.mkdir(parents=True, exist_ok=True)
-    (state / "local-iot.json").write_text(
-        json.dumps(
-            {
-                "mqtt_host": broker.host,
-                "mqtt_port": broker.mqtt_port,
-                "tls_port": broker.tls_port,
-                "ca_cert": str(broker.ca_cert_path),
-                "ca_key": str(broker.ca.key_path),
-                "aws_endpoint_url": cp.endpoint_url,
-                "region": cp.region,
-            }
-        )
-    )
-
-
 class Device:
     """A paho client over mutual TLS with the files the provisioner wrote; callbacks only fill queues."""
 
@@ -151,10 +134,14 @@ class Device:
         self.client.loop_stop()
 
 
-def test_local_dir_certificates_authenticate_over_mutual_tls(control_plane: ControlPlane, tmp_path: Path) -> None:
-    with MosquittoBroker(BrokerConfig(state_dir=tmp_path / "broker")) as broker:
-        state = tmp_path / "state"
-        _write_local_config(state, control_plane, broker)
+def test_local_dir_certificates_work_with_local_iot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`local-iot up`'s own local-iot.json drives --local; a thing describes its stream over mutual TLS."""
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    state = tmp_path / "state"
+    with LocalIot(LocalIotSettings(state_dir=state)) as local:
+        assert local.control_plane is not None
+        local.control_plane.reset()
         manifest_path = tmp_path / "run.json"
         result = run(
             "up", "--local", state, "--stream-id", "fw-local", "--generate", "4KiB", "--bucket", "fw-bucket",
@@ -163,14 +150,15 @@ def test_local_dir_certificates_authenticate_over_mutual_tls(control_plane: Cont
         )  # fmt: skip
         assert result.exit_code == 0, result.output
         manifest = load_manifest(manifest_path)
-        assert manifest.mqtt is not None
+        info = local.info
+        assert manifest.mqtt is not None and manifest.mqtt.ca_path is not None
         assert (manifest.mqtt.host, manifest.mqtt.port, manifest.mqtt.plain_port) == (
-            broker.host,
-            broker.tls_port,
-            broker.mqtt_port,
+            info["mqtt_host"],
+            info["tls_port"],
+            info["mqtt_port"],
         )
-        assert manifest.mqtt.ca_path is not None
-        assert manifest.mqtt.ca_path.read_bytes() == broker.ca_cert_path.read_bytes()
+        assert manifest.mqtt.ca_path.read_bytes() == Path(info["ca_cert"]).read_bytes()
+        assert manifest.aws_endpoint_url == info["aws_endpoint_url"]
 
         thing = manifest.things[0]
         assert thing.cert_path is not None and thing.key_path is not None
@@ -184,15 +172,19 @@ def test_local_dir_certificates_authenticate_over_mutual_tls(control_plane: Cont
         )
         try:
             assert not device.connack.get(timeout=TIMEOUT).is_failure
-            own = f"$aws/things/{thing.name}/streams/fw-local/description/json"
-            device.client.subscribe(own, qos=0)
-            assert [rc.is_failure for rc in device.subacks.get(timeout=TIMEOUT)] == [False]
-            device.client.publish(own, b"hello", qos=0)
-            assert device.messages.get(timeout=TIMEOUT) == (own, b"hello")
+            prefix = f"$aws/things/{thing.name}/streams/fw-local"
+            device.client.subscribe([(f"{prefix}/description/json", 0), (f"{prefix}/rejected/json", 0)])
+            assert [rc.is_failure for rc in device.subacks.get(timeout=TIMEOUT)] == [False, False]
+            device.client.publish(f"{prefix}/describe/json", b'{"c":"t1"}', qos=0)
+            topic, payload = device.messages.get(timeout=TIMEOUT)
+            assert topic == f"{prefix}/description/json", payload
+            answer = json.loads(payload)
+            assert (answer["c"], answer["s"], answer["r"]) == ("t1", 1, [{"f": 0, "z": 4096}])
         finally:
             device.close()
 
         # Cleanup needs the same --local (its credentials); the manifest supplies the endpoint.
         result = run("cleanup", "--manifest", manifest_path, "--local", state, *FAST)
         assert result.exit_code == 0, result.output
-        assert account(control_plane) == EMPTY
+        assert local.control_plane is not None
+        assert account(local.control_plane) == EMPTY
