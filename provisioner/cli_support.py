@@ -1,0 +1,273 @@
+"""Shared pieces of the ``provisioner`` CLI: AWS options, error translation to click, option groups, output.
+
+rich is used here and in ``cli`` only: a progress bar for fleets on stderr and colour in cleanup reports.
+Data (summaries, plans, stream lists) is printed with ``click.echo`` so that it can be piped.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .aws import Api, AwsTarget, PlannedCall, open_clients
+from .cleanup import CleanupReport
+from .errors import ProvisionerError
+from .firmware import DEFAULT_KEY_PREFIX
+from .local import LocalConfig, read_local_config
+from .manifest import Manifest, load_manifest
+from .pacing import DEFAULT_TPS
+from .things import ThingProgress
+from .validation import parse_host_port
+
+P = ParamSpec("P")
+R = TypeVar("R")
+console = Console()
+err_console = Console(stderr=True)
+
+
+class ProvisionerCliError(click.ClickException):
+    """A ProvisionerError shown as ``Error: <message>: <hint>`` with the error's exit code."""
+
+    def __init__(self, error: ProvisionerError) -> None:
+        super().__init__(str(error))
+        self.exit_code = error.exit_code
+
+
+def errors_to_click(fn: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ProvisionerError as e:
+            raise ProvisionerCliError(e) from e
+
+    return wrapper
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AwsOptions:
+    profile: str | None
+    region: str | None
+    local: LocalConfig | None
+    tps: float
+
+
+def with_aws_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--profile/--region/--local/--tps on every command that calls AWS; passed on as ``aws: AwsOptions``."""
+
+    @click.option("--profile", envvar="AWS_PROFILE", help="AWS profile (standard boto3 credential chain).")
+    @click.option("--region", help="AWS region (default: from the profile/environment, or the manifest).")
+    @click.option(
+        "--local",
+        "local_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="State dir of `local-iot up`: endpoint, region, CA and MQTT endpoint from its local-iot.json.",
+    )
+    @click.option("--tps", type=float, default=DEFAULT_TPS, show_default=True, help="Control-plane calls per second.")
+    @functools.wraps(fn)
+    def wrapper(profile: str | None, region: str | None, local_dir: Path | None, tps: float, **kwargs: Any) -> Any:
+        if tps <= 0:
+            raise click.BadParameter("must be positive", param_hint="--tps")
+        try:
+            local = read_local_config(local_dir) if local_dir is not None else None
+        except ProvisionerError as e:
+            raise ProvisionerCliError(e) from e
+        return fn(aws=AwsOptions(profile=profile, region=region, local=local, tps=tps), **kwargs)
+
+    return wrapper
+
+
+def make_api(aws: AwsOptions, *, manifest: Manifest | None = None, dry_run: bool = False) -> Api:
+    """An Api for the options; a manifest supplies region and endpoint when the options do not."""
+    if aws.local is not None:
+        target = AwsTarget(
+            profile=None,
+            region=aws.region or aws.local.region,
+            endpoint_url=aws.local.aws_endpoint_url,
+            static_credentials=aws.local.credentials,
+        )
+    else:
+        target = AwsTarget(
+            profile=aws.profile,
+            region=aws.region or (manifest.region if manifest else None),
+            endpoint_url=manifest.aws_endpoint_url if manifest else None,
+        )
+    return Api(open_clients(target), dry_run=dry_run, tps=aws.tps)
+
+
+def existing_manifest(path: Path | None) -> Manifest | None:
+    return load_manifest(path) if path is not None and path.exists() else None
+
+
+def print_plan(planned: list[PlannedCall]) -> None:
+    click.echo(f"Dry run: nothing was created. {len(planned)} planned changes:")
+    for call in planned:
+        click.echo(f"  {call.render()}")
+    counts = Counter(f"{c.service}.{c.operation}" for c in planned)
+    click.echo("  totals: " + ", ".join(f"{n} x {op}" for op, n in counts.items()))
+
+
+@contextmanager
+def thing_progress(total: int) -> Iterator[Callable[[ThingProgress], None]]:
+    """A progress callback that shows a rich bar from the first finished thing on (stderr)."""
+    progress = Progress(
+        TextColumn("[bold]things[/bold] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+    )
+    task = progress.add_task("", total=total)
+
+    def update(p: ThingProgress) -> None:
+        if not progress.live.is_started:
+            progress.start()
+        progress.update(task, completed=p.index + 1, description=f"{p.name}{' (kept)' if p.skipped else ''}")
+
+    try:
+        yield update
+    finally:
+        if progress.live.is_started:
+            progress.stop()
+
+
+def summary(manifest: Manifest, path: Path | None) -> None:
+    lines = [f"run {manifest.run_id} in {manifest.account_id}/{manifest.region}"]
+    if manifest.aws_endpoint_url:
+        lines.append(f"  AWS endpoint   {manifest.aws_endpoint_url}")
+    for f in manifest.firmware:
+        lines.append(
+            f"  file {f.file_id:<3}       s3://{f.bucket}/{f.key} version {f.version_id} "
+            f"({f.size} bytes, sha256 {f.sha256[:16]}...)"
+        )
+    if manifest.role:
+        lines.append(f"  role           {manifest.role.arn}{' (created)' if manifest.role.created else ''}")
+    if manifest.stream:
+        lines.append(f"  stream         {manifest.stream.stream_id} version {manifest.stream.version}")
+    if manifest.things:
+        done = sum(t.complete for t in manifest.things)
+        lines.append(f"  things         {done}/{len(manifest.things)} ready, certificates in {manifest.certs_dir}")
+    if manifest.mqtt:
+        lines.append(f"  MQTT endpoint  {manifest.mqtt.host}:{manifest.mqtt.port} (root CA {manifest.mqtt.ca_path})")
+    if path is not None:
+        lines.append(f"  manifest       {path}")
+        if manifest.things and manifest.stream:
+            lines.append(f"next: device-sim download --manifest {path} --thing {manifest.things[0].name}")
+    for line in lines:
+        click.echo(line)
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = RichHandler(console=err_console, show_time=False, show_path=False)
+    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+    if verbose < 3:
+        for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# --- shared options ------------------------------------------------------------------------------------------------
+
+manifest_option = click.option(
+    "--manifest",
+    "manifest_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Manifest JSON of the run (created or resumed).",
+)
+dry_run_option = click.option("--dry-run", is_flag=True, help="Print the planned calls; create nothing.")
+
+
+def firmware_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed(
+        [
+            click.option(
+                "--file", "files", multiple=True, metavar="[ID=]PATH", help="Firmware file (repeatable; ID = fileId)."
+            ),
+            click.option(
+                "--generate", multiple=True, metavar="SIZE", help="Generate a test image: 1MiB, 512KiB, 1000."
+            ),
+            click.option("--seed", type=int, default=0, show_default=True, help="Seed of generated images."),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+def bucket_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed(
+        [
+            click.option("--bucket", required=True, help="S3 bucket for the firmware."),
+            click.option("--create-bucket", is_flag=True, help="Create the bucket (versioning enabled) if missing."),
+            click.option("--force-unversioned", is_flag=True, help="Accept an unversioned bucket (risky)."),
+            click.option(
+                "--key-prefix", default=DEFAULT_KEY_PREFIX, show_default=True, help="S3 keys: PREFIX/<run id>/..."
+            ),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+def fleet_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed(
+        [
+            click.option("--thing-prefix", default="sim", show_default=True, help="Things are named PREFIX-<i>."),
+            click.option(
+                "--certs-dir",
+                type=click.Path(file_okay=False, path_type=Path),
+                default=Path("certs"),
+                show_default=True,
+                help="Where certificates and keys are written.",
+            ),
+            click.option("--ca-cert", type=click.Path(dir_okay=False, path_type=Path), help="Issue from this CA ..."),
+            click.option("--ca-key", type=click.Path(dir_okay=False, path_type=Path), help="... with this CA key."),
+            click.option(
+                "--root-ca",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="The broker's root CA (default: AmazonRootCA1, or --ca-cert with --mqtt-endpoint).",
+            ),
+            click.option("--mqtt-endpoint", metavar="HOST:PORT", help="Device endpoint (default: describe_endpoint)."),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+def local_defaults(aws: AwsOptions, kwargs: dict[str, Any]) -> tuple[tuple[str, int] | None, int | None]:
+    """Fill --ca-cert/--ca-key/--mqtt-endpoint from --local; return (mqtt endpoint, plain port)."""
+    plain_port = None
+    if aws.local is not None:
+        kwargs["ca_cert"] = kwargs.get("ca_cert") or aws.local.ca_cert
+        kwargs["ca_key"] = kwargs.get("ca_key") or aws.local.ca_key
+        kwargs["mqtt_endpoint"] = kwargs.get("mqtt_endpoint") or f"{aws.local.mqtt_host}:{aws.local.tls_port}"
+        plain_port = aws.local.mqtt_port
+    endpoint = parse_host_port(kwargs["mqtt_endpoint"]) if kwargs.get("mqtt_endpoint") else None
+    return endpoint, plain_port
+
+
+def print_report(report: CleanupReport, api: Api) -> None:
+    if report.dry_run:
+        print_plan(api.planned)
+        return
+    for label in report.removed:
+        console.print(f"[green]removed[/green]       {escape(label)}", highlight=False, soft_wrap=True)
+    for label in report.already_gone:
+        console.print(f"[dim]already gone[/dim]  {escape(label)}", highlight=False, soft_wrap=True)
+    for label, reason in report.failed:
+        console.print(f"[red]NOT removed[/red]   {escape(label)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    click.echo(
+        f"{len(report.removed)} removed, {len(report.already_gone)} already gone, {len(report.failed)} not removed"
+    )
