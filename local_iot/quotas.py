@@ -2,9 +2,10 @@
 
 How this works:
 - Per connection (keyed by thing name, see docs/service.md), one token bucket of publishes (100/s, burst 100)
-  counts requests in and answers out. A request that finds no token is dropped. Answers always go out but take
-  their token, possibly into debt, so a device that asks for more than 100 messages per second loses requests
-  until the debt is paid (on AWS excess publishes are discarded).
+  counts requests in and answers out. A publish that finds no token is discarded, whichever way it goes: a
+  request is not answered, a data block never reaches the device (AWS: "publish requests that exceed this quota
+  are discarded", inbound and outbound alike). A device that asks for more than ~100 messages per second
+  therefore loses blocks and must ask again, as on AWS.
 - Per connection, a byte pacer (512 KiB/s with a burst of ``connection_bytes_burst``) delays answers so that the
   connection never exceeds the throughput quota. Excess is delayed, never dropped.
 - Per account, a publish pacer (20000/s by default, adjustable like on AWS) delays outbound publishes; its slot
@@ -117,6 +118,7 @@ class QuotaCounters:
     requests_admitted: int = 0
     requests_dropped: int = 0
     answers: int = 0
+    answers_dropped: int = 0  # over the connection's publish budget: discarded
     answers_delayed: int = 0
     delay_seconds_total: float = 0.0
 
@@ -154,10 +156,14 @@ class Quotas:
         self.counters.requests_admitted += 1
         return True
 
-    def schedule_answer(self, key: str, now: float, size: int) -> float:
-        """An outbound publish of ``size`` bytes (payload + topic) decided at ``now``: when it may be sent."""
+    def schedule_answer(self, key: str, now: float, size: int) -> float | None:
+        """An outbound publish of ``size`` bytes (payload + topic) decided at ``now``: when it may be sent, or None
+        when the connection's publish budget is spent and the answer is discarded."""
         conn = self._connection(key, now)
-        conn.tokens -= 1  # answers always go out; their cost is paid by later requests
+        if conn.tokens < 1:
+            self.counters.answers_dropped += 1
+            return None
+        conn.tokens -= 1
         if self._account is None:
             s = self.settings
             self._account = Pacer(s.account_outbound_publishes_per_second, s.account_outbound_burst)

@@ -57,25 +57,30 @@ def test_requests_over_100_per_second_are_dropped() -> None:
     assert sum(quotas.admit_request("thing-1", 5.5) for _ in range(80)) == 50
 
 
-def test_answers_count_against_the_publish_budget() -> None:
+def test_answers_over_the_publish_budget_are_discarded() -> None:
     quotas = Quotas(settings=QuotaSettings())
     assert quotas.admit_request("t", 0.0)
-    for _ in range(130):  # one request answered with 130 small messages: 31 publishes of debt
-        quotas.schedule_answer("t", 0.0, 100)
-    assert not quotas.admit_request("t", 0.0)
-    assert not quotas.admit_request("t", 0.30)  # -31 + 30 < 1
-    assert quotas.admit_request("t", 0.33)
+    # one request answered with 130 small messages: the budget has 99 tokens left, the other 31 are discarded
+    sent = [quotas.schedule_answer("t", 0.0, 100) for _ in range(130)]
+    assert sum(at is not None for at in sent) == 99
+    assert sent[99:] == [None] * 31
+    assert quotas.counters.answers_dropped == 31 and quotas.counters.answers == 99
+    assert not quotas.admit_request("t", 0.0)  # requests find the budget spent too
+    assert quotas.admit_request("t", 0.011)  # 1.1 tokens back
+    assert quotas.schedule_answer("other", 0.0, 100) == 0.0  # another connection has its own budget
 
 
 def test_bytes_per_connection_are_delayed_to_512_kib_per_second() -> None:
     quotas = Quotas(settings=QuotaSettings())
-    size = 4096
-    times = [quotas.schedule_answer("t", 0.0, size) for _ in range(32 * 10)]  # 1.25 MiB decided at once
-    assert times[:32] == [0.0] * 32  # the 128 KiB burst
-    rate = (len(times) - 32) * size / (times[-1] - times[31])
+    size = 32 * 1024
+    times = [quotas.schedule_answer("t", 0.0, size) for _ in range(40)]  # 1.25 MiB decided at once, 40 publishes
+    sent = [t for t in times if t is not None]
+    assert len(sent) == 40
+    assert sent[:4] == [0.0] * 4  # the 128 KiB burst
+    rate = (len(sent) - 4) * size / (sent[-1] - sent[3])
     assert rate == pytest.approx(512 * 1024, rel=0.01)
-    assert times == sorted(times)  # order kept
-    assert quotas.counters.answers_delayed == len(times) - 32
+    assert sent == sorted(sent)  # order kept
+    assert quotas.counters.answers_delayed == len(sent) - 4
     # another connection is not held up
     assert quotas.schedule_answer("other", 0.0, size) == 0.0
 
