@@ -10,6 +10,7 @@ import click
 def main() -> None:
     """Simulated devices for AWS IoT MQTT-based file delivery (streams)."""
 
+
 from .decode import decode_command  # noqa: E402  (commands register after the group is defined)
 
 main.add_command(decode_command, "decode")

@@ -270,7 +270,7 @@ class StreamServiceCore:
             out.append(
                 Outgoing(
                     topic=data_topic,
-                    payload=encode_data_block(fmt, file_id, index, block, token),  # type: ignore[arg-type]
+                    payload=encode_data_block(fmt, file_id, index, block, token),
                     kind=AnswerKind.DATA,
                     due=now,
                     thing_name=topic.thing_name,

@@ -126,11 +126,12 @@ class ServicePipeline:
         actions: list[Action] = []
         last_due = now
         for answer, extra in shaped:
-            due: float | None = now
+            due = now
             if self._quotas is not None and key is not None:
-                due = self._quotas.schedule_answer(key, now, len(answer.payload) + len(answer.topic))
-                if due is None:  # over the connection's publish quota: discarded, as AWS does
+                scheduled = self._quotas.schedule_answer(key, now, len(answer.payload) + len(answer.topic))
+                if scheduled is None:  # over the connection's publish quota: discarded, as AWS does
                     continue
+                due = scheduled
             due += self._latency + extra
             last_due = max(last_due, due)
             actions.append(replace(answer, due=due))
