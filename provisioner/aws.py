@@ -194,7 +194,7 @@ class Api:
 
     def paginate(
         self, method: Callable[..., Any], *, items: str, token: str = "nextToken", **params: Any
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[Any]:
         """Every item of a paged list call whose request and answer use the same token name."""
         while True:
             page = self.read(method, **params)

@@ -109,7 +109,7 @@ def issue_device_certificate(
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
     )
     algorithm = None if isinstance(ca.key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey) else hashes.SHA256()
-    cert = builder.sign(ca.key, algorithm)  # type: ignore[arg-type]
+    cert = builder.sign(ca.key, algorithm)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

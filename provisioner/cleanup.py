@@ -167,12 +167,15 @@ def _remove_objects(api: Api, tally: Tally, bucket: BucketRecord) -> None:
         tally.failed.append((f"objects s3://{name}/{prefix}", str(e)))
         return
     for key, version_id in versions:
-        label = f"s3://{name}/{key} version {version_id}"
-        tally.step(label, lambda k=key, v=version_id: api.write(api.s3.delete_object, Bucket=name, Key=k, VersionId=v))
+        tally.step(f"s3://{name}/{key} version {version_id}", _deleter(api, name, key, version_id))
     if bucket.created:
         ok = tally.step(f"bucket {name}", lambda: api.write(api.s3.delete_bucket, Bucket=name))
         if not ok:
             tally.failed[-1] = (tally.failed[-1][0], tally.failed[-1][1] + " (objects of others left in it?)")
+
+
+def _deleter(api: Api, bucket: str, key: str, version_id: str) -> Callable[[], object]:
+    return lambda: api.write(api.s3.delete_object, Bucket=bucket, Key=key, VersionId=version_id)
 
 
 def _object_versions(api: Api, bucket: str, prefix: str) -> Iterator[tuple[str, str]]:

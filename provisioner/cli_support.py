@@ -23,7 +23,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .aws import Api, AwsTarget, PlannedCall, open_clients
 from .cleanup import CleanupReport
-from .errors import ProvisionerError
+from .errors import (
+    AccessDenied,
+    AlreadyExists,
+    AwsError,
+    CleanupIncomplete,
+    CredentialsError,
+    InputError,
+    ManifestError,
+    NotFound,
+    ProvisionerError,
+    Throttled,
+)
 from .firmware import DEFAULT_KEY_PREFIX
 from .local import LocalConfig, read_local_config
 from .manifest import Manifest, load_manifest
@@ -38,11 +49,40 @@ err_console = Console(stderr=True)
 
 
 class ProvisionerCliError(click.ClickException):
-    """A ProvisionerError shown as ``Error: <message>: <hint>`` with the error's exit code."""
+    """A ProvisionerError shown as ``Error: <message>: <hint>``; one subclass per error class (its exit code)."""
 
     def __init__(self, error: ProvisionerError) -> None:
         super().__init__(str(error))
-        self.exit_code = error.exit_code
+        self.error = error
+
+
+def _cli_class(error_class: type[ProvisionerError]) -> type[ProvisionerCliError]:
+    name = f"{error_class.__name__}CliError"
+    return type(name, (ProvisionerCliError,), {"exit_code": error_class.exit_code, "__doc__": error_class.__doc__})
+
+
+#: The click exception class for each error class (built once at import; never changed).
+CLI_ERRORS: dict[type[ProvisionerError], type[ProvisionerCliError]] = {
+    cls: _cli_class(cls)
+    for cls in (
+        ProvisionerError,
+        InputError,
+        ManifestError,
+        AwsError,
+        AlreadyExists,
+        NotFound,
+        AccessDenied,
+        Throttled,
+        CredentialsError,
+        CleanupIncomplete,
+    )
+}
+
+
+def to_click(error: ProvisionerError) -> ProvisionerCliError:
+    """The ClickException for ``error``: the subclass of its nearest error class, with that class's exit code."""
+    cls = next(CLI_ERRORS[k] for k in type(error).__mro__ if k in CLI_ERRORS)
+    return cls(error)
 
 
 def errors_to_click(fn: Callable[P, R]) -> Callable[P, R]:
@@ -51,7 +91,7 @@ def errors_to_click(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except ProvisionerError as e:
-            raise ProvisionerCliError(e) from e
+            raise to_click(e) from e
 
     return wrapper
 
@@ -83,7 +123,7 @@ def with_aws_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             local = read_local_config(local_dir) if local_dir is not None else None
         except ProvisionerError as e:
-            raise ProvisionerCliError(e) from e
+            raise to_click(e) from e
         return fn(aws=AwsOptions(profile=profile, region=region, local=local, tps=tps), **kwargs)
 
     return wrapper

@@ -487,3 +487,17 @@ def test_read_local_config(tmp_path: Path) -> None:
     (tmp_path / "local-iot.json").write_text("{}")
     with pytest.raises(InputError, match="lacks"):
         read_local_config(tmp_path)
+
+
+def test_every_error_class_has_its_own_click_exception() -> None:
+    import click
+
+    from provisioner.cli_support import CLI_ERRORS, to_click
+
+    codes = {cls.exit_code for cls in CLI_ERRORS}
+    assert len(codes) == len(CLI_ERRORS), "exit codes are unique per error class"
+    err = to_click(InputError("bad", hint="fix it"))
+    assert isinstance(err, click.ClickException)
+    assert (type(err).__name__, err.exit_code, err.format_message()) == ("InputErrorCliError", 2, "bad: fix it")
+    nested = to_click(Throttled("slow", service="iot", operation="x"))
+    assert (type(nested).__name__, nested.exit_code) == ("ThrottledCliError", 8)
