@@ -151,8 +151,8 @@ def existing_manifest(path: Path | None) -> Manifest | None:
     return load_manifest(path) if path is not None and path.exists() else None
 
 
-def print_plan(planned: list[PlannedCall]) -> None:
-    click.echo(f"Dry run: nothing was created. {len(planned)} planned changes:")
+def print_plan(planned: list[PlannedCall], *, verb: str = "created") -> None:
+    click.echo(f"Dry run: nothing was {verb}. {len(planned)} planned changes:")
     for call in planned:
         click.echo(f"  {call.render()}")
     counts = Counter(f"{c.service}.{c.operation}" for c in planned)
@@ -300,7 +300,7 @@ def local_defaults(aws: AwsOptions, kwargs: dict[str, Any]) -> tuple[tuple[str, 
 
 def print_report(report: CleanupReport, api: Api) -> None:
     if report.dry_run:
-        print_plan(api.planned)
+        print_plan(api.planned, verb="removed")
         return
     for label in report.removed:
         console.print(f"[green]removed[/green]       {escape(label)}", highlight=False, soft_wrap=True)

@@ -415,3 +415,15 @@ def test_cleanup_needs_one_selector(aws_env: FakeStreams) -> None:
     result = run("cleanup", *FAST)
     assert result.exit_code == 2
     assert "exactly one of --manifest and --run-id" in result.output
+
+
+def test_cleanup_dry_run_removes_nothing(aws_env: FakeStreams, tmp_path: Path) -> None:
+    assert run(*up_args(tmp_path, "--things", "1")).exit_code == 0
+    before = leftovers()
+    result = run("cleanup", "--manifest", tmp_path / "run.json", "--dry-run", *FAST)
+    assert result.exit_code == 0, result.output
+    assert "Dry run: nothing was removed." in result.output
+    assert "iot.delete_stream(streamId='fw-test')" in result.output
+    assert "iot.update_certificate(" in result.output and "newStatus='INACTIVE'" in result.output
+    assert leftovers() == before
+    assert (tmp_path / "certs" / "sim-0.private.key").exists()
