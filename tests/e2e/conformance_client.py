@@ -73,6 +73,16 @@ class Answer:
             return cbor2.loads(self.payload)
         return json.loads(self.payload)
 
+    def brief(self) -> str:
+        """The topic's operation/format and the decoded answer, a payload ``p`` shown as its length."""
+        try:
+            doc = self.doc
+        except ValueError:
+            return f"{self.operation}/{self.format} undecodable {self.payload[:40]!r}"
+        if isinstance(doc, dict) and "p" in doc:
+            doc = doc | {"p": f"<{len(doc['p'])}>"}
+        return f"{self.operation}/{self.format} {doc}"
+
 
 class StreamProbe:
     """Requests and answers of one thing and stream; created by ``RawClient.watch``."""
@@ -121,6 +131,15 @@ class StreamProbe:
             if answer.operation == "description" and answer.format == fmt and answer.doc.get("c") == token:
                 return before
             before.append(answer)
+
+    def drain(self) -> list[Answer]:
+        """Every answer already in the queue, without waiting."""
+        out: list[Answer] = []
+        while True:
+            try:
+                out.append(self.inbox.get_nowait())
+            except queue.Empty:
+                return out
 
     def assert_quiet(self) -> None:
         """Nothing is waiting in the queue (call after ``until_marker`` to prove no stray answer came)."""
