@@ -1,7 +1,8 @@
 """``device-sim download``: one device downloads a stream, verifies it and reports.
 
-Exit codes: 0 every file downloaded and verified; 1 verification mismatch; 2 bad arguments; 3 rejected by the
-service; 4 timeout/abort; 5 connection or TLS failure; 6 anything else (storage, source unreadable, a bug).
+Exit codes: 0 every file downloaded and verified; 1 verification mismatch; 2 bad arguments (printed as one line,
+before anything is written); 3 rejected by the service or the broker; 4 timeout/abort; 5 connection or TLS
+failure; 6 anything else (storage, source unreadable, a bug).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 
 import click
 
-from .cli_options import build_download_settings, download_options, existing_file, transport_choices
-from .device import Device, DeviceResult, SinkKind
+from .cli_options import build_download_settings, download_options, pem_file, transport_choices
+from .device import NO_SUCH_FILE, Device, DeviceResult, SinkKind
 from .metrics import FailureKind
 from .transport import InvalidSettings, TransportSettings
 from .verify import S3Source
@@ -33,8 +34,35 @@ EXIT_CODES = {
 }
 
 
-class ManifestProblem(click.ClickException):
-    exit_code = 2
+EXIT_BAD_ARGUMENTS = 2
+
+
+class BadArguments(click.ClickException):
+    """A usage error printed as one line (``Error: ...``), exit code 2."""
+
+    exit_code = EXIT_BAD_ARGUMENTS
+
+
+class ManifestProblem(BadArguments):
+    pass
+
+
+class OneLineErrors(click.Command):
+    """A click command whose usage errors are one line (no usage banner), so scripts can log them."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise BadArguments(f"{exc.format_message()} (see --help)") from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise BadArguments(exc.format_message()) from None
 
 
 def resolve_from_manifest(manifest_path: Path, thing: str | None) -> dict[str, Any]:
@@ -82,7 +110,7 @@ def make_source(aws_endpoint_url: str | None, region: str | None) -> S3Source:
     return S3Source(boto3.Session(region_name=region or os.environ.get("AWS_REGION") or None))
 
 
-@click.command("download")
+@click.command("download", cls=OneLineErrors)
 @click.option(
     "--manifest",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -128,16 +156,13 @@ def download_command(**params: Any) -> None:
     resolved: dict[str, Any] = {}
     if params["manifest"] is not None:
         resolved = resolve_from_manifest(params["manifest"], params["thing"])
-    endpoint = params["endpoint"] or resolved.get("endpoint")
-    thing = params["thing"] or resolved.get("thing")
-    stream_id = params["stream_id"] or resolved.get("stream")
-    for value, option in ((endpoint, "--endpoint"), (thing, "--thing"), (stream_id, "--stream")):
-        if not value:
-            raise click.UsageError(f"{option} is required (or --manifest)")
+    endpoint = _required(params["endpoint"] or resolved.get("endpoint"), "--endpoint")
+    thing = _required(params["thing"] or resolved.get("thing"), "--thing")
+    stream_id = _required(params["stream_id"] or resolved.get("stream"), "--stream")
     no_tls = params["no_tls"]
-    cert = existing_file(params["cert"] or (None if no_tls else resolved.get("cert")), "--cert")
-    key = existing_file(params["key"] or (None if no_tls else resolved.get("key")), "--key")
-    ca = existing_file(params["ca"] or (None if no_tls else resolved.get("ca")), "--ca")
+    cert = pem_file(params["cert"] or (None if no_tls else resolved.get("cert")), "--cert", "CERTIFICATE")
+    key = pem_file(params["key"] or (None if no_tls else resolved.get("key")), "--key", "PRIVATE KEY")
+    ca = pem_file(params["ca"] or (None if no_tls else resolved.get("ca")), "--ca", "CERTIFICATE")
     if not no_tls and (cert is None or key is None):
         raise click.UsageError("mutual TLS needs --cert and --key (or --no-tls for a plain local broker)")
     out, state_dir = params["out"], params["state_dir"]
@@ -180,8 +205,25 @@ def download_command(**params: Any) -> None:
     result = _run_with_progress(make_device, f"{thing} <- {stream_id}", quiet=params["as_json"])
     _report(result, as_json=params["as_json"])
     if not result.ok:
-        kind = result.failure.kind if result.failure else FailureKind.VERIFY_MISMATCH
-        sys.exit(EXIT_CODES[kind])
+        sys.exit(exit_code(result))
+
+
+def _required(value: Any, option: str) -> str:
+    if not value:
+        raise click.UsageError(f"{option} is required (or --manifest)")
+    return str(value)
+
+
+def exit_code(result: DeviceResult) -> int:
+    """The exit code of a finished run (0 only when every file downloaded and verified)."""
+    if result.ok:
+        return 0
+    failure = result.failure
+    if failure is None:
+        return EXIT_CODES[FailureKind.VERIFY_MISMATCH]
+    if failure.kind is FailureKind.ERROR and failure.detail == NO_SUCH_FILE:
+        return EXIT_BAD_ARGUMENTS  # --file-id names a file the stream does not have
+    return EXIT_CODES[failure.kind]
 
 
 def _run_with_progress(
@@ -206,7 +248,7 @@ def _report(result: DeviceResult, *, as_json: bool) -> None:
             "thing": result.thing_name,
             "stream": result.stream_id,
             "stream_version": result.stream_version,
-            "file_ids": [f.file_id for f in result.files],
+            "file_ids": list(result.file_ids),
             "files": [
                 {
                     "file_id": f.file_id,
@@ -214,13 +256,16 @@ def _report(result: DeviceResult, *, as_json: bool) -> None:
                     "sha256": f.sha256,
                     "verified": f.verified,
                     "seconds": round(f.seconds, 4),
+                    "verify_seconds": round(f.verify_seconds, 4),
                     "path": f.path,
                     "resumed_blocks": f.resumed_blocks,
+                    "first_bad_block": f.first_bad_block,
                 }
                 for f in result.files
             ],
             "bytes": m.bytes,
             "seconds": m.download_s,
+            "requests": m.requests,
             "blocks_received": m.blocks,
             "duplicates": m.duplicates,
             "re_requests": m.re_requests,

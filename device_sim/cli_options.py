@@ -41,7 +41,7 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * _UNITS[unit]
 
 
-class SizeType(click.ParamType):
+class SizeType(click.ParamType):  # type: ignore[type-arg]
     name = "SIZE"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
@@ -53,7 +53,7 @@ class SizeType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-class SizeListType(click.ParamType):
+class SizeListType(click.ParamType):  # type: ignore[type-arg]
     name = "SIZES"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
@@ -102,6 +102,20 @@ def download_options(func: F) -> F:
             default=None,
             help="Fixed idle timeout in seconds before missing blocks are asked again "
             "[default: adaptive, follows the measured round trip].",
+        ),
+        click.option(
+            "--describe-timeout",
+            type=click.FloatRange(0.05, 600),
+            default=5.0,
+            show_default=True,
+            help="Seconds to wait for the DescribeStream answer before asking again.",
+        ),
+        click.option(
+            "--describe-retries",
+            type=click.IntRange(0, 100),
+            default=5,
+            show_default=True,
+            help="DescribeStream is re-sent this many times before the device gives up (exit 4).",
         ),
         click.option(
             "--max-retries",
@@ -184,6 +198,8 @@ def build_download_settings(params: dict[str, Any], **overrides: Any) -> Downloa
         "send_version": params["send_version"],
         "client_token": params["client_token"],
         "file_ids": tuple(params["file_ids"]) or None,
+        "describe_timeout": params.get("describe_timeout", 5.0),
+        "describe_retries": params.get("describe_retries", 5),
         "verify_s3": params["verify_s3"],
         "expect_sha256": sha.lower() if sha else None,
     }
@@ -209,6 +225,25 @@ def transport_choices(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def existing_file(path: Path | None, option: str) -> Path | None:
-    if path is not None and not path.is_file():
-        raise click.BadParameter(f"{path} is not a readable file", param_hint=option)
+    """``path`` when it is a readable file; click.BadParameter naming ``option`` otherwise."""
+    if path is None:
+        return None
+    if not path.is_file():
+        raise click.BadParameter(f"{path} does not exist or is not a file", param_hint=option)
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint=option) from None
+    return path
+
+
+def pem_file(path: Path | None, option: str, label: str) -> Path | None:
+    """``existing_file`` that must also hold a PEM block whose label ends with ``label`` (e.g. ``PRIVATE KEY``)."""
+    if existing_file(path, option) is None:
+        return None
+    assert path is not None
+    head = path.read_bytes()[: 1 << 16]
+    if re.search(rb"-----BEGIN [A-Z0-9 ]*" + label.encode() + rb"-----", head) is None:
+        raise click.BadParameter(f"{path} holds no PEM {label.lower()} (-----BEGIN ...{label}-----)", param_hint=option)
     return path

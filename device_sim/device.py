@@ -1,45 +1,33 @@
-"""One simulated device: connect, DescribeStream, download each file with the engine, verify, report.
+"""One simulated device: connect, DescribeStream, download each file, verify, report.
 
 How this works: ``Device.run()`` opens an ``MqttTransport`` whose ``on_message`` runs in the event loop (the CRT
 thread only hops). It subscribes to ``description``, ``data`` and ``rejected`` before publishing anything, sends
-DescribeStream (re-sent on an idle timeout, a bounded number of times), then downloads the chosen files one after
-the other. Per file a ``DownloadEngine`` decides what to request; the device only carries out its actions:
-publish a request, write a block into the sink (keeping a CRC-32 per block for verification), discard blocks,
-re-describe after a VersionMismatch, finish. One asyncio timer follows ``engine.get_timer()``: it is moved
-earlier when needed and otherwise fires, lets the engine decide and is re-armed (so a block costs no timer
-churn). After a file completes, its digest is compared with the source (``S3Source`` or ``--expect-sha256``)
-and only then is a file sink committed to its final path. Everything a device did ends up in ``DeviceMetrics``.
+DescribeStream (re-sent after ``describe_timeout``, a bounded number of times), then downloads the chosen files
+one after the other, each with a ``FileDownload`` (engine + sink + timer, see ``device_download``) to which it
+routes the file's data blocks and rejections. After a file completes, its digest is compared with the source
+(``S3Source`` or ``--expect-sha256``) and only then is a file sink committed to its final path. The S3 clients
+are made ready in a thread while the device connects and describes, not while blocks arrive.
+Everything a device did ends up in ``DeviceMetrics``; ``run()`` never raises for a failed download.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
-from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .collect import MessageMeter, ProgressSampler
-from .engine import DownloadEngine
-from .engine_types import (
-    Complete,
-    DiscardBlocks,
-    EngineSettings,
-    EngineStats,
-    Failed,
-    FailureReason,
-    Redescribe,
-    SendRequest,
-    WriteBlock,
-)
-from .metrics import DeviceMetrics, FailureKind, failure_reason
+from .device_download import FileDownload
+from .device_types import DeviceFailure, DeviceResult, DownloadSettings, FileResult, SinkKind
+from .engine_types import EngineStats
+from .metrics import DeviceMetrics, FailureKind
 from .protocol import (
-    DataBlock,
     DescribeStreamRequest,
     FileInfo,
-    Format,
+    GetStreamRequest,
     Operation,
     Rejection,
     RemoteProtocolError,
@@ -50,109 +38,34 @@ from .protocol import (
     encode_request,
     subscription_filters,
 )
-from .sinks import BlockSink, DigestSink, FileSink, MemorySink, ResumeKey, SinkError
 from .transport import (
     ConnectError,
     ConnectionEvent,
     ConnectionEventKind,
     CrtResources,
     MqttTransport,
+    PublishError,
+    SubscribeRejected,
     TransportError,
     TransportSettings,
 )
-from .verify import S3Source, SourceError, Verdict, compare
+from .verify import S3Source
 
-__all__ = ["Device", "DeviceFailure", "DeviceResult", "DownloadSettings", "FileResult", "SinkKind"]
+__all__ = [
+    "NO_SUCH_FILE",
+    "Device",
+    "DeviceCancelled",
+    "DeviceFailure",
+    "DeviceResult",
+    "DownloadSettings",
+    "FileResult",
+    "SinkKind",
+]
 
 log = logging.getLogger(__name__)
 
-
-class SinkKind:
-    MEMORY = "memory"
-    FILE = "file"
-    DIGEST = "digest"
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class DownloadSettings:
-    """How a device downloads (the CLI's download options)."""
-
-    format: Format = Format.CBOR
-    block_size: int = 4096
-    blocks_per_request: int | None = None
-    inflight: int = 1
-    request_timeout: float | None = None  # None: adaptive idle timeout
-    max_retries: int = 32
-    send_version: bool = True
-    client_token: bool = True
-    file_ids: tuple[int, ...] | None = None  # None: every file of the stream
-    describe_timeout: float = 5.0
-    describe_retries: int = 5
-    sink: str = SinkKind.DIGEST
-    out: Path | None = None  # with sink FILE: the final path (several files: <out>.<fileId>)
-    state_dir: Path | None = None  # with sink FILE: resumable
-    verify_s3: bool = True
-    expect_sha256: str | None = None
-
-    def engine_settings(self, token: str | None) -> EngineSettings:
-        return EngineSettings(
-            block_size=self.block_size,
-            blocks_per_request=self.blocks_per_request,
-            inflight=self.inflight,
-            request_timeout=self.request_timeout,
-            max_retries=self.max_retries,
-            send_version=self.send_version,
-            client_token=token,
-        )
-
-    @property
-    def label(self) -> str:
-        parts = [f"{self.block_size}B", self.format.value]
-        if self.blocks_per_request:
-            parts.append(f"x{self.blocks_per_request}")
-        if self.inflight != 1:
-            parts.append(f"inflight {self.inflight}")
-        return " ".join(parts)
-
-
-class DeviceFailure(Exception):
-    """A device could not finish; ``kind``/``detail`` make the ``failure_reason``."""
-
-    def __init__(self, kind: FailureKind, message: str, detail: str | None = None) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.detail = detail
-        self.message = message
-
-    @property
-    def reason(self) -> str:
-        return failure_reason(self.kind, self.detail)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class FileResult:
-    file_id: int
-    file_size: int
-    sha256: str | None
-    verified: bool
-    seconds: float
-    path: str | None = None
-    verdict_message: str = ""
-    resumed_blocks: int = 0
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class DeviceResult:
-    thing_name: str
-    stream_id: str
-    stream_version: int | None
-    files: tuple[FileResult, ...]
-    metrics: DeviceMetrics
-    failure: DeviceFailure | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.failure is None and bool(self.files) and all(f.verified for f in self.files)
+#: ``DeviceFailure.detail`` when a requested file id is not in the stream (a caller mistake).
+NO_SUCH_FILE = "no-such-file"
 
 
 @dataclass
@@ -182,7 +95,8 @@ class _Totals:
 
 class Device:
     """One thing downloading one stream. ``await Device(...).run()`` returns a ``DeviceResult``; never raises
-    for a failed download (the failure is in the result), only for programming errors."""
+    for a failed download (the failure is in the result). Cancelled, it raises ``DeviceCancelled`` carrying the
+    partial result."""
 
     def __init__(
         self,
@@ -201,7 +115,7 @@ class Device:
         self.stream_id = stream_id
         self.transport_settings = transport
         self.settings = settings
-        self._source = source
+        self._source = source if settings.verify_s3 and not settings.expect_sha256 else None
         self._resources = resources
         self._run_started = run_started
         self._label = settings_label if settings_label is not None else settings.label
@@ -212,17 +126,12 @@ class Device:
         self._topic_rejected = build_topic(thing_name, stream_id, Operation.REJECTED, fmt)
         self._topic_describe = build_topic(thing_name, stream_id, Operation.DESCRIBE, fmt)
         self._topic_get = build_topic(thing_name, stream_id, Operation.GET, fmt)
-        self._topic_get_len = len(self._topic_get.encode())
         self._token_seq = 0
         self._mqtt: MqttTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._engine: DownloadEngine | None = None
-        self._sink: BlockSink | None = None
-        self._crcs: array[int] = array("I")
-        self._done: asyncio.Future[Complete | Failed] | None = None
+        self._current: FileDownload | None = None
         self._describe_waiter: asyncio.Future[StreamDescription | Rejection] | None = None
         self._describe_token: str | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._meter = MessageMeter()
         self._progress = ProgressSampler()
@@ -230,10 +139,9 @@ class Device:
         self._disconnects = 0
         self._first_block_at: float | None = None
         self._started_at = 0.0
-        self._bytes_done = 0  # bytes of files finished before the current one
-        self._file_info: FileInfo | None = None
+        self._bytes_done = 0  # bytes stored in this run so far
         self._stream_version: int | None = None
-        self._files_chosen = 0
+        self._file_ids: tuple[int, ...] = ()
 
     # -------------------------------------------------------------------------------------------------- run
 
@@ -241,59 +149,64 @@ class Device:
         loop = self._loop = asyncio.get_running_loop()
         t0 = self._started_at = loop.time()
         run_started = self._run_started if self._run_started is not None else t0
-        connect_s: float | None = None
-        download_s: float | None = None
+        timing: dict[str, float] = {}
         files: list[FileResult] = []
         failure: DeviceFailure | None = None
         try:
-            try:
-                self._mqtt = MqttTransport(
-                    self.transport_settings,
-                    on_message=self._on_message,
-                    on_connection_event=self._on_connection_event,
-                    resources=self._resources,
-                )
-                await self._mqtt.connect()
-            except ConnectError as exc:
-                raise DeviceFailure(FailureKind.CONNECT, str(exc)) from exc
-            connect_s = loop.time() - t0
-            try:
-                await self._mqtt.subscribe(subscription_filters(self.thing_name, self.stream_id, self.settings.format))
-                description = await self._describe()
-                chosen = self._choose_files(description)
-                self._files_chosen = len(chosen)
-                download_started = loop.time()
-                for info in chosen:
-                    files.append(await self._download(info, description))
-                download_s = loop.time() - download_started
-            except TransportError as exc:
-                raise DeviceFailure(FailureKind.DISCONNECTED, str(exc)) from exc
+            await self._connect_and_download(files, timing)
         except DeviceFailure as exc:
             failure = exc
         except asyncio.CancelledError:
             failure = DeviceFailure(FailureKind.CANCELLED, "stopped before the download finished")
-            self._cleanup_file(abort=False)
             await self._close()
-            raise _Cancelled(self._result(files, failure, connect_s, download_s, run_started)) from None
+            raise DeviceCancelled(self._result(files, failure, timing, run_started)) from None
         except Exception as exc:  # a bug: report it on this device, keep the fleet running
             log.exception("device %s failed unexpectedly", self.thing_name)
             failure = DeviceFailure(FailureKind.ERROR, f"{type(exc).__name__}: {exc}")
-        finally:
-            self._cancel_timer()
-        self._cleanup_file(abort=False)
         await self._close()
-        if failure is None and not all(f.verified for f in files):
-            bad = next(f for f in files if not f.verified)
-            failure = DeviceFailure(FailureKind.VERIFY_MISMATCH, f"file {bad.file_id}: {bad.verdict_message}")
-        return self._result(files, failure, connect_s, download_s, run_started)
+        if failure is None:
+            bad = next((f for f in files if not f.verified), None)
+            if bad is not None:
+                failure = DeviceFailure(FailureKind.VERIFY_MISMATCH, f"file {bad.file_id}: {bad.verdict_message}")
+        return self._result(files, failure, timing, run_started)
+
+    async def _connect_and_download(self, files: list[FileResult], timing: dict[str, float]) -> None:
+        loop = self._loop
+        assert loop is not None
+        # boto3's client setup (~0.3 s of CPU, holding the GIL) overlaps the connect and describe, and is over
+        # before the first request: a thread busy during the download would delay blocks into spurious timeouts.
+        warm_up = None
+        if self._source is not None:
+            warm_up = asyncio.ensure_future(asyncio.to_thread(self._source.prepare, self.stream_id))
+        try:
+            self._mqtt = MqttTransport(
+                self.transport_settings,
+                on_message=self._on_message,
+                on_connection_event=self._on_connection_event,
+                resources=self._resources,
+            )
+            await self._mqtt.connect()
+        except ConnectError as exc:
+            raise DeviceFailure(FailureKind.CONNECT, str(exc)) from exc
+        timing["connect"] = loop.time() - self._started_at
+        try:
+            try:
+                await self._mqtt.subscribe(subscription_filters(self.thing_name, self.stream_id, self.settings.format))
+            except SubscribeRejected as exc:
+                raise DeviceFailure(FailureKind.REJECTED, str(exc), "SubscribeRejected") from exc
+            description = await self._describe()
+            chosen = self._choose_files(description)
+            self._file_ids = tuple(f.file_id for f in chosen)
+            if warm_up is not None:
+                await warm_up  # prepare() never raises; verification reports source errors
+            for info in chosen:
+                files.append(await self._download_file(info, description, len(chosen)))
+            timing["download"] = sum(f.seconds for f in files)
+        except TransportError as exc:
+            raise DeviceFailure(FailureKind.DISCONNECTED, str(exc)) from exc
 
     def _result(
-        self,
-        files: list[FileResult],
-        failure: DeviceFailure | None,
-        connect_s: float | None,
-        download_s: float | None,
-        run_started: float,
+        self, files: list[FileResult], failure: DeviceFailure | None, timing: dict[str, float], run_started: float
     ) -> DeviceResult:
         loop_now = self._loop.time() if self._loop else self._started_at
         t = self._totals
@@ -301,9 +214,9 @@ class Device:
         metrics = DeviceMetrics(
             thing_name=self.thing_name,
             settings=self._label,
-            connect_s=connect_s,
+            connect_s=timing.get("connect"),
             first_block_s=first_block_s,
-            download_s=download_s if failure is None else None,
+            download_s=timing.get("download") if failure is None else None,
             bytes=t.bytes,
             blocks=t.blocks,
             duplicates=t.duplicates,
@@ -311,7 +224,7 @@ class Device:
             re_requests=t.re_requests,
             requests=t.requests,
             timeouts=t.timeouts,
-            rejections=t.rejections,
+            rejections=tuple(sorted(t.rejections.items())),
             disconnects=self._disconnects,
             verified=failure is None,
             failure_reason=failure.reason if failure else None,
@@ -330,6 +243,7 @@ class Device:
             files=tuple(files),
             metrics=metrics,
             failure=failure,
+            file_ids=self._file_ids,
         )
 
     async def _close(self) -> None:
@@ -352,13 +266,15 @@ class Device:
     async def _describe(self) -> StreamDescription:
         """DescribeStream, re-sent after ``describe_timeout`` up to ``describe_retries`` times."""
         assert self._loop is not None and self._mqtt is not None
-        for _attempt in range(self.settings.describe_retries + 1):
+        s = self.settings
+        drops_before = self._disconnects
+        for _attempt in range(s.describe_retries + 1):
             token = self._describe_token = self._next_token("d")
             waiter = self._describe_waiter = self._loop.create_future()
-            payload = encode_request(DescribeStreamRequest(client_token=token), self.settings.format)
-            await self._publish(self._topic_describe, payload)
             try:
-                answer = await asyncio.wait_for(waiter, self.settings.describe_timeout)
+                request = encode_request(DescribeStreamRequest(client_token=token), s.format)
+                await self._publish(self._topic_describe, request)
+                answer: StreamDescription | Rejection = await asyncio.wait_for(waiter, s.describe_timeout)
             except TimeoutError:
                 continue
             finally:
@@ -369,10 +285,19 @@ class Device:
                 )
             self._stream_version = answer.stream_version
             return answer
+        drops = self._disconnects - drops_before
+        dropped = (
+            f"; the broker closed the connection {drops} times meanwhile (AWS IoT and mosquitto do that when the "
+            "policy/ACL denies a topic)"
+            if drops
+            else ""
+        )
         raise DeviceFailure(
             FailureKind.TIMEOUT,
-            f"no answer to DescribeStream after {self.settings.describe_retries + 1} tries "
-            f"({self.settings.describe_timeout} s each): is the stream service running for this endpoint?",
+            f"no answer to DescribeStream of {self.stream_id} after {s.describe_retries + 1} tries "
+            f"({s.describe_timeout:g} s each): check that the stream service serves this endpoint and that the "
+            f"certificate belongs to thing {self.thing_name} (a thing may only use its own stream topics){dropped}",
+            "describe",
         )
 
     def _choose_files(self, description: StreamDescription) -> list[FileInfo]:
@@ -386,284 +311,120 @@ class Device:
             if info is None:
                 have = ", ".join(str(f.file_id) for f in description.files) or "none"
                 raise DeviceFailure(
-                    FailureKind.ERROR, f"stream {self.stream_id} has no file id {file_id} (it has: {have})"
+                    FailureKind.ERROR,
+                    f"stream {self.stream_id} has no file id {file_id} (it has: {have}); fix --file-id",
+                    NO_SUCH_FILE,
                 )
             chosen.append(info)
         return chosen
 
     # --------------------------------------------------------------------------------------------- download
 
-    def _make_sink(self, info: FileInfo, version: int) -> BlockSink:
-        s = self.settings
-        if s.sink == SinkKind.FILE:
-            return FileSink(
-                self._part_target(info.file_id),
-                info.file_size,
-                s.block_size,
-                state_dir=s.state_dir,
-                resume_key=ResumeKey(stream_id=self.stream_id, file_id=info.file_id, stream_version=version)
-                if s.state_dir is not None
-                else None,
-            )
-        if s.sink == SinkKind.MEMORY:
-            return MemorySink(info.file_size, s.block_size)
-        return DigestSink(info.file_size, s.block_size)
-
-    def _part_target(self, file_id: int) -> Path:
+    def _target(self, file_id: int, files: int) -> Path:
         out = self.settings.out or Path(f"{self.thing_name}-{self.stream_id}.bin")
-        if self._files_chosen == 1:
-            return out
-        return out.with_name(f"{out.name}.{file_id}")
+        return out if files == 1 else out.with_name(f"{out.name}.{file_id}")
 
-    async def _download(self, info: FileInfo, description: StreamDescription) -> FileResult:
+    async def _download_file(self, info: FileInfo, description: StreamDescription, files: int) -> FileResult:
         assert self._loop is not None
-        loop = self._loop
-        started = loop.time()
-        self._file_info = info
-        version = description.stream_version
-        try:
-            self._sink = self._make_sink(info, version)
-        except SinkError as exc:
-            raise DeviceFailure(FailureKind.ERROR, f"cannot store file {info.file_id}: {exc}") from exc
-        resumed = list(self._sink.received_blocks())
-        self._crcs = array("I", bytes(4 * (-(-info.file_size // self.settings.block_size))))
-        if resumed:
-            self._rebuild_crcs(resumed)
-        self._done = loop.create_future()
-        token = self._next_token("g")
-        engine = self._engine = DownloadEngine(
-            file_id=info.file_id,
-            file_size=info.file_size,
-            stream_version=version if self.settings.send_version else None,
-            now=loop.time(),
-            settings=self.settings.engine_settings(token),
-            have=resumed or None,
+        download = self._current = FileDownload(
+            info=info,
+            stream_id=self.stream_id,
+            stream_version=description.stream_version,
+            settings=self.settings,
+            target=self._target(info.file_id, files),
+            client_token=self._next_token("g"),
+            send=self._send_request,
+            redescribe=self._describe,
+            on_block=self._on_block,
+            label=f"device {self.thing_name}",
         )
-        engine.start(loop.time())
-        self._pump()
-        outcome = await self._done
-        self._cancel_timer()
-        self._totals.add(engine.stats)
-        self._engine = None
-        if isinstance(outcome, Failed):
-            self._cleanup_file(abort=False)
-            raise _engine_failure(outcome, info.file_id)
-        sink = self._sink
-        assert sink is not None
-        result = sink.finish()
-        verdict = await self._verify(info, result.sha256, result.size)
-        path: str | None = None
-        if verdict.verified and isinstance(sink, FileSink):
-            path = str(sink.commit())
-        self._sink = None
-        if not isinstance(sink, FileSink) or not verdict.verified:
-            sink.close()
-        self._bytes_done += info.file_size
+        try:
+            result = await download.run()
+            verify_started = self._loop.time()
+            verdict = await download.verify(result, self._source)
+            verify_s = self._loop.time() - verify_started
+            path = download.commit() if verdict.verified else None
+            if not verdict.verified:
+                download.close(abort=True)  # the blocks are wrong or the source moved: never resume them
+        finally:
+            self._current = None
+            self._totals.add(download.stats)
+            download.close(abort=False)
         return FileResult(
-            file_id=info.file_id,
-            file_size=info.file_size,
+            file_id=download.info.file_id,
+            file_size=download.info.file_size,
             sha256=result.sha256,
             verified=verdict.verified,
-            seconds=loop.time() - started,
+            seconds=download.transfer_s,
+            verify_seconds=verify_s,
             path=path,
             verdict_message=verdict.message,
-            resumed_blocks=len(resumed),
+            first_bad_block=verdict.first_bad_block,
+            resumed_blocks=download.resumed_blocks,
         )
 
-    def _rebuild_crcs(self, blocks: list[int]) -> None:
-        """After a resume: CRCs of the trusted blocks, read back from the part file."""
-        sink = self._sink
-        if not isinstance(sink, FileSink):
-            return
-        size, bs = sink.file_size, sink.block_size
-        with open(sink.part_path, "rb") as fh:
-            for i in blocks:
-                fh.seek(i * bs)
-                self._crcs[i] = zlib.crc32(fh.read(min(bs, size - i * bs)))
-
-    def _cleanup_file(self, *, abort: bool) -> None:
-        sink, self._sink = self._sink, None
-        if sink is None:
-            return
-        try:
-            sink.abort() if abort else sink.close()
-        except SinkError as exc:
-            log.warning("device %s: closing the sink: %s", self.thing_name, exc)
-
-    async def _verify(self, info: FileInfo, sha256: str, size: int) -> Verdict:
-        s = self.settings
-        if s.expect_sha256:
-            return compare(sha256=sha256, size=size, expected_sha256=s.expect_sha256, expected_size=info.file_size)
-        if not s.verify_s3 or self._source is None:
-            # Nothing to compare with: the size and the engine's block checks are all we have.
-            return Verdict(
-                verified=size == info.file_size,
-                expected_sha256=sha256,
-                expected_size=info.file_size,
-                message="" if size == info.file_size else "size differs from the description",
-            )
-        source = self._source
-        try:
-            location = await asyncio.to_thread(source.locate, self.stream_id, info.file_id)
-            obj = await asyncio.to_thread(source.fetch, location)
-        except SourceError as exc:
-            raise DeviceFailure(FailureKind.ERROR, f"cannot verify against S3: {exc}") from exc
-        verdict = compare(sha256=sha256, size=size, expected_sha256=obj.sha256, expected_size=obj.size)
-        if not verdict.verified:
-            source_crcs = await asyncio.to_thread(source.source_crcs, obj, s.block_size)
-            verdict = compare(
-                sha256=sha256,
-                size=size,
-                expected_sha256=obj.sha256,
-                expected_size=obj.size,
-                crcs=list(self._crcs),
-                source_crcs=source_crcs,
-            )
-        return verdict
-
-    # ---------------------------------------------------------------------------------- engine <-> device
-
-    def _pump(self) -> None:
-        """Carry out the engine's actions, then follow its timer."""
-        engine = self._engine
-        if engine is None:
-            return
-        loop = self._loop
-        assert loop is not None
-        for action in engine.next_actions():
-            if isinstance(action, WriteBlock):
-                self._write(action)
-            elif isinstance(action, SendRequest):
-                payload = encode_request(action.request, self.settings.format)
-                self._spawn(self._publish(self._topic_get, payload))
-            elif isinstance(action, DiscardBlocks):
-                self._discard(action)
-            elif isinstance(action, Redescribe):
-                self._spawn(self._redescribe())
-            elif isinstance(action, Complete | Failed) and self._done is not None and not self._done.done():
-                self._done.set_result(action)
-        self._arm_timer(engine.get_timer())
-
-    def _write(self, action: WriteBlock) -> None:
-        sink = self._sink
-        assert sink is not None and self._loop is not None
-        now = self._loop.time()
-        if isinstance(sink, FileSink):
-            sink.write(action.index, action.offset_bytes, action.payload, now)
-        else:
-            sink.write(action.index, action.offset_bytes, action.payload)
-        self._crcs[action.index] = zlib.crc32(action.payload)
+    def _on_block(self, now: float, nbytes: int) -> None:
         if self._first_block_at is None:
             self._first_block_at = now
-        engine = self._engine
-        done = self._bytes_done + (engine.stats.bytes_received if engine is not None else 0)
-        self._progress.add(now, done)
+        self._bytes_done += nbytes
+        self._progress.add(now, self._bytes_done)
         if self._on_progress is not None:
-            self._on_progress(len(action.payload))
-
-    def _discard(self, action: DiscardBlocks) -> None:
-        log.info(
-            "device %s: discarding file %s blocks: %s",
-            self.thing_name,
-            self._file_info.file_id if self._file_info else "?",
-            action.reason,
-        )
-        self._cleanup_file(abort=True)
-        assert self._file_info is not None and self._engine is not None
-        info = FileInfo(file_id=self._file_info.file_id, file_size=action.file_size)
-        self._file_info = info
-        self._sink = self._make_sink(info, self._stream_version or 0)
-        self._crcs = array("I", bytes(4 * (-(-info.file_size // self.settings.block_size))))
-
-    async def _redescribe(self) -> None:
-        assert self._loop is not None
-        try:
-            description = await self._describe()
-        except DeviceFailure as exc:
-            if self._engine is not None:
-                self._engine.cancel(f"re-describe failed: {exc.message}", self._loop.time())
-                self._pump()
-            return
-        engine, info = self._engine, self._file_info
-        if engine is None or info is None:
-            return
-        fresh = description.file(info.file_id)
-        if fresh is None:
-            engine.cancel(f"file {info.file_id} is no longer in stream {self.stream_id}", self._loop.time())
-        else:
-            version = description.stream_version if self.settings.send_version else None
-            engine.restart(fresh.file_size, version, self._loop.time())
-        self._pump()
-
-    def _arm_timer(self, deadline: float | None) -> None:
-        if deadline is None:
-            self._cancel_timer()
-            return
-        timer = self._timer
-        if timer is not None:
-            if timer.when() <= deadline:
-                return  # fires earlier or on time; _on_timer re-arms
-            timer.cancel()
-        assert self._loop is not None
-        self._timer = self._loop.call_at(deadline, self._on_timer)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        engine = self._engine
-        if engine is None or self._loop is None:
-            return
-        deadline = engine.get_timer()
-        now = self._loop.time()
-        if deadline is not None and deadline <= now:
-            engine.handle_timer(now)
-        self._pump()
+            self._on_progress(nbytes)
 
     # ---------------------------------------------------------------------------------------- messages in/out
 
+    def _send_request(self, request: GetStreamRequest) -> None:
+        self._spawn(self._publish(self._topic_get, encode_request(request, self.settings.format)))
+
     async def _publish(self, topic: str, payload: bytes) -> None:
+        """Publish; a lost publish is asked again by a timer, a refused one ends the run (DeviceFailure)."""
         assert self._mqtt is not None
         self._meter.sent(len(payload), len(topic))
         try:
             await self._mqtt.publish(topic, payload)
-        except TransportError as exc:  # the engine's timer asks again; a dead connection ends the run elsewhere
+        except PublishError as exc:
+            if exc.reason_code is None:
+                log.debug("device %s: publish failed: %s", self.thing_name, exc)
+                return
+            raise DeviceFailure(
+                FailureKind.REJECTED,
+                f"{exc}; a thing may only use its own stream topics: is the certificate the one of {self.thing_name}?",
+                "PublishRefused",
+            ) from exc
+        except TransportError as exc:  # reconnecting or dropped: the timers ask again, a LOST event ends the run
             log.debug("device %s: publish failed: %s", self.thing_name, exc)
 
-    def _spawn(self, coro: object) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self._loop is not None
-        task = self._loop.create_task(coro)  # type: ignore[arg-type]
+        task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("device %s: task failed", self.thing_name, exc_info=task.exception())
-            if self._done is not None and not self._done.done():
-                err = task.exception()
-                self._done.set_result(Failed(reason=FailureReason.CANCELLED, code=None, message=f"internal: {err}"))
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        if not isinstance(error, DeviceFailure):
+            log.error("device %s: task failed", self.thing_name, exc_info=error)
+            error = DeviceFailure(FailureKind.ERROR, f"internal: {type(error).__name__}: {error}")
+        if self._current is not None:
+            self._current.fail(error)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         """Runs in the event loop for every message on our three topics."""
         self._meter.received(len(payload), len(topic))
-        loop = self._loop
-        assert loop is not None
         fmt = self.settings.format
         if topic == self._topic_data:
-            engine = self._engine
-            if engine is None:
+            current = self._current
+            if current is None:
                 return  # a late block after the file finished
             try:
-                block: DataBlock = decode_data_block(payload, fmt)
+                block = decode_data_block(payload, fmt)
             except RemoteProtocolError as exc:
                 log.debug("device %s: bad data message: %s", self.thing_name, exc)
                 return
-            engine.receive_block(block, loop.time())
-            self._pump()
+            current.receive_block(block)
             return
         try:
             if topic == self._topic_description:
@@ -688,23 +449,22 @@ class Device:
             ):
                 waiter.set_result(answer)
                 return
-            if self._engine is not None:
-                self._engine.receive_rejection(answer, loop.time())
-                self._pump()
+            if self._current is not None:
+                self._current.receive_rejection(answer)
 
     def _on_connection_event(self, event: ConnectionEvent) -> None:
         if event.kind in (ConnectionEventKind.INTERRUPTED, ConnectionEventKind.LOST):
             self._disconnects += 1
             log.info("device %s: connection %s: %s", self.thing_name, event.kind.value, event.error)
         if event.kind is ConnectionEventKind.LOST:
-            failure = Failed(reason=FailureReason.CANCELLED, code=None, message=f"connection lost: {event.error}")
-            if self._done is not None and not self._done.done():
-                self._done.set_result(failure)
+            failure = DeviceFailure(FailureKind.DISCONNECTED, f"connection lost: {event.error}")
+            if self._current is not None:
+                self._current.fail(failure)
             if self._describe_waiter is not None and not self._describe_waiter.done():
-                self._describe_waiter.set_exception(DeviceFailure(FailureKind.DISCONNECTED, str(event.error)))
+                self._describe_waiter.set_exception(failure)
 
 
-class _Cancelled(asyncio.CancelledError):
+class DeviceCancelled(asyncio.CancelledError):
     """Cancellation that carries the partial result (the fleet still reports a stopped device)."""
 
     def __init__(self, result: DeviceResult) -> None:
@@ -712,15 +472,4 @@ class _Cancelled(asyncio.CancelledError):
         self.result = result
 
 
-def _engine_failure(failed: Failed, file_id: int) -> DeviceFailure:
-    if failed.reason is FailureReason.REJECTED:
-        return DeviceFailure(
-            FailureKind.REJECTED,
-            f"file {file_id}: the service rejected the request: {failed.code}: {failed.message}",
-            failed.code,
-        )
-    if failed.reason in (FailureReason.TIMEOUT, FailureReason.THROTTLED, FailureReason.VERSION_MISMATCH):
-        return DeviceFailure(FailureKind.TIMEOUT, f"file {file_id}: {failed.message}", failed.reason.value)
-    if failed.message.startswith("connection lost"):
-        return DeviceFailure(FailureKind.DISCONNECTED, f"file {file_id}: {failed.message}")
-    return DeviceFailure(FailureKind.CANCELLED, f"file {file_id}: {failed.message}")
+_Cancelled = DeviceCancelled  # the name device_sim.fleet imports

@@ -11,6 +11,7 @@ thread (``asyncio.to_thread``); a lock per object makes concurrent devices wait 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import zlib
 from collections.abc import Sequence
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["S3Location", "S3Source", "SourceError", "Verdict", "block_crcs", "compare"]
 
@@ -102,6 +105,27 @@ class S3Source:
         self._objects: dict[S3Location, SourceObject] = {}
         self._locations: dict[tuple[str, int], S3Location] = {}
         self._crcs: dict[tuple[S3Location, int], list[int]] = {}
+
+    def prepare(self, stream_id: str) -> None:
+        """Create the boto3 clients and learn where the stream's files come from, ahead of ``locate``/``fetch``
+        (a device calls it in a thread while it downloads). Never raises: ``locate`` reports the errors."""
+        try:
+            with self._lock:
+                if self._iot is None:
+                    self._iot = self._session.client("iot")
+                if self._s3 is None:
+                    self._s3 = self._session.client("s3")
+                if any(key[0] == stream_id for key in self._locations):
+                    return
+            info = self._iot.describe_stream(streamId=stream_id)["streamInfo"]
+            with self._lock:
+                for entry in info.get("files", []):
+                    loc = entry["s3Location"]
+                    self._locations[(stream_id, entry["fileId"])] = S3Location(
+                        bucket=loc["bucket"], key=loc["key"], version=loc.get("version")
+                    )
+        except (ClientError, BotoCoreError, KeyError, TypeError) as exc:
+            log.debug("preparing the S3 source of stream %s: %s", stream_id, exc)
 
     def locate(self, stream_id: str, file_id: int) -> S3Location:
         """Where a stream's file comes from (``describe_stream``)."""
