@@ -6,9 +6,10 @@ data blocks and rejections to ``receive_block``/``receive_rejection``; after eve
 the engine's actions (``_pump``): publish a request, write a block into the sink (keeping a CRC-32 per block, so a
 verification mismatch can name the first bad block), discard everything after the stream changed, re-describe
 after a VersionMismatch. One asyncio timer follows ``engine.get_timer()``: it is moved earlier when needed and
-otherwise fires, lets the engine decide and is re-armed, so a block costs no timer churn. ``verify()`` compares
-the digest with the source (S3, ``--expect-sha256``, or only the size); ``commit()`` renames a verified file sink
-into place. A lost connection or a failed re-describe ends the wait with a ``DeviceFailure``.
+otherwise fires, lets the engine decide and is re-armed, so a block costs no timer churn. A due engine timer is
+honoured only once no data message at all has arrived for the engine's timeout (see ``_link_quiet_until``).
+``verify()`` compares the digest with the source (S3, ``--expect-sha256``, or only the size); ``commit()`` renames
+a verified file sink into place. A lost connection or a failed re-describe ends the wait with a ``DeviceFailure``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .engine import DownloadEngine
 from .engine_types import (
     Complete,
     DiscardBlocks,
+    EngineState,
     EngineStats,
     Failed,
     FailureReason,
@@ -79,6 +81,8 @@ class FileDownload:
         self._crcs: array[int] = array("I")
         self._done: asyncio.Future[Outcome] = self._loop.create_future()
         self._timer: asyncio.TimerHandle | None = None
+        self._last_block_at: float | None = None  # any data message of this file
+        self._gated_until: float | None = None  # the engine's timer is due, but the link was busy until then
         self._redescribing: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------------------------------------ lifecycle
@@ -195,7 +199,8 @@ class FileDownload:
     def receive_block(self, block: DataBlock) -> None:
         engine = self._engine
         if engine is not None:
-            engine.receive_block(block, self._loop.time())
+            now = self._last_block_at = self._loop.time()
+            engine.receive_block(block, now)
             self._pump()
 
     def receive_rejection(self, rejection: Rejection) -> None:
@@ -278,6 +283,8 @@ class FileDownload:
         if deadline is None:
             self._cancel_timer()
             return
+        if self._gated_until is not None and deadline < self._gated_until:
+            deadline = self._gated_until
         timer = self._timer
         if timer is not None:
             if timer.when() <= deadline:
@@ -298,8 +305,28 @@ class FileDownload:
         deadline = engine.get_timer()
         now = self._loop.time()
         if deadline is not None and deadline <= now:
+            quiet_until = self._link_quiet_until(engine)
+            if quiet_until > now:
+                self._gated_until = quiet_until
+                self._timer = self._loop.call_at(quiet_until, self._on_timer)
+                return
+            self._gated_until = None
             engine.handle_timer(now)
         self._pump()
+
+    def _link_quiet_until(self, engine: DownloadEngine) -> float:
+        """When the link will have been quiet for one idle timeout (no data message at all).
+
+        The engine times each request out on its own blocks. But an answer waits behind the answers to earlier
+        requests (the service and AWS's 512 KiB/s pacing send them in order), so with several requests in flight
+        a request can look idle while its predecessors' blocks are still arriving; timing it out then asks for
+        blocks that are already on their way, and the duplicates delay every later answer further (a collapse
+        under AWS quotas). So the engine's timer is honoured only once the whole link has been quiet for the
+        engine's timeout: the idle timer restarts with every block received, of any request.
+        """
+        if engine.state is not EngineState.RUNNING or self._last_block_at is None:
+            return 0.0
+        return self._last_block_at + engine.stats.timeout
 
     # ------------------------------------------------------------------------------------------------- sinks
 

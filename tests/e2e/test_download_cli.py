@@ -167,8 +167,9 @@ def test_resume_after_sigkill(local_iot: LocalIot, monkeypatch: pytest.MonkeyPat
     common = [*connection_args(local_iot, "t-resume", tmp_path), "--thing", "t-resume", "--stream", "cli_resume"]
     common += ["--block-size", "256", "--out", str(out), "--state-dir", str(state), "--json"]
     env = {**os.environ, **local_iot.environment()}
-    # One block per request at <= 100 requests/s (client-side AWS flow control): about 12 s for the whole file.
-    slow = ["--blocks-per-request", "1", "--flow-control", "aws"]
+    # Two blocks per request at <= 100 requests/s (client-side AWS flow control): about 6 s for the whole file;
+    # the sink persists its bitmap every 256 blocks (or 2 s), so progress shows after about 1.3 s.
+    slow = ["--blocks-per-request", "2", "--flow-control", "aws"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "device_sim", "download", *common, *slow],
         env=env,
