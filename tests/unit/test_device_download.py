@@ -50,17 +50,24 @@ class Link:
         self.data_messages = 0
         self.requests: list[GetStreamRequest] = []
         self.on_data: Callable[[int], None] = lambda n: None
+        self.pace_s = 0.0
+        self._next_due = 0.0
 
     def send(self, request: GetStreamRequest) -> None:
         self.requests.append(request)
         topic = build_topic(THING, self.stream_id, Operation.GET, FMT)
+        loop = asyncio.get_running_loop()
         for out in self.core.handle(topic, encode_request(request, FMT)):
             if out.kind is AnswerKind.DATA:
                 self.data_messages += 1
                 self.on_data(self.data_messages)
                 if self.drop(self.data_messages):
                     continue
-            asyncio.get_running_loop().call_soon(self._deliver, out)
+            if self.pace_s:  # one message per pace_s, in order (like AWS's per-connection byte pacing)
+                self._next_due = max(loop.time(), self._next_due) + self.pace_s
+                loop.call_at(self._next_due, self._deliver, out)
+            else:
+                loop.call_soon(self._deliver, out)
 
     def _deliver(self, out: Outgoing) -> None:
         assert self.download is not None
@@ -246,5 +253,23 @@ def test_a_failed_re_describe_ends_the_download_with_its_failure() -> None:
             await download.run()
         assert failed.value.reason == "rejected:ResourceNotFound"
         assert dict(download.stats.rejections) == {"VersionMismatch": 1}
+
+    asyncio.run(main())
+
+
+def test_requests_queued_behind_paced_answers_are_not_timed_out() -> None:
+    """Three requests in flight, answers paced at one block per 30 ms: the third request's first block comes
+    ~0.25 s after it was sent, past the 0.2 s idle timeout; but blocks keep arriving, so nothing is asked twice."""
+    data = os.urandom(24 * 256)
+    link = Link(world("s7", data), "s7")
+    link.pace_s = 0.03
+
+    async def main() -> None:
+        download = make_download(link, DownloadSettings(block_size=256, blocks_per_request=4, inflight=3))
+        result = await download.run()
+        assert result.sha256 == hashlib.sha256(data).hexdigest()
+        stats = download.stats
+        assert stats.timeouts == 0 and stats.re_requests == 0 and stats.duplicates == 0
+        assert stats.requests_sent == 6
 
     asyncio.run(main())
