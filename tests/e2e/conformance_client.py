@@ -166,12 +166,17 @@ class RawClient:
         self._acks: dict[int, list[ReasonCode]] = {}
         self._acked = threading.Condition(self._lock)
         self._connected: queue.Queue[ReasonCode] = queue.Queue()
-        self._mqtt = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv311
+        self.disconnects: queue.Queue[ReasonCode] = queue.Queue()  # a reason code per lost connection
+        self._mqtt = mqtt.Client(  # no silent reconnect: a test must see a lost connection
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=MQTTProtocolVersion.MQTTv311,
+            reconnect_on_failure=False,
         )
         self._mqtt.on_connect = self._on_connect
         self._mqtt.on_subscribe = self._on_subscribe
         self._mqtt.on_message = self._on_message
+        self._mqtt.on_disconnect = self._on_disconnect
         if cert is not None:
             self._mqtt.tls_set(
                 ca_certs=str(ca_cert), certfile=str(cert), keyfile=str(key), tls_version=ssl.PROTOCOL_TLS_CLIENT
@@ -228,12 +233,20 @@ class RawClient:
 
     # -- publishing -----------------------------------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        """Publish raw bytes at QoS 0 (as the AWS device libraries do) and wait until they are written."""
+    def publish(self, topic: str, payload: bytes, *, wait: bool = True) -> None:
+        """Publish raw bytes at QoS 0 (as the AWS device libraries do); by default wait until they are written.
+
+        Use ``wait=False`` for a publish the broker may answer by closing the connection.
+        """
         info = self._mqtt.publish(topic, payload, qos=0)
+        if not wait:  # paho's network thread may already have written it and lost the connection (info.rc)
+            return
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise ClientError(f"PUBLISH to {topic} failed: {mqtt.error_string(info.rc)}")
-        info.wait_for_publish(timeout=TIMEOUT)
+        try:
+            info.wait_for_publish(timeout=TIMEOUT)
+        except RuntimeError as exc:  # paho: the connection was lost before the bytes were written
+            raise ClientError(f"PUBLISH to {topic} failed: {exc}") from exc
 
     def close(self) -> None:
         self._mqtt.disconnect()
@@ -249,6 +262,9 @@ class RawClient:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, code: ReasonCode, props: Any) -> None:
         self._connected.put(code)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, code: ReasonCode, props: Any) -> None:
+        self.disconnects.put(code)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: list[ReasonCode], props: Any) -> None:
         with self._acked:

@@ -254,3 +254,13 @@ def test_service_still_serves_after_the_table(probes: dict[str, StreamProbe], fm
     payload = cbor2.dumps({"c": "ok", **GOOD, "o": 11}) if fmt == "cbor" else _json({"c": "ok", **GOOD, "o": 11})
     expect_blocks(probes[STREAM].ask("get", fmt, payload), fmt=fmt, data=DATA, block_size=256, indices=[11], token="ok")
     assert probes[STREAM].until_marker("after-serves") == []
+
+
+@pytest.mark.parametrize("fmt", ["cbor", "json"])
+def test_zero_bits_past_the_end_are_allowed(probes: dict[str, StreamProbe], fmt: str) -> None:
+    """Only set bits must stay inside the file: a bitmap longer than the file with zeros there is fine."""
+    for offset, bitmap, index in ((0, b"\x01\x00\x00\x00", 0), (8, b"\x08\x00", 11)):
+        doc = {"f": 0, "l": 256, "o": offset, "b": bitmap}
+        payload = cbor2.dumps(doc) if fmt == "cbor" else _json(doc)
+        expect_blocks(probes[STREAM].ask("get", fmt, payload), fmt=fmt, data=DATA, block_size=256, indices=[index])
+    assert probes[STREAM].until_marker("after-zero-bits") == []

@@ -301,3 +301,19 @@ def test_json_payload_is_standard_base64(probe: StreamProbe) -> None:
     assert base64.b64decode(text, validate=True) == DATA[3 * 4096 : 4 * 4096]
     assert "+" in text or "/" in text  # 4 KiB of random bytes use both with overwhelming probability
     assert "-" not in text and "_" not in text
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize(
+    "doc",
+    [{"c": "pe", "f": 0, "l": 256, "o": 500, "n": 1000}, {"c": "pe", "f": 0, "l": 256, "o": 0, "b": b"\xff" * 150}],
+    ids=["n", "bitmap"],
+)
+def test_past_the_end_is_rejected_even_when_the_cap_would_cut_it_short(
+    probe: StreamProbe, fmt: str, doc: dict[str, Any]
+) -> None:
+    """[emulator rule] blocks 500..1499 / 0..1199 of 1173: the first 512 exist, the request is still rejected."""
+    if fmt == "json" and "b" in doc:
+        doc = doc | {"b": doc["b"].hex()}
+    answer = probe.ask_one("get", fmt, encode(fmt, doc))
+    assert expect_rejection(answer, fmt=fmt, code="InvalidRequest", token="pe") == OUT_OF_RANGE
