@@ -105,6 +105,7 @@ CASES: list[Case] = [
     raw("cbor-text-s", "cbor", cbor2.dumps({"c": "ts", "s": "1", "f": 0, "l": 256, "n": 1}), "InvalidCbor", "ts"),
     raw("cbor-int-token", "cbor", cbor2.dumps({"c": 5, **GOOD}), "InvalidCbor"),
     raw("cbor-bytes-token", "cbor", cbor2.dumps({"c": b"tok", **GOOD}), "InvalidCbor"),
+    raw("cbor-null-token", "cbor", cbor2.dumps({"c": None, **GOOD}), "InvalidCbor"),
     raw("cbor-describe-garbage", "cbor", b"\x1f", "InvalidCbor", suffix="describe/cbor"),
     raw("cbor-describe-trailing", "cbor", b"\xa0\xa0", "InvalidCbor", suffix="describe/cbor"),
     # InvalidRequest
@@ -114,6 +115,8 @@ CASES: list[Case] = [
     *both("token-66-utf8-bytes", {"c": WIDE_TOKEN, **GOOD}, "InvalidRequest"),
     *both("describe-token-65-bytes", {"c": LONG_TOKEN}, "InvalidRequest", op="describe"),
     raw("json-int-token", "json", b'{"c":5,"f":0,"l":256,"n":1}', "InvalidRequest"),
+    raw("json-null-token", "json", b'{"c":null,"f":0,"l":256,"n":1}', "InvalidRequest"),
+    raw("json-describe-int-token", "json", b'{"c":7}', "InvalidRequest", suffix="describe/json"),
     raw("json-string-l", "json", b'{"c":"j1","f":0,"l":"256","n":1}', "InvalidRequest", "j1"),
     raw("json-float-l", "json", b'{"c":"j2","f":0,"l":256.0,"n":1}', "InvalidRequest", "j2"),
     raw("json-exponent-l", "json", b'{"c":"j3","f":0,"l":2.56e2,"n":1}', "InvalidRequest", "j3"),

@@ -1,10 +1,13 @@
 """Fuzzing the running service over MQTT: arbitrary request payloads, each answered exactly once, service alive.
 
-Hypothesis generates raw bytes and maps of the known keys with values of any type (CBOR definite/indefinite maps,
-JSON with NaN/Infinity); each is published on ``get/<fmt>`` by a raw paho client, followed by a describe marker.
-Everything before the marker's description is the request's answer: exactly one rejection with a documented code
-(never InternalError), or data messages that are exactly the file's bytes. The marker's own answer proves the
-service still serves. Rule -> test: docs/conformance.md.
+Hypothesis (150 examples per test) generates raw bytes (on get and describe), maps of the known keys with values
+of any type (CBOR definite/indefinite maps, JSON with NaN/Infinity), valid requests with a few bytes flipped,
+inserted or deleted, and valid requests inside the file. Each is published by a raw paho client on the plain
+listener, followed by a describe marker: everything that arrives before the marker's description is the request's
+answer. It must be exactly one rejection with a documented code (never InternalError, a token echoed only when
+it is the one sent), or the data messages of exactly the blocks PROTOCOL.md 3 selects (computed here from the
+request, independently of the service), with the file's bytes. The marker's own answer proves that the service
+still serves. Rule -> test: docs/conformance.md.
 """
 
 from __future__ import annotations
