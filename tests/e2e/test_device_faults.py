@@ -68,7 +68,9 @@ def test_lossy_link_recovers_in_round_trips_not_fixed_waits(
     summary = result.summary
     assert summary is not None and summary["verified"] is True
     assert summary["re_requests"] > 0 and summary["timeouts"] > 0
-    assert summary["seconds"] < 5.0, summary  # one FreeRTOS wait is 10 s; 256 blocks at 15 % lose ~38
+    # 256 blocks at 15 % loss lose ~38: a FreeRTOS-style agent needs ~380 s; here the whole file takes less than
+    # one of its 10 s waits (about 2 s on an idle machine: ~10 rounds of a 0.2 s idle timeout).
+    assert summary["seconds"] < 8.0, summary
 
 
 def test_disconnect_mid_download_resumes_the_download(
