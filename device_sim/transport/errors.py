@@ -198,7 +198,8 @@ def translate(op: Op, exc: BaseException, *, where: str) -> TransportError | Non
     if isinstance(exc, TransportError):
         return exc
     if op is Op.SETUP:
-        if isinstance(exc, AwsCrtError | OSError):
+        # awscrt reports unreadable PEM as a bare RuntimeError("34 (AWS_ERROR_INVALID_ARGUMENT): ...").
+        if isinstance(exc, AwsCrtError | OSError) or (isinstance(exc, RuntimeError) and "(AWS_" in str(exc)):
             return InvalidSettings(
                 f"cannot load the TLS files: {exc}",
                 hint="check that --cert, --key and --ca are readable PEM files and that --key belongs to --cert",

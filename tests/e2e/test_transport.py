@@ -30,6 +30,7 @@ from device_sim.transport import (
     ConnectionLost,
     CrtResources,
     FlowControl,
+    InvalidSettings,
     MqttProtocol,
     MqttTransport,
     SubscribeRejected,
@@ -578,3 +579,20 @@ def test_many_clients_share_the_crt_threads(broker: MosquittoBroker) -> None:
         assert grown <= 2, f"{grown} OS threads appeared for 40 connections"
 
     run(main)
+
+
+def test_non_pem_certificate_is_an_invalid_setting(tmp_path: Path) -> None:
+    """awscrt raises a bare RuntimeError for garbage PEM; the boundary turns it into InvalidSettings with a hint."""
+    (tmp_path / "c.pem").write_text("not a certificate")
+    (tmp_path / "k.pem").write_text("not a key")
+    settings = TransportSettings(
+        endpoint="127.0.0.1", port=free_port(), cert=tmp_path / "c.pem", key=tmp_path / "k.pem", client_id="x"
+    )
+
+    async def connect() -> None:
+        async with MqttTransport(settings, on_message=lambda topic, payload: None):
+            pass
+
+    with pytest.raises(InvalidSettings) as info:
+        asyncio.run(connect())
+    assert "PEM" in str(info.value)
