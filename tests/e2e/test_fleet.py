@@ -135,6 +135,20 @@ def test_sweep_of_two_settings(local_iot: LocalIot, tmp_path: Path, monkeypatch:
     assert by_size[1024]["blocks"] > by_size[8192]["blocks"]
 
 
+def test_download_from_a_local_manifest_needs_no_aws_environment(
+    local_iot: LocalIot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = provision(local_iot, tmp_path, monkeypatch, things=1, stream="noenv", size="20KiB")
+    for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    result = CliRunner().invoke(device_sim, ["download", "--manifest", str(manifest), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["verified"] is True and summary["bytes"] == 20 * 1024
+
+
 def test_fleet_bad_arguments(tmp_path: Path) -> None:
     result = CliRunner().invoke(device_sim, ["fleet", "--manifest", str(tmp_path / "none.json")])
     assert result.exit_code == 2
