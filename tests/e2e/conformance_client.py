@@ -210,7 +210,7 @@ class RawClient:
     def subscribe(self, *filters: str, qos: int = 0) -> list[ReasonCode]:
         """Subscribe and wait for the SUBACK; returns its reason codes (one per filter)."""
         result, mid = self._mqtt.subscribe([(f, qos) for f in filters])
-        if result != mqtt.MQTT_ERR_SUCCESS:
+        if result != mqtt.MQTT_ERR_SUCCESS or mid is None:
             raise ClientError(f"SUBSCRIBE {filters} failed to send: {mqtt.error_string(result)}")
         with self._acked:
             if not self._acked.wait_for(lambda: mid in self._acks, timeout=TIMEOUT):
