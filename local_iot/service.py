@@ -41,7 +41,7 @@ from device_sim.protocol import (
     highest_bit,
     parse_topic,
 )
-from device_sim.protocol.limits import MAX_DATA_PER_REQUEST
+from device_sim.protocol.limits import MAX_DATA_PER_REQUEST, MAX_DEVICE_PAYLOAD
 
 from .catalog import Catalog, CatalogError, StreamFile, StreamRecord
 
@@ -88,6 +88,7 @@ class ServiceStats:
     internal_errors: int = 0
     unanswerable_topics: int = 0  # no readable thing/stream in the topic: nowhere to answer
     ignored_answers: int = 0  # publishes on description/data/rejected (our own answers' topics)
+    oversized_requests: int = 0  # over AWS's 128 KB publish limit: AWS never delivers them
     cache_reads: int = 0
 
     def copy(self) -> ServiceStats:
@@ -100,6 +101,7 @@ class ServiceStats:
             internal_errors=self.internal_errors,
             unanswerable_topics=self.unanswerable_topics,
             ignored_answers=self.ignored_answers,
+            oversized_requests=self.oversized_requests,
             cache_reads=self.cache_reads,
         )
 
@@ -192,6 +194,16 @@ class StreamServiceCore:
             return [self._rejection(reply, ErrorCode.INVALID_TOPIC, bad.message, None, now)]
         if not request_topic.operation.is_request:
             self._stats.ignored_answers += 1
+            return []
+        if len(payload) > MAX_DEVICE_PAYLOAD:
+            # AWS IoT Core refuses a device publish over 128 KB before any service sees it: never answered.
+            self._stats.oversized_requests += 1
+            log.debug(
+                "dropped a %d-byte request on %r: over AWS's %d-byte publish limit",
+                len(payload),
+                topic,
+                MAX_DEVICE_PAYLOAD,
+            )
             return []
         self._stats.requests += 1
         token: str | None = None

@@ -269,11 +269,6 @@ def test_zero_bits_past_the_end_are_allowed(probes: dict[str, StreamProbe], fmt:
     assert probes[STREAM].until_marker("after-zero-bits") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="emulator gap: AWS IoT Core rejects device publishes over 128 KB (PROTOCOL.md 2), so such a request "
-    "never reaches the stream service; local_iot's broker accepts up to 256 KiB and the service answers InvalidCbor",
-)
 def test_request_over_128_kb_never_reaches_the_service(local_iot: LocalIot) -> None:
     """A 140000-byte request: AWS drops it (and may close the connection); it must not be answered."""
     with RawClient.plain(local_iot.info, "conf-err-big") as big:

@@ -11,6 +11,7 @@ import cbor2
 import pytest
 
 from device_sim.protocol import OUT_OF_RANGE_MESSAGE, ErrorCode
+from device_sim.protocol.limits import MAX_DEVICE_PAYLOAD
 from local_iot.catalog import CatalogError, StreamFile, StreamRecord
 from local_iot.memory_catalog import InMemoryCatalog
 from local_iot.service import AnswerKind, Outgoing, StreamServiceCore
@@ -400,3 +401,13 @@ def test_injected_rejection_echoes_the_token(core: StreamServiceCore) -> None:
         "message": "slow down",
         "m": "slow down",
     }
+
+
+def test_request_over_the_128_kb_publish_limit_is_never_answered() -> None:
+    """AWS IoT Core refuses a device publish over 128 KB before the stream service sees it."""
+    core = StreamServiceCore(InMemoryCatalog())
+    topic = "$aws/things/t/streams/s/get/cbor"
+    assert core.handle(topic, b"\xa0" + bytes(MAX_DEVICE_PAYLOAD), None, 0.0) == []
+    assert core.stats().oversized_requests == 1 and core.stats().requests == 0
+    # one byte less is a request like any other (answered, here with a rejection)
+    assert len(core.handle(topic, bytes(MAX_DEVICE_PAYLOAD), None, 0.0)) == 1
