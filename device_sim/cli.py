@@ -27,3 +27,7 @@ main.add_command(sweep_command, "sweep")
 from .demo import demo_command  # noqa: E402
 
 main.add_command(demo_command, "demo")
+
+from .cli_report import report_group  # noqa: E402
+
+main.add_command(report_group, "report")

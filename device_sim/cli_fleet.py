@@ -1,7 +1,8 @@
 """``device-sim fleet`` and ``device-sim sweep``: many devices from a manifest, reports, block-size sweeps.
 
-Exit codes: 0 every device verified; 1 a device failed (or the run was stopped); 2 bad arguments; 6 the reports
-could not be written.
+Exit codes: 0 every device verified; 1 a device failed (or the run was stopped); 2 bad arguments, or the process
+may not open enough files for the devices (the message says how to raise ``ulimit -n``); 6 the reports could not
+be written.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import click
 from .cli_download import make_source
 from .cli_options import SizeListType, build_download_settings, download_options, transport_choices
 from .device import DownloadSettings, SinkKind
-from .fleet import FleetProgress, FleetRun, FleetSettings, run_fleet, target_from_manifest
+from .fleet import FleetProgress, FleetRun, FleetSettings, Shard, run_fleet, select_identities, target_from_manifest
+from .fleet_resources import OpenFilesLimit, drop_system_trust_env, ensure_open_files
 from .metrics import DeviceMetrics, aggregate
 from .protocol.limits import DEFAULT_PRICE_PER_MILLION_MESSAGES_USD
 from .report import ReportWriteError, write_reports
@@ -30,6 +32,22 @@ from .sweep_result import SweepPoint
 
 class ReportFailed(click.ClickException):
     exit_code = 6
+
+
+class TooFewOpenFiles(click.ClickException):
+    exit_code = 2
+
+
+class ShardType(click.ParamType):  # type: ignore[type-arg]  # generic in click >= 8.2 stubs only
+    name = "I/N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Shard:
+        if isinstance(value, Shard):
+            return value
+        try:
+            return Shard.parse(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def fleet_options(func: Any) -> Any:
@@ -45,6 +63,19 @@ def fleet_options(func: Any) -> Any:
             type=click.IntRange(1),
             default=None,
             help="How many of the manifest's things to run [default: all].",
+        ),
+        click.option(
+            "--shard",
+            type=ShardType(),
+            default=None,
+            help="Run part I of N equal parts of the manifest's things (1-based, e.g. 2/4): one part per machine.",
+        ),
+        click.option(
+            "--offset",
+            type=click.IntRange(0),
+            default=0,
+            show_default=True,
+            help="Skip this many things first (after --shard); with --devices picks things OFFSET..OFFSET+N-1.",
         ),
         click.option(
             "--connect-rate",
@@ -67,6 +98,12 @@ def fleet_options(func: Any) -> Any:
             help="Stop after this many seconds and report unfinished devices as cancelled.",
         ),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed for the start jitter."),
+        click.option(
+            "--crt-threads",
+            type=click.IntRange(1, 64),
+            default=None,
+            help="awscrt network threads [default: half the cores, 1 to 4].",
+        ),
         click.option(
             "--report-dir",
             type=click.Path(file_okay=False, path_type=Path),
@@ -100,10 +137,18 @@ def _prepare(params: dict[str, Any]) -> tuple[Any, list[Any], FleetSettings, Any
         raise click.UsageError(str(exc)) from None
     if not identities:
         raise click.UsageError(f"{params['manifest']} has no things with certificates: run `provisioner up --things N`")
-    if params["devices"] is not None:
-        if params["devices"] > len(identities):
-            raise click.BadParameter(f"the manifest has only {len(identities)} things", param_hint="--devices")
-        identities = identities[: params["devices"]]
+    try:
+        identities = select_identities(
+            identities, shard=params["shard"], offset=params["offset"], devices=params["devices"]
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--shard/--offset/--devices") from None
+    try:
+        ensure_open_files(len(identities))
+    except OpenFilesLimit as exc:
+        raise TooFewOpenFiles(str(exc)) from None
+    if not target.no_tls and target.ca is not None:
+        drop_system_trust_env()  # before any thread: awscrt would parse that bundle once per device
     fleet = FleetSettings(
         connect_rate=params["connect_rate"],
         start_jitter=params["start_jitter"],
@@ -111,6 +156,7 @@ def _prepare(params: dict[str, Any]) -> tuple[Any, list[Any], FleetSettings, Any
         seed=params["seed"],
         price_per_million=params["price_per_million"],
         transport=transport_choices(params),
+        crt_threads=params["crt_threads"],
     )
     source = None
     if params["verify_s3"] and params["expect_sha256"] is None:
@@ -168,6 +214,13 @@ def _print_summary(run: FleetRun) -> None:
     from .report_rich import rich_summary_table
 
     Console().print(rich_summary_table(run.summary))
+    if run.memory is not None:
+        m = run.memory
+        click.echo(
+            f"memory: {m.start_kib / 1024:.0f} MiB when the devices started, peak {m.peak_kib / 1024:.0f} MiB "
+            f"({m.per_device_kib:.0f} KiB per device)",
+            err=True,
+        )
     if run.interrupted:
         click.echo("the run was stopped before every device finished", err=True)
 

@@ -1,0 +1,461 @@
+"""Fleet scale: N devices (default 1000) each download a 1 MiB stream at 4 KiB blocks from local_iot, in one process.
+
+Run: ``.venv/bin/python bench/bench_fleet.py [--devices 1000] [--size 1MiB] [--block-size 4KiB] [--tls|--no-tls|--both]
+[--connect-rate 500] [--json out.json]``.
+
+How it works: ``local-iot up`` runs as a subprocess (no quotas, no latency), so the emulator does not share a GIL
+with the fleet; ``provisioner up`` creates the stream and N things with certificates (not timed). Every measurement
+is then a fresh child process of this script (``worker ...``), so that its peak RSS is its own:
+- ``fleet``: ``device_sim.fleet.run_fleet`` over the manifest, exactly what ``device-sim fleet`` runs (digest sinks,
+  S3 verification, default flow control); it reports wall time, goodput, and ``FleetRun.memory`` (RSS when the
+  devices start, peak RSS until they end, from the kernel's VmHWM);
+- ``bare``: N ``MqttTransport`` connections, each subscribed to its device's three topics, no download: the cost
+  of the connections themselves. "Beyond the connection" = (fleet growth - bare growth) / N;
+- ``one``: one device alone with the same settings (a latency-bound reference).
+The service's single-stream rate comes from ``bench_service.service_rate`` in the same run (its own mosquitto,
+the stream service in a child process, one paho device keeping 4 requests of 128 KiB in flight).
+
+Targets (issue 5): every device verified; peak RSS beyond the connection < 150 KiB per device; aggregate goodput
+>= 0.5 x the service's single-stream rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_BEYOND_KIB = 150.0
+TARGET_GOODPUT_RATIO = 0.5
+
+
+# ------------------------------------------------------------------------------------------------ child workers
+
+
+def _load(manifest: Path, no_tls: bool, devices: int) -> tuple[Any, list[Any]]:
+    from device_sim.fleet import target_from_manifest
+    from provisioner.manifest import load_manifest
+
+    target, identities = target_from_manifest(load_manifest(manifest), no_tls=no_tls)
+    return target, identities[:devices]
+
+
+async def _fleet_worker(args: argparse.Namespace) -> dict[str, Any]:
+    from device_sim.cli_download import make_source
+    from device_sim.device import DownloadSettings, SinkKind
+    from device_sim.fleet import FleetProgress, FleetSettings, run_fleet
+    from device_sim.fleet_resources import drop_system_trust_env, ensure_open_files
+    from device_sim.transport import FlowControl
+
+    target, identities = _load(args.manifest, args.no_tls, args.devices)
+    ensure_open_files(len(identities))
+    if not args.no_tls and not args.keep_trust_env:
+        drop_system_trust_env()  # what `device-sim fleet` does
+    download = DownloadSettings(block_size=args.block_size, sink=SinkKind.DIGEST, request_timeout=args.request_timeout)
+    fleet = FleetSettings(
+        connect_rate=args.connect_rate,
+        transport={"flow_control": FlowControl(args.flow_control)},
+        crt_threads=args.crt_threads,
+    )
+    source = make_source(target.aws_endpoint_url, target.region)
+    cpu0 = os.times()
+    run = await run_fleet(target, identities, download, fleet, source=source, progress=FleetProgress())
+    cpu1 = os.times()
+    s = run.summary
+    return {
+        "devices": s.devices,
+        "verified": s.verified,
+        "failures": dict(s.failures_by_reason),
+        "wall_s": run.wall_s,
+        "bytes_verified": s.bytes_verified,
+        "mb_s": s.throughput_mb_s,
+        "blocks": s.blocks,
+        "duplicates": s.duplicates,
+        "timeouts": s.timeouts,
+        "re_requests": s.re_requests,
+        "connect_p50_s": s.connect_s.p50 if s.connect_s else None,
+        "connect_max_s": s.connect_s.max if s.connect_s else None,
+        "download_p50_s": s.download_s.p50 if s.download_s else None,
+        "download_max_s": s.download_s.max if s.download_s else None,
+        "cpu_user_s": cpu1.user - cpu0.user,
+        "cpu_system_s": cpu1.system - cpu0.system,
+        "memory": run.memory.to_dict() if run.memory else None,
+    }
+
+
+async def _bare_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """N connections subscribed like devices, nothing downloaded: what the connections alone cost."""
+    from device_sim.fleet import fleet_crt_resources, transport_for
+    from device_sim.fleet_resources import MemoryMeter, drop_system_trust_env, ensure_open_files
+    from device_sim.protocol import Format, subscription_filters
+    from device_sim.transport import FlowControl, MqttTransport
+
+    target, identities = _load(args.manifest, args.no_tls, args.devices)
+    ensure_open_files(len(identities))
+    if not args.no_tls and not args.keep_trust_env:
+        drop_system_trust_env()
+    resources = fleet_crt_resources(args.crt_threads)  # the fleet's
+    options = {"flow_control": FlowControl(args.flow_control)}
+    loop = asyncio.get_running_loop()
+    meter = MemoryMeter()
+    meter.start()
+    started = loop.time()
+
+    async def one(i: int, identity: Any) -> MqttTransport:
+        await asyncio.sleep(max(0.0, started + i / args.connect_rate - loop.time()))  # connect pacing
+        mqtt = MqttTransport(
+            transport_for(identity, target, options), on_message=lambda topic, payload: None, resources=resources
+        )
+        await mqtt.connect()
+        await mqtt.subscribe(subscription_filters(identity.thing_name, target.stream_id, Format.CBOR))
+        return mqtt
+
+    transports = await asyncio.gather(*(one(i, identity) for i, identity in enumerate(identities)))
+    connected_s = loop.time() - started
+    fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    memory = meter.stop(len(identities))
+    await asyncio.gather(*(t.close() for t in transports))
+    return {
+        "devices": len(transports),
+        "connected_s": connected_s,
+        "open_fds": fds,
+        "memory": memory.to_dict() if memory else None,
+    }
+
+
+def worker_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench_fleet.py worker")
+    parser.add_argument("kind", choices=["fleet", "bare"])
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--devices", type=int, required=True)
+    parser.add_argument("--block-size", type=int, default=4096)
+    parser.add_argument("--connect-rate", type=float, default=500.0)
+    parser.add_argument("--flow-control", default="aws")
+    parser.add_argument("--no-tls", action="store_true")
+    parser.add_argument("--request-timeout", type=float, default=None)
+    parser.add_argument("--keep-trust-env", action="store_true")
+    parser.add_argument("--crt-threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    work = _fleet_worker if args.kind == "fleet" else _bare_worker
+    result = asyncio.run(work(args))
+    args.out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ orchestration
+
+
+def _size(text: str) -> int:
+    from device_sim.cli_options import parse_size
+
+    return parse_size(text)
+
+
+class LocalIotProcess:
+    """``local-iot up`` as a child process; ``env`` points boto3 at it. Stopped by its PID."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.log = (state_dir.parent / "local-iot.log").open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "local_iot", "up", "--state-dir", str(state_dir)],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            cwd=ROOT,
+        )
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # the "written:" line comes after local-iot.json is in place
+            if "written:" in line:
+                break
+        else:
+            raise RuntimeError(f"local-iot up exited with {self.proc.wait()}; see {self.log.name}")
+        from local_iot.control_plane import aws_environment
+        from local_iot.runner import load_info
+
+        self.info = load_info(state_dir)
+        self.env = {**os.environ, **aws_environment(self.info["aws_endpoint_url"], self.info["region"])}
+        self.env.pop("AWS_PROFILE", None)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def provision(iot: LocalIotProcess, work: Path, devices: int, size: int) -> tuple[Path, float]:
+    manifest = work / "run.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "provisioner",
+        "up",
+        "--local",
+        str(iot.state_dir),
+        "--stream-id",
+        "benchfw",
+        "--generate",
+        str(size),
+        "--seed",
+        "7",
+        "--bucket",
+        "bench-fw",
+        "--create-bucket",
+        "--create-role",
+        "--things",
+        str(devices),
+        "--thing-prefix",
+        "bench",
+        "--certs-dir",
+        str(work / "certs"),
+        "--manifest",
+        str(manifest),
+        "--tps",
+        "1000",
+    ]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, env=iot.env, cwd=work, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"provisioner up failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return manifest, time.perf_counter() - t0
+
+
+def run_worker(kind: str, iot: LocalIotProcess, work: Path, manifest: Path, devices: int, args: Any, tls: bool) -> Any:
+    out = work / f"{kind}-{devices}-{'tls' if tls else 'plain'}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "worker", kind, "--manifest", str(manifest)]
+    cmd += ["--devices", str(devices), "--block-size", str(args.block_size), "--connect-rate", str(args.connect_rate)]
+    cmd += ["--flow-control", args.flow_control, "--out", str(out)]
+    if args.request_timeout is not None:
+        cmd += ["--request-timeout", str(args.request_timeout)]
+    if args.keep_trust_env:
+        cmd.append("--keep-trust-env")
+    if args.crt_threads is not None:
+        cmd += ["--crt-threads", str(args.crt_threads)]
+    if not tls:
+        cmd.append("--no-tls")
+    print(f"  {kind} x{devices} ({'mTLS' if tls else 'plain TCP'}) ...", file=sys.stderr, flush=True)
+    done = subprocess.run(cmd, env=iot.env, cwd=work, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"worker {kind} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return json.loads(out.read_text())
+
+
+def service_single_stream(block: int, rounds: int) -> float:
+    """Blocks/s of one stream through the stream service (bench_service.service_rate, best of ``rounds``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_service
+
+    from device_sim.protocol.limits import MAX_DATA_PER_REQUEST
+    from local_iot.broker import BrokerConfig, MosquittoBroker
+
+    count = max(200, min(40000, 96 * 1024 * 1024 // block))
+    count -= count % (MAX_DATA_PER_REQUEST // block)
+    ctx = multiprocessing.get_context("spawn")
+    with (
+        tempfile.TemporaryDirectory() as state,
+        MosquittoBroker(BrokerConfig(state_dir=Path(state), tls_port=None)) as broker,
+    ):
+        ready, stop = ctx.Event(), ctx.Event()
+        service = ctx.Process(target=bench_service._service_process, args=(broker.host, broker.mqtt_port, ready, stop))
+        service.start()
+        try:
+            if not ready.wait(60):
+                raise RuntimeError("the stream service process did not start")
+            return max(bench_service.service_rate(broker, block, count, 4, "cbor") for _ in range(rounds))
+        finally:
+            stop.set()
+            service.join(30)
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(iot: LocalIotProcess, work: Path, manifest: Path, args: Any, tls: bool) -> dict[str, Any]:
+    bare = run_worker("bare", iot, work, manifest, args.devices, args, tls)
+    pids = (iot.proc.pid, int(iot.info["broker_pid"]))
+    before = [_cpu_s(pid) for pid in pids]
+    fleet = run_worker("fleet", iot, work, manifest, args.devices, args, tls)
+    after = [_cpu_s(pid) for pid in pids]
+    one = run_worker("fleet", iot, work, manifest, 1, args, tls)
+    n = args.devices
+    result: dict[str, Any] = {"bare": bare, "fleet": fleet, "one_device": one}
+    result["emulator_cpu_s"], result["broker_cpu_s"] = (a - b for a, b in zip(after, before, strict=True))
+    fm, bm = fleet.get("memory"), bare.get("memory")
+    if fm and bm:
+        result["rss_per_device_kib"] = fm["rss_growth_kib"] / n
+        result["connection_rss_per_device_kib"] = bm["rss_growth_kib"] / n
+        result["beyond_connection_kib"] = (fm["rss_growth_kib"] - bm["rss_growth_kib"]) / n
+    result["blocks_per_s"] = fleet["bytes_verified"] / args.block_size / fleet["wall_s"]
+    one_blocks = one["bytes_verified"] / args.block_size
+    result["one_device_blocks_per_s"] = one_blocks / one["download_p50_s"] if one["download_p50_s"] else None
+    return result
+
+
+def _f(value: Any, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _rows(report: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    service = report["service_blocks_per_s"]
+
+    def pair(run: str, a: str, b: str) -> Any:
+        return lambda r: f"{r[run][a]:.2f} / {r[run][b]:.2f}"
+
+    return [
+        ("verified", lambda r: f"{r['fleet']['verified']}/{r['fleet']['devices']}", ""),
+        ("wall time s", lambda r: r["fleet"]["wall_s"], ".2f"),
+        ("connect p50 / max s", pair("fleet", "connect_p50_s", "connect_max_s"), ""),
+        ("download p50 / max s", pair("fleet", "download_p50_s", "download_max_s"), ""),
+        ("aggregate MB/s (goodput)", lambda r: r["fleet"]["mb_s"], ".1f"),
+        ("aggregate blocks/s", lambda r: r["blocks_per_s"], ".0f"),
+        (f"  / service single stream {service:.0f}/s", lambda r: r["blocks_per_s"] / service, ".2f"),
+        ("one device alone blocks/s", lambda r: r["one_device_blocks_per_s"], ".0f"),
+        ("duplicates / timeouts", lambda r: f"{r['fleet']['duplicates']} / {r['fleet']['timeouts']}", ""),
+        ("CPU s: fleet", lambda r: r["fleet"]["cpu_user_s"] + r["fleet"]["cpu_system_s"], ".1f"),
+        ("CPU s: emulator, mosquitto", lambda r: f"{r['emulator_cpu_s']:.1f}, {r['broker_cpu_s']:.1f}", ""),
+        ("RSS when devices start MiB", lambda r: r["fleet"]["memory"]["rss_start_kib"] / 1024, ".1f"),
+        ("peak RSS MiB", lambda r: r["fleet"]["memory"]["rss_peak_kib"] / 1024, ".1f"),
+        ("peak RSS growth / device KiB", lambda r: r["rss_per_device_kib"], ".1f"),
+        ("  bare connection / device KiB", lambda r: r["connection_rss_per_device_kib"], ".1f"),
+        ("  beyond the connection KiB", lambda r: r["beyond_connection_kib"], ".1f"),
+        ("bare: all connected after s", lambda r: r["bare"]["connected_s"], ".2f"),
+        ("bare: open fds", lambda r: r["bare"]["open_fds"], ""),
+    ]
+
+
+def print_table(report: dict[str, Any]) -> None:
+    runs: dict[str, dict[str, Any]] = report["runs"]
+    names = list(runs)
+    lines: list[tuple[str, list[str]]] = []
+    for label, get, fmt in _rows(report):
+        values = []
+        for name in names:
+            try:
+                values.append(_f(get(runs[name]), fmt))
+            except (KeyError, TypeError):
+                values.append("-")
+        lines.append((label, values))
+    width = max(len(label) for label, _ in lines)
+    print(
+        f"\n{report['devices']} devices x {report['size']} B at {report['block_size']} B blocks, connect rate "
+        f"{report['connect_rate']:g}/s, flow control {report['flow_control']}; load average {report['load_avg'][0]:.1f}"
+    )
+    print(
+        f"service single stream (bench_service, window 4): {report['service_before']:.0f} blocks/s before, "
+        f"{report['service_after']:.0f} after; the ratio uses the higher"
+    )
+    print(f"{'':<{width}}  " + "  ".join(f"{n:>13}" for n in names))
+    for label, values in lines:
+        print(f"{label:<{width}}  " + "  ".join(f"{v:>13}" for v in values))
+    print(
+        f"targets: all verified; beyond the connection < {TARGET_BEYOND_KIB:.0f} KiB/device; "
+        f"goodput >= {TARGET_GOODPUT_RATIO} x single stream"
+    )
+    for name, verdict in report["verdicts"].items():
+        print(f"  {name}: {verdict}")
+
+
+def verdicts(report: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for name, r in report["runs"].items():
+        ok_verified = r["fleet"]["verified"] == r["fleet"]["devices"]
+        beyond = r.get("beyond_connection_kib")
+        ok_rss = beyond is not None and beyond < TARGET_BEYOND_KIB
+        ratio = r["blocks_per_s"] / report["service_blocks_per_s"]
+        ok_rate = ratio >= TARGET_GOODPUT_RATIO
+        out[name] = (
+            f"verified {'OK' if ok_verified else 'FAIL'}, RSS {'OK' if ok_rss else 'FAIL'} ({_f(beyond, '.1f')} KiB), "
+            f"goodput {'OK' if ok_rate else 'FAIL'} ({ratio:.2f})"
+        )
+    return out
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        return worker_main(sys.argv[2:])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--size", type=_size, default="1MiB", help="file size (1MiB, 64KiB ...)")
+    parser.add_argument("--block-size", type=_size, default="4KiB")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--tls", dest="modes", action="store_const", const=["mTLS"], help="mutual TLS only (default)")
+    mode.add_argument("--no-tls", dest="modes", action="store_const", const=["plain"], help="plain TCP only")
+    mode.add_argument("--both", dest="modes", action="store_const", const=["mTLS", "plain"], help="both")
+    parser.add_argument("--connect-rate", type=float, default=500.0, help="connects/s (AWS allows 500/s)")
+    parser.add_argument("--flow-control", choices=["aws", "none"], default="aws")
+    parser.add_argument("--request-timeout", type=float, default=None, help="fixed idle timeout [adaptive]")
+    parser.add_argument(
+        "--keep-trust-env", action="store_true", help="keep SSL_CERT_FILE/SSL_CERT_DIR (device-sim fleet unsets them)"
+    )
+    parser.add_argument("--crt-threads", type=int, default=None, help="awscrt threads [fleet default]")
+    parser.add_argument("--service-rounds", type=int, default=3)
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep everything here [default: a temp dir]")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here too")
+    args = parser.parse_args()
+    modes = args.modes or ["mTLS"]
+    load_start = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
+        work = (args.work_dir or Path(tmp)).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        print(f"starting local-iot in {work} ...", file=sys.stderr, flush=True)
+        iot = LocalIotProcess(work / "iot")
+        try:
+            print(f"provisioning {args.devices} things (not timed) ...", file=sys.stderr, flush=True)
+            manifest, provision_s = provision(iot, work, args.devices, args.size)
+            print("service single-stream rate (bench_service) ...", file=sys.stderr, flush=True)
+            service_before = service_single_stream(args.block_size, args.service_rounds)
+            runs = {mode: measure(iot, work, manifest, args, mode == "mTLS") for mode in modes}
+            print("service single-stream rate again ...", file=sys.stderr, flush=True)
+            service_after = service_single_stream(args.block_size, args.service_rounds)
+        finally:
+            iot.stop()
+    report: dict[str, Any] = {
+        "devices": args.devices,
+        "size": args.size,
+        "block_size": args.block_size,
+        "connect_rate": args.connect_rate,
+        "flow_control": args.flow_control,
+        "request_timeout": args.request_timeout,
+        "keep_trust_env": args.keep_trust_env,
+        "crt_threads": args.crt_threads,
+        "service_before": service_before,
+        "service_after": service_after,
+        "service_blocks_per_s": max(service_before, service_after),
+        "provision_s": provision_s,
+        "cpus": os.cpu_count(),
+        "load_avg": os.getloadavg(),
+        "load_avg_start": load_start,
+        "runs": runs,
+    }
+    report["verdicts"] = verdicts(report)
+    print_table(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0 if all(v.count("OK") == 3 for v in report["verdicts"].values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
