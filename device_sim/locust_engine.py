@@ -84,6 +84,12 @@ def _on_quitting(environment: Any, **_: Any) -> None:
         master.interrupted()
 
 
+@events.quit.add_listener
+def _on_quit(**_: Any) -> None:
+    for master in list(_MASTERS.values()):  # this process's (one)
+        master.wait_for_local_workers()
+
+
 class DeviceUser(User):
     """One device: claims an identity, downloads and verifies once, then parks until the run ends."""
 

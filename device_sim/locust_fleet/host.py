@@ -26,10 +26,11 @@ from collections.abc import Callable
 import click
 
 from ..device import DeviceCancelled
-from ..fleet import FleetProgress, run_device
+from ..fleet import DeviceIdentity, FleetProgress, run_device
 from ..fleet_resources import OpenFilesLimit, ensure_open_files
 from ..metrics import DeviceMetrics, FailureKind, failure_reason
 from ..transport import shared_crt_resources
+from ..verify import S3Source
 from .messages import (
     Config,
     Finished,
@@ -59,8 +60,8 @@ class DeviceHost:
     def __init__(self, send: Callable[[HostMessage], None]) -> None:
         self._send = send
         self._plan: RunPlan | None = None
-        self._identities: dict[str, object] = {}
-        self._source: object | None = None
+        self._identities: dict[str, DeviceIdentity] = {}
+        self._source: S3Source | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._progress = FleetProgress(0)
         self._files_checked = 0
@@ -126,11 +127,11 @@ class DeviceHost:
             return
         try:
             record = await run_device(
-                identity,  # type: ignore[arg-type]
+                identity,
                 plan.target,
                 plan.download,
                 transport_options=plan.fleet.transport,
-                source=self._source,  # type: ignore[arg-type]
+                source=self._source,
                 resources=shared_crt_resources(),
                 run_started=run_started,
                 label=plan.label,

@@ -7,7 +7,8 @@ missing from Locust's worker list (its devices are then recorded as lost, naming
 deadline has passed (devices are told to stop and get ``STOP_GRACE_S`` to report), whether no worker is left,
 and whether every device has reported. Then it writes the same reports as ``device-sim fleet`` (``aggregate``
 and ``write_reports`` over the records in manifest order), sets Locust's exit code (0 only if every device
-verified; 1 if any failed, never reported or was lost; 6 if the reports could not be written) and ends the run
+verified; 1 if any failed, never reported or was lost, or a worker failed; 6 if the reports could not be
+written) and ends the run
 (headless: quit; web UI: stop, the UI stays up). Ctrl-C or SIGTERM still write the reports, from Locust's
 ``quitting`` event. Every ``PROGRESS_LOG_S`` it logs one line of live counts.
 """
@@ -15,6 +16,8 @@ verified; 1 if any failed, never reported or was lost; 6 if the reports could no
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from typing import Any
 
@@ -23,7 +26,7 @@ import gevent
 from ..metrics import FleetSummary, aggregate
 from ..report import ReportWriteError, write_reports
 from .ledger import LOST, FleetLedger, WorkerInfo
-from .messages import CLAIM, GRANT, RECORDS, STOP, Claim, Grant, Progress, Records, Stop, WireError
+from .messages import CLAIM, GRANT, RECORDS, STOP, WORKER_FAILED, Claim, Grant, Progress, Records, Stop, WireError
 from .options import RunPlan
 from .worker import DeviceFailed
 
@@ -35,6 +38,7 @@ CHECK_INTERVAL_S = 0.25
 STOP_GRACE_S = 15.0
 PROGRESS_LOG_S = 5.0
 EXIT_REPORTS_FAILED = 6
+WORKER_EXIT_TIMEOUT_S = 60.0
 
 
 class MasterAgent:
@@ -55,10 +59,13 @@ class MasterAgent:
         self._stop_sent_at: float | None = None
         self._why_unstarted = "the run stopped before this device started"
         self._progress: dict[str, Progress] = {}
+        self._missing: set[str] = set()  # Locust workers missing at the last check
         self._last_progress_log = 0.0
         self.summary: FleetSummary | None = None
         self._runner.register_message(CLAIM, self._on_claim)
         self._runner.register_message(RECORDS, self._on_records)
+        self._runner.register_message(WORKER_FAILED, self._on_worker_failed)
+        self.worker_failures: list[str] = []
 
     @property
     def devices(self) -> int:
@@ -119,6 +126,14 @@ class MasterAgent:
         if self._done_at is None and self.ledger.done:
             self._done_at = self.elapsed()
 
+    def _on_worker_failed(self, environment: Any, msg: Any, **_: Any) -> None:
+        try:
+            reason = Stop.from_wire(msg.data).reason
+        except WireError:
+            reason = "(unreadable reason)"
+        log.error("worker %s failed and quits: %s", msg.node_id, reason)
+        self.worker_failures.append(f"{msg.node_id}: {reason}")
+
     # ------------------------------------------------------------------------------------------------ monitor
 
     def _monitor(self) -> None:
@@ -153,9 +168,11 @@ class MasterAgent:
             return
         from locust.runners import STATE_MISSING
 
+        alive = {node_id for node_id in clients if clients[node_id].state != STATE_MISSING}
+        missing = {node_id for node_id in clients if clients[node_id].state == STATE_MISSING}
+        newly_missing, self._missing = missing - self._missing, missing
         for worker in self.ledger.workers:
-            node = clients.get(worker.node_id)
-            if node is not None and node.state != STATE_MISSING:
+            if worker.node_id in alive:
                 continue
             lost = self.ledger.worker_lost(worker.node_id, now)
             if lost:
@@ -166,7 +183,7 @@ class MasterAgent:
                     len(lost),
                     ", ".join(lost),
                 )
-                for _ in lost:
+                for _device in lost:
                     self._env.events.request.fire(
                         request_type="MQTT",
                         name="download",
@@ -175,11 +192,13 @@ class MasterAgent:
                         exception=DeviceFailed(LOST),
                         context={},
                     )
-                self._respawn_if_stranded()
+        if newly_missing:
+            self._respawn_if_stranded()
 
     def _respawn_if_stranded(self) -> None:
-        """Devices not yet claimed may sit with users Locust gave the lost worker. During the ramp Locust moves
-        them to the other workers itself; after it, ask for the same user count again, which does that."""
+        """A worker went missing: devices not yet claimed may wait for users Locust gave it (even before it
+        claimed anything). During the ramp Locust moves those users to the other workers itself, and it does for
+        a worker that quits; for a missing one after the ramp, asking for the same user count again does it."""
         runner = self._runner
         if not self.ledger.open or self.ledger.granted == self.ledger.devices or runner.worker_count == 0:
             return
@@ -236,7 +255,7 @@ class MasterAgent:
             price_per_million=self._plan.fleet.price_per_million,
         )
         self.summary = summary
-        code = 0 if summary.all_verified else 1
+        code = 0 if summary.all_verified and not self.worker_failures else 1
         try:
             paths = write_reports(self._plan.report_dir, summary, records)
         except ReportWriteError as exc:
@@ -244,6 +263,8 @@ class MasterAgent:
             code = EXIT_REPORTS_FAILED
         else:
             log.info("reports: %s", ", ".join(str(p) for p in paths.values()))
+        for failure in self.worker_failures:
+            log.error("a worker failed: %s", failure)
         lost = self.ledger.lost_devices()
         if lost:
             workers = ", ".join(w.describe() for w in self.ledger.lost_workers())
@@ -256,6 +277,25 @@ class MasterAgent:
             summary.failed,
         )
         self._env.process_exit_code = code
+
+    def wait_for_local_workers(self, timeout: float = WORKER_EXIT_TIMEOUT_S) -> None:
+        """Wait until this machine's worker processes (``--processes``) have exited, without reaping them.
+
+        Locust's master reaps its forked workers at exit but stops waiting for them after 3 s, so slower ones (and
+        their device hosts) would outlive the command. Waiting here, after they were told to quit, closes that gap.
+        """
+        here = socket.gethostname()
+        deadline = time.monotonic() + timeout
+        for worker in self.ledger.workers:
+            if worker.hostname != here:
+                continue
+            while time.monotonic() < deadline:
+                try:
+                    if os.waitid(os.P_PID, worker.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                        break
+                except ChildProcessError:
+                    break  # not a child of this process (started by hand)
+                gevent.sleep(0.05)  # polling a child's exit: gevent has no wait without reaping
 
     def _end_run(self) -> None:
         options = getattr(self._env, "parsed_options", None)

@@ -9,6 +9,7 @@ Master <-> worker, by Locust message type:
   ``device_sim:grant``   master -> worker  ``Grant``: the devices (index, thing, start delay) and the run's epoch
   ``device_sim:records`` worker -> master  ``Records``: finished devices' ``DeviceMetrics`` and live counters
   ``device_sim:stop``    master -> worker  ``Stop``: cancel every device now (deadline, Ctrl-C)
+  ``device_sim:worker_failed`` worker -> master ``Stop``: this worker's device host failed; it quits (the reason)
 Worker <-> device host, one JSON object per line with an ``op``: ``Config``/``Run``/``Stop`` to the host,
 ``Ready``/``HostFailed``/``Finished``/``Progress`` from it.
 """
@@ -27,6 +28,7 @@ __all__ = [
     "GRANT",
     "RECORDS",
     "STOP",
+    "WORKER_FAILED",
     "Claim",
     "Config",
     "Finished",
@@ -48,6 +50,7 @@ CLAIM = "device_sim:claim"
 GRANT = "device_sim:grant"
 RECORDS = "device_sim:records"
 STOP = "device_sim:stop"
+WORKER_FAILED = "device_sim:worker_failed"
 
 
 class WireError(ValueError):
@@ -282,7 +285,7 @@ def decode_host_line(line: bytes) -> HostMessage:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise WireError(f"not a JSON line: {line[:80]!r}") from exc
     try:
-        op = HostOp(data.get("op"))
+        op = HostOp(str(data.get("op")))
     except ValueError:
         raise WireError(f"unknown op {data.get('op')!r}") from None
     match op:

@@ -9,8 +9,10 @@ reports a device finished, the agent fires Locust ``request`` events ("connect",
 the device's own timings, failures named by ``failure_reason``) so Locust's statistics and web UI follow the run,
 queues the record for the master (sent in batches twice a second, with the host's live counters) and wakes the
 user. Devices belong to the agent, not to the user greenlets: Locust may kill and re-spawn users (it does when
-a worker is lost), and a device still reports. If the host cannot start, or dies, every device it had gets a
-record saying so. Everything here runs in the worker's gevent thread.
+a worker is lost), and a device still reports. Users claim only once the host is configured; if it cannot be
+(say this machine has no copy of the manifest) or it dies, every device it had gets a record saying so and the
+worker quits, so that Locust moves its users, and the devices they would claim, to the other workers. Everything
+here runs in the worker's gevent thread.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 
 from ..metrics import DeviceMetrics, FailureKind, MetricsFormatError, failure_reason
 from .messages import (
@@ -34,6 +36,7 @@ from .messages import (
     GRANT,
     RECORDS,
     STOP,
+    WORKER_FAILED,
     Claim,
     Config,
     Finished,
@@ -140,7 +143,7 @@ class WorkerAgent:
         self._progress = Progress()
         self._progress_sent: Progress | None = None
         self._host_failure: str | None = None
-        self._host_ready = False
+        self._host_ready = Event()  # set when the host is configured, or failed
         self._closing = False
         self._flusher: gevent.Greenlet | None = None
         self._runner.register_message(GRANT, self._on_grant)
@@ -162,7 +165,11 @@ class WorkerAgent:
         self._host.send(Config(args=tuple(args), manifest=self._local_manifest))
 
     def run_one(self) -> DeviceMetrics | None:
-        """Claim one device and wait until it has finished (called by a user). None: no device was left."""
+        """Claim one device and wait until it has finished (called by a user). None: no device was left, or
+        this worker's device host cannot run devices (then it claims none: the other workers take them)."""
+        self._host_ready.wait()
+        if self._host_failure is not None:
+            return None
         ticket = AsyncResult()
         self._tickets.append(ticket)
         self._wanted += 1
@@ -203,7 +210,7 @@ class WorkerAgent:
             self._host.send(
                 Run(index=device.index, thing_name=device.thing_name, delay_s=device.delay_s, epoch=grant.epoch)
             )
-        for _ in range(grant.asked - len(grant.devices)):
+        for _extra in range(grant.asked - len(grant.devices)):
             if self._tickets:
                 self._tickets.popleft().set(None)
 
@@ -237,7 +244,7 @@ class WorkerAgent:
             case Progress():
                 self._progress = message
             case Ready(pid=pid, identities=identities):
-                self._host_ready = True
+                self._host_ready.set()
                 log.info("device host %d ready (%d identities in its manifest)", pid, identities)
             case HostFailed(message=text):
                 self._host_failed(f"the device host cannot run devices: {text}")
@@ -249,11 +256,17 @@ class WorkerAgent:
             self._host_failed(f"the device host exited with code {code} before this device finished")
 
     def _host_failed(self, message: str) -> None:
-        if self._host_failure is None:
-            log.error("%s", message)
+        first = self._host_failure is None
+        if first:
+            log.error("%s: this worker quits, the others take the devices it has not claimed", message)
             self._host_failure = message
         for index in list(self._running):
             self._fail(index, message)
+        self._host_ready.set()
+        if first and not self._closing:
+            self.flush()
+            self._runner.send_message(WORKER_FAILED, Stop(reason=message).to_wire())
+            gevent.spawn(self._runner.quit)  # not from the host reader: quitting joins greenlets
 
     def _fail(self, index: int, message: str) -> None:
         thing, _ = self._running[index]

@@ -11,6 +11,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 from device_sim.cli import main as device_sim
+from device_sim.cli_locust import ENGINE_PATH
 from device_sim.report import REPORT_FILES
 from local_iot.runner import LocalIot, LocalIotSettings
 
@@ -50,11 +52,13 @@ def rows(reports: Path) -> list[dict[str, str]]:
 
 
 class Run:
-    """``device-sim locust-fleet`` as a child process; its output lines are read by a thread into a queue."""
+    """``device-sim locust-fleet`` (or another command) as a child process; a thread reads its output lines."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], command: tuple[str, ...] = ("device_sim", "locust-fleet")
+    ) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "device_sim", "locust-fleet", *args],
+            [sys.executable, "-m", *command, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=env,
@@ -210,6 +214,38 @@ def test_the_deadline_stops_every_device_and_still_reports(
     assert all(r["failure_message"] == "the run stopped before this device started" for r in cancelled)
     summary = json.loads((reports / "summary.json").read_text())["summary"]
     assert 2 <= summary["wall_s"] < 30  # stopped at the deadline, not after the 600 s of start jitter
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_master_and_workers_a_worker_without_the_manifest_quits_and_fails_the_run(
+    fleet: tuple[LocalIot, Path], tmp_path: Path, runs: list[Run]
+) -> None:
+    iot, manifest = fleet
+    env = {**os.environ, **iot.environment()}
+    port = str(free_port())
+    reports = tmp_path / "reports"
+    fleet_args = ["--manifest", str(manifest), "--devices", "20", "--connect-rate", "20", "--quiet"]
+    topology = ["--master", "--expect-workers", "2", "--master-bind-host", "127.0.0.1", "--master-port", port]
+    master = Run([*fleet_args, "--report-dir", str(reports), *topology], env)
+    runs.append(master)
+    good = ["--manifest", str(manifest), "--worker", "--master-host", "127.0.0.1", "--master-port", port]
+    runs.append(Run(good, env))
+    bad = ["-f", str(ENGINE_PATH), "--worker", "--master-port", port, "--manifest", str(tmp_path / "missing.json")]
+    runs.append(Run(bad, env, command=("locust",)))  # plain Locust: the wrapper would refuse a missing manifest
+    code, output = master.finish()
+    assert code == 1, output  # a worker failed ...
+    assert re.search(r"failed and quits: the device host cannot run devices: .*missing\.json", output), output
+    table = rows(reports)
+    assert len(table) == 20 and all(r["verified"] == "true" for r in table)  # ... and the other one ran them all
+    assert "all 20 devices verified" in output
+    for worker in runs[1:]:
+        worker.finish()  # the workers end with the master
 
 
 @pytest.mark.parametrize(
