@@ -23,7 +23,7 @@ from .cli_download import make_source
 from .cli_options import SizeListType, build_download_settings, download_options, transport_choices
 from .device import DownloadSettings, SinkKind
 from .fleet import FleetProgress, FleetRun, FleetSettings, Shard, run_fleet, select_identities, target_from_manifest
-from .fleet_resources import OpenFilesLimit, drop_system_trust_env, ensure_open_files
+from .fleet_resources import OpenFilesLimit, ensure_open_files, system_trust_env_dropped
 from .metrics import DeviceMetrics, aggregate
 from .protocol.limits import DEFAULT_PRICE_PER_MILLION_MESSAGES_USD
 from .report import ReportWriteError, write_reports
@@ -147,8 +147,6 @@ def _prepare(params: dict[str, Any]) -> tuple[Any, list[Any], FleetSettings, Any
         ensure_open_files(len(identities))
     except OpenFilesLimit as exc:
         raise TooFewOpenFiles(str(exc)) from None
-    if not target.no_tls and target.ca is not None:
-        drop_system_trust_env()  # before any thread: awscrt would parse that bundle once per device
     fleet = FleetSettings(
         connect_rate=params["connect_rate"],
         start_jitter=params["start_jitter"],
@@ -185,11 +183,16 @@ async def run_with_display(
     quiet: bool,
     title: str,
 ) -> FleetRun:
-    """run_fleet with Ctrl-C handling and, on a terminal, a live progress line."""
+    """run_fleet with Ctrl-C handling and, on a terminal, a live progress line.
+
+    When every connection brings its CA, SSL_CERT_FILE/SSL_CERT_DIR are unset during the run (fleet_resources:
+    awscrt would parse that bundle for each device's TLS context, ~5 ms each with the GIL held).
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     progress = FleetProgress(len(identities))
-    with _stop_on_signals(loop, stop):
+    own_ca = not target.no_tls and target.ca is not None
+    with _stop_on_signals(loop, stop), system_trust_env_dropped(own_ca):
         if quiet or not sys.stderr.isatty():
             return await run_fleet(target, identities, download, fleet, source=source, progress=progress, stop=stop)
         from rich.console import Console

@@ -10,14 +10,16 @@ set size from ``/proc/self/status`` (Linux): ``start()`` resets the kernel's hig
 ``drop_system_trust_env``: when ``SSL_CERT_FILE``/``SSL_CERT_DIR`` are set, awscrt's TLS (s2n) parses the bundle
 they name for every TLS context it creates (about 5 ms each, holding the GIL: 5 s of a 1000-device fleet's event
 loop) even when the connection then replaces that trust store with its own CA. A fleet whose connections all bring
-a CA removes the two variables from its own environment before it starts any thread.
+a CA runs without the two variables (``system_trust_env_dropped`` puts them back afterwards, for in-process callers
+such as tests and ``device-sim demo``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,7 @@ __all__ = [
     "OpenFilesLimit",
     "drop_system_trust_env",
     "ensure_open_files",
+    "system_trust_env_dropped",
 ]
 
 log = logging.getLogger(__name__)
@@ -96,6 +99,18 @@ def drop_system_trust_env(environ: MutableMapping[str, str] | None = None) -> li
     if removed:
         log.info("unset %s: every connection verifies with its own CA", " and ".join(removed))
     return removed
+
+
+@contextlib.contextmanager
+def system_trust_env_dropped(active: bool = True) -> Iterator[list[str]]:
+    """``drop_system_trust_env`` for the duration of the block (nothing when not ``active``); the variables are
+    restored afterwards. Enter it before the fleet starts threads that create TLS contexts."""
+    saved = {name: os.environ[name] for name in SYSTEM_TRUST_ENV if active and name in os.environ}
+    removed = drop_system_trust_env() if active else []
+    try:
+        yield removed
+    finally:
+        os.environ.update(saved)
 
 
 def _status_kib(field: str) -> int | None:

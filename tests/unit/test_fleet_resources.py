@@ -1,0 +1,107 @@
+"""The open-files limit, the trust-store variables and the memory meter of a fleet process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from device_sim.fleet import FleetSettings, fleet_crt_threads
+from device_sim.fleet_resources import (
+    FDS_RESERVED,
+    MemoryMeter,
+    MemoryUse,
+    drop_system_trust_env,
+    system_trust_env_dropped,
+)
+
+resource = pytest.importorskip("resource")
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """Limits are per process and cannot be raised back once lowered: each case runs in its own interpreter."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_the_soft_limit_is_raised_to_what_the_devices_need() -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 2000 + FDS_RESERVED:
+        pytest.skip(f"the hard limit here ({hard}) is below what the test needs")
+    done = run_python(
+        """
+        import resource
+        from device_sim.fleet_resources import ensure_open_files
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        print(ensure_open_files(2000), resource.getrlimit(resource.RLIMIT_NOFILE)[0], ensure_open_files(10))
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    returned, in_force, small = (int(x) for x in done.stdout.split())
+    assert returned == in_force >= 2000 + FDS_RESERVED
+    assert small == in_force  # enough already: left as it is
+
+
+def test_a_hard_limit_too_low_says_what_to_do() -> None:
+    done = run_python(
+        """
+        import resource
+        from device_sim.fleet_resources import OpenFilesLimit, ensure_open_files
+        resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
+        try:
+            ensure_open_files(1000)
+        except OpenFilesLimit as exc:
+            print(exc)
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1000 devices need about 1256 open files" in done.stdout
+    assert "at most 300" in done.stdout and "ulimit" in done.stdout and "--shard" in done.stdout
+
+
+def test_trust_store_variables_are_dropped_and_named() -> None:
+    env = {"SSL_CERT_FILE": "/etc/ssl/certs/ca-certificates.crt", "SSL_CERT_DIR": "/etc/ssl/certs", "HOME": "/root"}
+    assert drop_system_trust_env(env) == ["SSL_CERT_FILE", "SSL_CERT_DIR"]
+    assert env == {"HOME": "/root"}
+    assert drop_system_trust_env(env) == []
+
+
+def test_trust_store_variables_come_back_after_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", "/bundle.pem")
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    with system_trust_env_dropped() as removed:
+        assert removed == ["SSL_CERT_FILE"] and "SSL_CERT_FILE" not in os.environ
+    assert os.environ["SSL_CERT_FILE"] == "/bundle.pem" and "SSL_CERT_DIR" not in os.environ
+    with system_trust_env_dropped(active=False) as removed:
+        assert removed == [] and os.environ["SSL_CERT_FILE"] == "/bundle.pem"
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_memory_meter_sees_a_transient_peak() -> None:
+    meter = MemoryMeter()
+    meter.start()
+    block = bytearray(os.urandom(1024)) * (48 * 1024)  # 48 MiB, touched, then freed
+    del block
+    use = meter.stop(devices=4)
+    assert use is not None
+    assert use.growth_kib >= 40 * 1024
+    assert use.per_device_kib == pytest.approx(use.growth_kib / 4)
+    assert use.to_dict()["rss_growth_kib"] == use.growth_kib
+
+
+def test_memory_use_never_reports_negative_growth() -> None:
+    use = MemoryUse(start_kib=100, peak_kib=90, devices=2)
+    assert use.growth_kib == 0 and use.per_device_kib == 0.0
+    assert MemoryUse(start_kib=1, peak_kib=2, devices=0).per_device_kib == 0.0
+
+
+def test_fleet_uses_half_the_cores_for_awscrt_between_one_and_four() -> None:
+    assert [fleet_crt_threads(n) for n in (1, 2, 3, 4, 8, 16, 64)] == [1, 1, 1, 2, 4, 4, 4]
+    with pytest.raises(ValueError, match="crt threads 0"):
+        FleetSettings(crt_threads=0)
