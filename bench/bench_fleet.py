@@ -163,24 +163,33 @@ def _size(text: str) -> int:
 
 
 class LocalIotProcess:
-    """``local-iot up`` as a child process; ``env`` points boto3 at it. Stopped by its PID."""
+    """``local-iot up`` as a child process (or one a previous ``--keep-running`` run left); ``env`` points boto3
+    at it. Stopped by its PID."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, attach: bool = False) -> None:
         self.state_dir = state_dir
-        self.log = (state_dir.parent / "local-iot.log").open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "local_iot", "up", "--state-dir", str(state_dir)],
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            text=True,
-            cwd=ROOT,
-        )
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:  # the "written:" line comes after local-iot.json is in place
-            if "written:" in line:
-                break
+        self.proc: subprocess.Popen[str] | None = None
+        pid_file = state_dir.parent / "local-iot.pid"
+        if attach:
+            self.pid = int(pid_file.read_text())
+            os.kill(self.pid, 0)  # still running? (ProcessLookupError otherwise)
         else:
-            raise RuntimeError(f"local-iot up exited with {self.proc.wait()}; see {self.log.name}")
+            with (state_dir.parent / "local-iot.log").open("w") as log:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "local_iot", "up", "--state-dir", str(state_dir)],
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    text=True,
+                    cwd=ROOT,
+                )
+            self.pid = self.proc.pid
+            pid_file.write_text(str(self.pid))
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:  # the "written:" line comes after local-iot.json is in place
+                if "written:" in line:
+                    break
+            else:
+                raise RuntimeError(f"local-iot up exited with {self.proc.wait()}; see {state_dir.parent}/local-iot.log")
         from local_iot.control_plane import aws_environment
         from local_iot.runner import load_info
 
@@ -189,6 +198,9 @@ class LocalIotProcess:
         self.env.pop("AWS_PROFILE", None)
 
     def stop(self) -> None:
+        if self.proc is None:
+            os.kill(self.pid, signal.SIGTERM)  # attached: not our child, nothing to wait for
+            return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -196,7 +208,6 @@ class LocalIotProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log.close()
 
 
 def provision(iot: LocalIotProcess, work: Path, devices: int, size: int) -> tuple[Path, float]:
@@ -294,7 +305,7 @@ def _cpu_s(pid: int) -> float:
 
 def measure(iot: LocalIotProcess, work: Path, manifest: Path, args: Any, tls: bool) -> dict[str, Any]:
     bare = run_worker("bare", iot, work, manifest, args.devices, args, tls)
-    pids = (iot.proc.pid, int(iot.info["broker_pid"]))
+    pids = (iot.pid, int(iot.info["broker_pid"]))
     before = [_cpu_s(pid) for pid in pids]
     fleet = run_worker("fleet", iot, work, manifest, args.devices, args, tls)
     after = [_cpu_s(pid) for pid in pids]
@@ -413,24 +424,42 @@ def main() -> int:
     parser.add_argument("--service-rounds", type=int, default=3)
     parser.add_argument("--work-dir", type=Path, default=None, help="keep everything here [default: a temp dir]")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here too")
+    parser.add_argument("--keep-running", action="store_true", help="leave local-iot and the things for --reuse")
+    parser.add_argument(
+        "--reuse", type=Path, default=None, help="a --work-dir whose local-iot still runs (skips provisioning)"
+    )
     args = parser.parse_args()
+    if args.reuse and args.work_dir:
+        parser.error("--reuse is the work dir: drop --work-dir")
     modes = args.modes or ["mTLS"]
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
-        work = (args.work_dir or Path(tmp)).resolve()
+        work = (args.reuse or args.work_dir or Path(tmp)).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        print(f"starting local-iot in {work} ...", file=sys.stderr, flush=True)
-        iot = LocalIotProcess(work / "iot")
+        manifest, provision_s = work / "run.json", None
+        if args.reuse:
+            iot = LocalIotProcess(work / "iot", attach=True)
+        else:
+            print(f"starting local-iot in {work} ...", file=sys.stderr, flush=True)
+            iot = LocalIotProcess(work / "iot")
+        keep = args.keep_running or args.reuse is not None
         try:
-            print(f"provisioning {args.devices} things (not timed) ...", file=sys.stderr, flush=True)
-            manifest, provision_s = provision(iot, work, args.devices, args.size)
+            if not args.reuse:
+                print(f"provisioning {args.devices} things (not timed) ...", file=sys.stderr, flush=True)
+                manifest, provision_s = provision(iot, work, args.devices, args.size)
             print("service single-stream rate (bench_service) ...", file=sys.stderr, flush=True)
             service_before = service_single_stream(args.block_size, args.service_rounds)
             runs = {mode: measure(iot, work, manifest, args, mode == "mTLS") for mode in modes}
             print("service single-stream rate again ...", file=sys.stderr, flush=True)
             service_after = service_single_stream(args.block_size, args.service_rounds)
+        except BaseException:
+            keep = args.reuse is not None  # never stop a local-iot we did not start
+            raise
         finally:
-            iot.stop()
+            if not keep:
+                iot.stop()
+        if keep:
+            print(f"local-iot keeps running (pid {iot.pid}): --reuse {work}; stop it with kill {iot.pid}")
     report: dict[str, Any] = {
         "devices": args.devices,
         "size": args.size,
