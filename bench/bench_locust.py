@@ -1,7 +1,7 @@
 """One process vs Locust: the same fleet (default 2000 devices x 256 KiB) through ``device-sim fleet`` (asyncio, one
 process) and ``device-sim locust-fleet --processes 2`` (a Locust master, 2 workers, 2 device hosts), side by side.
 
-Run: ``.venv/bin/python bench/bench_locust.py [--devices 2000] [--size 256KiB] [--block-size 4KiB]
+Run: ``.venv/bin/python bench/bench_locust.py [--devices 2000] [--size 256KiB] [--block-sizes 4KiB,64KiB]
 [--connect-rate 200] [--processes 2] [--rounds 1] [--json out.json]``.
 
 How it works: ``local-iot up`` runs as a subprocess (no latency, no quotas) and ``provisioner up`` creates the stream
@@ -125,7 +125,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=2000)
     parser.add_argument("--size", default="256KiB")
-    parser.add_argument("--block-size", default="4KiB")
+    parser.add_argument(
+        "--block-sizes", default="4KiB", help="Comma-separated: every engine runs at each (one provisioning)."
+    )
     parser.add_argument("--connect-rate", type=float, default=200.0)
     parser.add_argument("--rounds", type=int, default=1, help="Run both engines this many times, alternating.")
     parser.add_argument("--processes", type=int, default=2)
@@ -136,32 +138,31 @@ def main() -> None:
     iot, env = start_local_iot(work)
     try:
         manifest = provision(work, env, opts.devices, opts.size)
-        common = [
-            "--manifest",
-            str(manifest),
-            "--block-size",
-            opts.block_size,
-            "--connect-rate",
-            str(opts.connect_rate),
-        ]
         emulator = psutil.Process(iot.pid)
         results = []
-        for n in range(1, opts.rounds + 1):
-            tag = f" #{n}" if opts.rounds > 1 else ""
-            results.append(
-                run_fleet(f"asyncio, 1 process{tag}", ["fleet", *common], env, work / f"asyncio{n}", emulator)
-            )
-            locust_args = ["locust-fleet", *common, "--processes", str(opts.processes)]
-            name = f"locust, {opts.processes} processes{tag}"
-            results.append(run_fleet(name, locust_args, env, work / f"locust{n}", emulator))
+        for block_size in opts.block_sizes.split(","):
+            common = ["--manifest", str(manifest), "--block-size", block_size, "--connect-rate", str(opts.connect_rate)]
+            for n in range(1, opts.rounds + 1):
+                tag = f" #{n}" if opts.rounds > 1 else ""
+                asyncio_args = ["fleet", *common]
+                result = run_fleet(
+                    f"asyncio, 1 process{tag}", asyncio_args, env, work / f"asyncio-{block_size}-{n}", emulator
+                )
+                results.append({**result, "block_size": block_size})
+                locust_args = ["locust-fleet", *common, "--processes", str(opts.processes)]
+                name = f"locust, {opts.processes} processes{tag}"
+                result = run_fleet(name, locust_args, env, work / f"locust-{block_size}-{n}", emulator)
+                results.append({**result, "block_size": block_size})
     finally:
         iot.send_signal(signal.SIGTERM)
         iot.wait(timeout=60)
         if not opts.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"{opts.devices} devices x {opts.size}, {opts.block_size} blocks, connect rate {opts.connect_rate:g}/s, "
+    print(f"{opts.devices} devices x {opts.size}, connect rate {opts.connect_rate:g}/s, "
           f"{os.cpu_count()} cores")  # fmt: skip
-    print(table(results))
+    for block_size in opts.block_sizes.split(","):
+        print(f"\n{block_size} blocks")
+        print(table([r for r in results if r["block_size"] == block_size]))
     if opts.json:
         opts.json.write_text(json.dumps(results, indent=2) + "\n")
     if opts.keep:

@@ -27,6 +27,11 @@ from .locust_fleet.cli_options import locust_options
 
 __all__ = ["ENGINE_PATH", "locust_argv", "locust_fleet_command", "locust_options", "run_locust"]
 
+
+class LocustMissing(click.ClickException):
+    exit_code = 2
+
+
 #: The Locust entry point (a file: ``locust -f`` takes paths; importing it would monkey-patch this process).
 ENGINE_PATH = Path(__file__).with_name("locust_engine.py")
 
@@ -97,6 +102,10 @@ def run_locust(params: Mapping[str, Any]) -> int:
 
     Returns the run's exit code; raises ``click.UsageError``/``BadParameter`` for bad options.
     """
+    import importlib.util
+
+    if importlib.util.find_spec("locust") is None:
+        raise LocustMissing("Locust is not installed: pip install 'iot-stream-sim[locust]' (or: pip install locust)")
     argv = locust_argv(params)
     _check_run(params)
     started = time.time()

@@ -5,7 +5,8 @@ locks deadlock when two native threads contend for them (awscrt's callback threa
 ``asyncio.to_thread`` all would), so the devices do not run inside it. Each worker starts one device host and
 talks to it in JSON lines (``messages``): the host reads ``Config`` (the fleet's device options, parsed with the
 same click options as ``device-sim fleet``), then ``Run`` per device, and runs each with ``fleet.run_device``,
-the very coroutine the single-process fleet runs, sharing one set of awscrt threads and one S3 source cache.
+the very coroutine the single-process fleet runs, with the fleet's awscrt threads (``fleet_crt_resources``) and
+one S3 source cache.
 Every device ends in exactly one ``Finished`` line carrying its ``DeviceMetrics``, also when it is stopped:
 ``Stop`` or the end of stdin (the worker quit or died) cancels every device, and those that had not started
 report as ``cancelled``. ``Progress`` lines carry the live counters once a second. The protocol pipe is the
@@ -22,14 +23,15 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 
 from ..device import DeviceCancelled
-from ..fleet import DeviceIdentity, FleetProgress, run_device
-from ..fleet_resources import OpenFilesLimit, ensure_open_files
+from ..fleet import DeviceIdentity, FleetProgress, fleet_crt_resources, run_device
+from ..fleet_resources import OpenFilesLimit, drop_system_trust_env, ensure_open_files
 from ..metrics import DeviceMetrics, FailureKind, failure_reason
-from ..transport import shared_crt_resources
+from ..transport import CrtResources
 from ..verify import S3Source
 from .messages import (
     Config,
@@ -60,6 +62,7 @@ class DeviceHost:
     def __init__(self, send: Callable[[HostMessage], None]) -> None:
         self._send = send
         self._plan: RunPlan | None = None
+        self._resources: CrtResources | None = None
         self._identities: dict[str, DeviceIdentity] = {}
         self._source: S3Source | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -69,8 +72,6 @@ class DeviceHost:
 
     async def configure(self, config: Config) -> bool:
         """Parse the device options and get ready; False (and a ``HostFailed`` sent) if this host cannot run."""
-        from pathlib import Path
-
         try:
             params = parse_device_args(config.args)
             plan = build_plan(params, manifest=Path(config.manifest) if config.manifest else None)
@@ -78,6 +79,9 @@ class DeviceHost:
             self._send(HostFailed(message=f"device options: {exc.format_message()}"))
             return False
         self._plan = plan
+        self._resources = fleet_crt_resources(plan.fleet.crt_threads)
+        if not plan.target.no_tls and plan.target.ca is not None:
+            drop_system_trust_env()  # every connection brings its CA: spare awscrt parsing the system bundle
         self._manifest = config.manifest or str(params["manifest"])
         self._identities = {identity.thing_name: identity for identity in plan.identities}
         if plan.verify_with_s3:
@@ -132,7 +136,7 @@ class DeviceHost:
                 plan.download,
                 transport_options=plan.fleet.transport,
                 source=self._source,
-                resources=shared_crt_resources(),
+                resources=self._resources,
                 run_started=run_started,
                 label=plan.label,
                 progress=self._progress,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..metrics import DeviceMetrics, FailureKind, MetricsFormatError, failure_reason
 from .messages import Granted
@@ -143,6 +143,8 @@ class FleetLedger:
         if record.thing_name != thing:
             log.warning("record for device #%d names %s, not %s", index, record.thing_name, thing)
             return None
+        if not record.settings:  # made by a worker that could not run it: stamp the run's label
+            record = replace(record, settings=self._label)
         previous = self._records.get(index)
         if previous is not None and previous.failure_reason != LOST:
             log.warning("ignoring a second record for %s", thing)

@@ -3,14 +3,14 @@
 How this works: the master keeps a ``FleetLedger`` of the manifest's devices. Workers' claims are answered with
 grants from it; their record batches go into it. A monitor greenlet (never a message handler: stopping Locust
 from inside one deadlocks the master) checks four times a second whether a worker that holds devices has gone
-missing from Locust's worker list (its devices are then recorded as lost, naming the worker), whether the
-deadline has passed (devices are told to stop and get ``STOP_GRACE_S`` to report), whether no worker is left,
-and whether every device has reported. Then it writes the same reports as ``device-sim fleet`` (``aggregate``
-and ``write_reports`` over the records in manifest order), sets Locust's exit code (0 only if every device
-verified; 1 if any failed, never reported or was lost, or a worker failed; 6 if the reports could not be
-written) and ends the run
-(headless: quit; web UI: stop, the UI stays up). Ctrl-C or SIGTERM still write the reports, from Locust's
-``quitting`` event. Every ``PROGRESS_LOG_S`` it logs one line of live counts.
+missing from Locust's worker list (its devices are then recorded as lost, naming the worker), whether devices
+stay unclaimed after Locust's ramp (users Locust gave a worker that went away: it asks Locust to re-dispatch),
+whether the deadline has passed (devices are told to stop and get ``STOP_GRACE_S`` to report), whether no
+worker is left, and whether every device has reported. Then it writes the same reports as ``device-sim fleet``
+(``aggregate`` and ``write_reports`` over the records in manifest order), sets Locust's exit code (0 only if
+every device verified; 1 if any failed, never reported or was lost, or a worker failed; 6 if the reports could
+not be written) and ends the run (headless: quit; web UI: stop, the UI stays up). Ctrl-C or SIGTERM still write
+the reports, from Locust's ``quitting`` event. Every ``PROGRESS_LOG_S`` it logs one line of live counts.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ STOP_GRACE_S = 15.0
 PROGRESS_LOG_S = 5.0
 EXIT_REPORTS_FAILED = 6
 WORKER_EXIT_TIMEOUT_S = 60.0
+STRANDED_AFTER_S = 3.0
 
 
 class MasterAgent:
@@ -59,7 +60,8 @@ class MasterAgent:
         self._stop_sent_at: float | None = None
         self._why_unstarted = "the run stopped before this device started"
         self._progress: dict[str, Progress] = {}
-        self._missing: set[str] = set()  # Locust workers missing at the last check
+        self._last_claim_at = 0.0
+        self._last_redispatch_at = 0.0
         self._last_progress_log = 0.0
         self.summary: FleetSummary | None = None
         self._runner.register_message(CLAIM, self._on_claim)
@@ -110,6 +112,7 @@ class MasterAgent:
                 worker.node_id,
                 len(granted),
             )
+        self._last_claim_at = self.elapsed()
         grant = Grant(devices=tuple(granted), asked=claim.count, epoch=self._epoch)
         self._runner.send_message(GRANT, grant.to_wire(), client_id=msg.node_id)
 
@@ -148,6 +151,7 @@ class MasterAgent:
         """True when the run is over."""
         now = self.elapsed()
         self._find_lost_workers(now)
+        self._redispatch_if_stranded(now)
         deadline = self._plan.fleet.deadline_s
         if deadline is not None and now >= deadline and self._stop_sent_at is None:
             self._stop(f"the deadline of {deadline:g} s passed", now)
@@ -169,8 +173,6 @@ class MasterAgent:
         from locust.runners import STATE_MISSING
 
         alive = {node_id for node_id in clients if clients[node_id].state != STATE_MISSING}
-        missing = {node_id for node_id in clients if clients[node_id].state == STATE_MISSING}
-        newly_missing, self._missing = missing - self._missing, missing
         for worker in self.ledger.workers:
             if worker.node_id in alive:
                 continue
@@ -192,18 +194,25 @@ class MasterAgent:
                         exception=DeviceFailed(LOST),
                         context={},
                     )
-        if newly_missing:
-            self._respawn_if_stranded()
 
-    def _respawn_if_stranded(self) -> None:
-        """A worker went missing: devices not yet claimed may wait for users Locust gave it (even before it
-        claimed anything). During the ramp Locust moves those users to the other workers itself, and it does for
-        a worker that quits; for a missing one after the ramp, asking for the same user count again does it."""
+    def _redispatch_if_stranded(self, now: float) -> None:
+        """Devices nobody claims after Locust's ramp ended wait for users Locust gave a worker that went away
+        (missing, or quit, possibly before it claimed anything). Asking Locust for the same user count again
+        re-dispatches the users of the workers it removed to the others (for the rest it changes nothing)."""
         runner = self._runner
-        if not self.ledger.open or self.ledger.granted == self.ledger.devices or runner.worker_count == 0:
+        if not self.ledger.open or self.ledger.granted == self.ledger.devices:
             return
-        if runner.state == "running":
-            gevent.spawn(runner.start, runner.target_user_count, runner.spawn_rate)
+        if getattr(runner, "worker_count", 0) == 0 or runner.state != "running":
+            return
+        if now - max(self._last_claim_at, self._last_redispatch_at) < STRANDED_AFTER_S:
+            return
+        log.warning(
+            "%d devices unclaimed %.0f s after Locust's ramp: re-dispatching users to the workers left",
+            self.ledger.devices - self.ledger.granted,
+            now - self._last_claim_at,
+        )
+        self._last_redispatch_at = now
+        gevent.spawn(runner.start, runner.target_user_count, runner.spawn_rate)
 
     def _no_workers_left(self) -> bool:
         count = getattr(self._runner, "worker_count", None)

@@ -23,7 +23,7 @@ import click
 from ..cli_fleet import fleet_options
 from ..cli_options import build_download_settings, download_options, transport_choices
 from ..device import DownloadSettings, SinkKind
-from ..fleet import DeviceIdentity, FleetSettings, FleetTarget, select_identities, target_from_manifest
+from ..fleet import DeviceIdentity, FleetSettings, FleetTarget, Shard, select_identities, target_from_manifest
 
 __all__ = [
     "ARGPARSE_PREFIX",
@@ -61,8 +61,8 @@ def parse_device_args(args: Sequence[str]) -> dict[str, Any]:
 
 
 def _text(value: Any) -> str:
-    if hasattr(value, "index") and hasattr(value, "count") and not isinstance(value, str | tuple | list):
-        return f"{value.index}/{value.count}"  # a fleet Shard
+    if isinstance(value, Shard):
+        return f"{value.index}/{value.count}"
     return str(value)
 
 
@@ -150,14 +150,10 @@ class RunPlan:
 
     def settings_dict(self, workers: int) -> dict[str, Any]:
         """The run's settings as the reports show them (the single-process fleet's keys, plus the engine)."""
+        from ..fleet import _settings_dict  # one definition of the keys the reports show
+
         return {
-            "devices": len(self.identities),
-            "format": self.download.format.value,
-            "block_size": self.download.block_size,
-            "blocks_per_request": self.download.blocks_per_request or "max",
-            "inflight": self.download.inflight,
-            "connect_rate": self.fleet.connect_rate,
-            "start_jitter": self.fleet.start_jitter,
+            **_settings_dict(self.download, self.fleet, len(self.identities)),
             "engine": "locust",
             "workers": workers,
         }
@@ -192,6 +188,7 @@ def build_plan(params: Mapping[str, Any], *, manifest: Path | None = None) -> Ru
         seed=params["seed"],
         price_per_million=params["price_per_million"],
         transport=transport_choices(dict(params)),
+        crt_threads=params.get("crt_threads"),
     )
     return RunPlan(
         target=target,

@@ -6,6 +6,7 @@ Locust runs in its own processes (it monkey-patches whatever imports it), starte
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import queue
@@ -20,7 +21,6 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 from click.testing import CliRunner
 
@@ -31,7 +31,13 @@ from local_iot.runner import LocalIot, LocalIotSettings
 
 from .test_fleet import provision
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    # Locust is an optional extra (in `dev`); find_spec, not importorskip: importing Locust monkey-patches pytest.
+    pytest.mark.skipif(importlib.util.find_spec("locust") is None, reason="needs the locust extra"),
+]
+
+psutil = pytest.importorskip("psutil")  # a Locust dependency
 
 THINGS = 100
 RUN_TIMEOUT_S = 120.0

@@ -108,6 +108,16 @@ def test_records_that_do_not_fit_are_refused_or_kept_as_errors() -> None:
     assert bad is not None and bad.failure_reason == "error:bad-record"
 
 
+def test_records_without_a_settings_label_get_the_runs() -> None:
+    book = ledger(2)
+    book.grant(W1, 2)
+    failed = DeviceMetrics(thing_name="t0", verified=False, failure_reason="error:device-host", failure_message="x")
+    accepted = book.accept("w1", 0, failed.to_dict())
+    assert accepted is not None and accepted.settings == "4096B cbor"
+    labelled = book.accept("w1", 1, {**ok("t1"), "settings": "8192B json"})
+    assert labelled is not None and labelled.settings == "8192B json"
+
+
 def test_close_stops_grants_and_fills_the_gaps() -> None:
     book = ledger(5)
     book.grant(W1, 2)
