@@ -1,7 +1,8 @@
 """Fleet scale: N devices (default 1000) each download a 1 MiB stream at 4 KiB blocks from local_iot, in one process.
 
 Run: ``.venv/bin/python bench/bench_fleet.py [--devices 1000] [--size 1MiB] [--block-size 4KiB] [--tls|--no-tls|--both]
-[--connect-rate 500] [--json out.json]``.
+[--connect-rate 500] [--json out.json]``. Provisioning 1000 things takes about 2 minutes: ``--work-dir W
+--keep-running`` leaves local-iot and the things in place, and ``--reuse W`` measures again without provisioning.
 
 How it works: ``local-iot up`` runs as a subprocess (no quotas, no latency), so the emulator does not share a GIL
 with the fleet; ``provisioner up`` creates the stream and N things with certificates (not timed). Every measurement
