@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -361,6 +362,7 @@ class MosquittoBroker:
                 start_new_session=True,  # our stop() ends it; a Ctrl-C in the terminal does not race us
             )
         self._proc = proc
+        _raise_open_files_limit(proc.pid)
         self._mqtt_port, self._tls_port = mqtt_port, tls_port
         ports = [p for p in (mqtt_port, tls_port) if p is not None]
         try:
@@ -416,6 +418,18 @@ class _PortInUse(BrokerStartError):
     def __init__(self, port: int | None, *, log_tail: str) -> None:
         super().__init__(f"port {port} is in use", log_tail=log_tail)
         self.port = port
+
+
+def _raise_open_files_limit(pid: int) -> None:
+    """Let mosquitto hold as many connections as the hard limit allows: it inherits our soft limit (often 1024),
+    and past it every new device fails with a misleading 'connection closed during CONNECT'."""
+    try:
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError) as exc:  # not Linux, or not allowed: the broker runs with the inherited limit
+        log.warning("could not raise mosquitto's open-files limit: %s (ulimit -n bounds the fleet size)", exc)
 
 
 def _accepts(host: str, port: int) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import resource
 import socket
 import ssl
 import threading
@@ -413,3 +414,17 @@ def test_awscrt_device_connects_over_mtls_and_receives_its_topic(
     finally:
         device.stop()
         assert stopped.wait(TIMEOUT)
+
+
+def test_broker_may_open_as_many_files_as_the_hard_limit(tmp_path: Path) -> None:
+    """mosquitto inherits the caller's soft open-files limit; the broker raises it so big fleets can connect."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))  # a low soft limit, as in many shells
+    try:
+        with MosquittoBroker(BrokerConfig(state_dir=tmp_path, tls_port=None)) as broker:
+            broker_soft, broker_hard = resource.prlimit(broker.pid, resource.RLIMIT_NOFILE)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert broker_hard == hard
+    assert broker_soft == (hard if hard != resource.RLIM_INFINITY else max(256, 1 << 20))
+    assert broker_soft > 256
