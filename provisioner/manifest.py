@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -241,20 +242,34 @@ def manifest_to_json(manifest: Manifest, base: Path) -> dict[str, Any]:
         "policy": None
         if manifest.policy is None
         else {"name": manifest.policy.name, "arn": manifest.policy.arn, "created": manifest.policy.created},
-        "things": [
-            {
-                "name": t.name,
-                "arn": t.arn,
-                "certificate_id": t.certificate_id,
-                "certificate_arn": t.certificate_arn,
-                "cert_path": _path_out(t.cert_path, base),
-                "key_path": _path_out(t.key_path, base),
-                "policy_attached": t.policy_attached,
-                "principal_attached": t.principal_attached,
-            }
-            for t in manifest.things
-        ],
+        "things": [_thing_to_json(t, base) for t in manifest.things],
     }
+
+
+def _thing_to_json(t: ThingRecord, base: Path) -> dict[str, Any]:
+    return {
+        "name": t.name,
+        "arn": t.arn,
+        "certificate_id": t.certificate_id,
+        "certificate_arn": t.certificate_arn,
+        "cert_path": _path_out(t.cert_path, base),
+        "key_path": _path_out(t.key_path, base),
+        "policy_attached": t.policy_attached,
+        "principal_attached": t.principal_attached,
+    }
+
+
+def _thing_from_json(t: dict[str, Any], base: Path) -> ThingRecord:
+    return ThingRecord(
+        name=str(t["name"]),
+        arn=t.get("arn"),
+        certificate_id=t.get("certificate_id"),
+        certificate_arn=t.get("certificate_arn"),
+        cert_path=_path_in(t.get("cert_path"), base),
+        key_path=_path_in(t.get("key_path"), base),
+        policy_attached=bool(t.get("policy_attached", False)),
+        principal_attached=bool(t.get("principal_attached", False)),
+    )
 
 
 def manifest_from_json(data: dict[str, Any], base: Path) -> Manifest:
@@ -335,19 +350,7 @@ def manifest_from_json(data: dict[str, Any], base: Path) -> Manifest:
             policy=None
             if policy is None
             else PolicyRecord(name=str(policy["name"]), arn=str(policy["arn"]), created=bool(policy["created"])),
-            things=tuple(
-                ThingRecord(
-                    name=str(t["name"]),
-                    arn=t.get("arn"),
-                    certificate_id=t.get("certificate_id"),
-                    certificate_arn=t.get("certificate_arn"),
-                    cert_path=_path_in(t.get("cert_path"), base),
-                    key_path=_path_in(t.get("key_path"), base),
-                    policy_attached=bool(t.get("policy_attached", False)),
-                    principal_attached=bool(t.get("principal_attached", False)),
-                )
-                for t in data.get("things", [])
-            ),
+            things=tuple(_thing_from_json(t, base) for t in data.get("things", [])),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ManifestError(f"manifest is malformed ({type(e).__name__}: {e})") from e
@@ -366,7 +369,33 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
         raise ManifestError(f"cannot read manifest {p}: {e}") from e
     if not isinstance(data, dict):
         raise ManifestError(f"manifest {p} is not a JSON object")
-    return manifest_from_json(data, p.resolve().parent)
+    base = p.resolve().parent
+    return _replay_journal(manifest_from_json(data, base), journal_path(p), base)
+
+
+def journal_path(path: str | os.PathLike[str]) -> Path:
+    """``<manifest>.journal``: thing records appended since the manifest was last written whole."""
+    p = Path(path)
+    return p.with_name(p.name + ".journal")
+
+
+def _replay_journal(manifest: Manifest, journal: Path, base: Path) -> Manifest:
+    """Apply the thing records a run appended after its last full save (an interrupted run leaves them)."""
+    try:
+        lines = journal.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return manifest
+    except OSError as e:
+        raise ManifestError(f"cannot read the manifest journal {journal}: {e}") from e
+    for number, line in enumerate(lines, 1):
+        try:
+            record = _thing_from_json(json.loads(line), base)
+        except (ValueError, KeyError, TypeError) as e:
+            if number == len(lines):  # the last line of a killed run may be half written: it recorded nothing new
+                break
+            raise ManifestError(f"manifest journal {journal} line {number} is malformed ({e})") from e
+        manifest = manifest.with_thing(record)
+    return manifest
 
 
 def save_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> None:
@@ -385,21 +414,59 @@ def save_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    journal_path(p).unlink(missing_ok=True)  # everything it held is in the manifest now
 
 
 class ManifestStore:
-    """The manifest of the run in progress; ``update`` saves it after every step (not in dry-run mode)."""
+    """The manifest of the run in progress; every step is on disk before the next AWS call (not in dry-run mode).
 
-    def __init__(self, manifest: Manifest, path: Path | None, *, dry_run: bool = False) -> None:
+    ``update`` writes the whole manifest. ``record_thing`` (called several times per thing of a fleet) appends the
+    thing's record to ``<manifest>.journal`` and rewrites the whole manifest at most every ``full_save_every``
+    seconds: writing 1000 things whole after every call cost ~30 ms each, 87 % of provisioning a 1000-thing fleet.
+    ``load_manifest`` replays the journal, so an interrupted run loses nothing; ``flush`` writes it whole.
+    """
+
+    def __init__(
+        self, manifest: Manifest, path: Path | None, *, dry_run: bool = False, full_save_every: float = 1.0
+    ) -> None:
         self.manifest = manifest
         self.path = path
         self.dry_run = dry_run
+        self.full_save_every = full_save_every
+        self._journal_dirty = False
+        self._last_full_save = time.monotonic()
+
+    @property
+    def _writes(self) -> bool:
+        return self.path is not None and not self.dry_run
 
     def update(self, manifest: Manifest) -> Manifest:
         self.manifest = manifest
-        if self.path is not None and not self.dry_run:
+        if self._writes:
+            assert self.path is not None
             save_manifest(manifest, self.path)
+            self._journal_dirty = False
+            self._last_full_save = time.monotonic()
         return manifest
+
+    def record_thing(self, record: ThingRecord) -> Manifest:
+        """Record one thing's new state: journal append now, the whole manifest now and then."""
+        self.manifest = self.manifest.with_thing(record)
+        if not self._writes:
+            return self.manifest
+        assert self.path is not None
+        if time.monotonic() - self._last_full_save >= self.full_save_every:
+            return self.update(self.manifest)
+        line = json.dumps(_thing_to_json(record, self.path.resolve().parent)) + "\n"
+        with open(journal_path(self.path), "a", encoding="utf-8") as journal:
+            journal.write(line)
+        self._journal_dirty = True
+        return self.manifest
+
+    def flush(self) -> None:
+        """Write the whole manifest if the journal holds anything (the end of a fleet step)."""
+        if self._journal_dirty:
+            self.update(self.manifest)
 
     def change(self, **changes: Any) -> Manifest:
         return self.update(replace(self.manifest, **changes))
@@ -419,6 +486,7 @@ __all__ = [
     "StreamFileRecord",
     "StreamRecord",
     "ThingRecord",
+    "journal_path",
     "load_manifest",
     "new_run_id",
     "save_manifest",

@@ -120,14 +120,17 @@ def create_fleet(
         )
     }
     out = []
-    for index, name in enumerate(names):
-        record = store.manifest.thing(name) or ThingRecord(name=name)
-        skipped = name in existing and _usable(api, record)
-        if not skipped:
-            record = _provision(api, store, record, in_account=name in existing, certs_dir=certs_dir, ca=ca)
-        out.append(record)
-        if on_progress is not None:
-            on_progress(ThingProgress(index=index, total=count, name=name, skipped=skipped))
+    try:
+        for index, name in enumerate(names):
+            record = store.manifest.thing(name) or ThingRecord(name=name)
+            skipped = name in existing and _usable(api, record)
+            if not skipped:
+                record = _provision(api, store, record, in_account=name in existing, certs_dir=certs_dir, ca=ca)
+            out.append(record)
+            if on_progress is not None:
+                on_progress(ThingProgress(index=index, total=count, name=name, skipped=skipped))
+    finally:
+        store.flush()
     return out
 
 
@@ -177,7 +180,7 @@ def _provision(
 
 
 def _save(store: ManifestStore, record: ThingRecord) -> ThingRecord:
-    store.update(store.manifest.with_thing(record))
+    store.record_thing(record)
     return record
 
 
