@@ -9,9 +9,15 @@ which), so requests never overlap and never name a stored block. A request whose
 is done, and its slot is refilled at once.
 
 Each request in flight has an idle timer: ``last activity + timeout``, where the activity is the request
-being sent or one of its blocks arriving, and the timeout follows the measured round trip (engine_rtt).
-When it expires, the request's missing blocks go back to missing and the slot is refilled, so the
-re-request names the lost blocks first and fills the rest of its window with new ones.
+being sent or one of its blocks arriving, and the timeout follows the measured round trip (engine_rtt). It
+fires only once the link is quiet too (no data block at all for the timeout): answers queue behind earlier
+answers, so a request can look idle while its predecessors' blocks are still arriving. When it expires, the
+request's missing blocks go back to missing and the slot is refilled, so the re-request names the lost blocks
+first and fills the rest of its window with new ones. Fast re-request: once a request's highest block has
+arrived, its missing lower blocks (lost, as one connection delivers an answer in order) are released after a
+short grace instead (``fast_retry``). The caller may report when a request actually left (``request_sent``:
+the timer and the round-trip sample start there) and when the link came back after a reconnect
+(``link_resumed``: every request in flight is sent again at once).
 
 Rejections: VersionMismatch -> NEEDS_DESCRIBE (the caller describes the stream again and calls
 ``restart``); InternalError and unknown throttling-like codes -> BACKOFF (a bounded exponential wait, then
@@ -28,13 +34,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from types import MappingProxyType
 
-from .engine_blocks import BlockLedger
+from .engine_blocks import BlockLedger, InFlight
 from .engine_rtt import RttEstimator
+from .engine_rules import REJECTION_HINTS, TRANSITIONS, classify_rejection
 from .engine_types import (
     Action,
     Complete,
@@ -52,7 +59,6 @@ from .engine_types import (
     WriteBlock,
 )
 from .protocol.bitmap import decode_bitmap, encode_bitmap
-from .protocol.errors import ErrorCode
 from .protocol.limits import MAX_FILE_ID, MIN_FILE_ID
 from .protocol.messages import DataBlock, GetStreamRequest, Rejection
 
@@ -76,64 +82,11 @@ __all__ = [
     "classify_rejection",
 ]
 
-_S = EngineState
-_I = EngineInput
-
-#: (state, input) -> the states the input may lead to. Anything else raises EngineStateError.
-#: Late network input (blocks, rejections) is accepted and ignored in the terminal states; the caller's own
-#: inputs (start, timer, restart, cancel) are errors there.
-TRANSITIONS: Mapping[tuple[EngineState, EngineInput], frozenset[EngineState]] = MappingProxyType(
-    {
-        (_S.IDLE, _I.START): frozenset({_S.RUNNING, _S.COMPLETE}),
-        (_S.IDLE, _I.TIMER): frozenset({_S.IDLE, _S.RUNNING, _S.COMPLETE}),
-        (_S.IDLE, _I.CANCEL): frozenset({_S.FAILED}),
-        (_S.RUNNING, _I.RECEIVE_BLOCK): frozenset({_S.RUNNING, _S.COMPLETE}),
-        (_S.RUNNING, _I.RECEIVE_REJECTION): frozenset({_S.RUNNING, _S.BACKOFF, _S.NEEDS_DESCRIBE, _S.FAILED}),
-        (_S.RUNNING, _I.TIMER): frozenset({_S.RUNNING, _S.FAILED}),
-        (_S.RUNNING, _I.RESTART): frozenset({_S.RUNNING, _S.COMPLETE}),
-        (_S.RUNNING, _I.CANCEL): frozenset({_S.FAILED}),
-        (_S.BACKOFF, _I.RECEIVE_BLOCK): frozenset({_S.BACKOFF, _S.COMPLETE}),
-        (_S.BACKOFF, _I.RECEIVE_REJECTION): frozenset({_S.BACKOFF, _S.NEEDS_DESCRIBE, _S.FAILED}),
-        (_S.BACKOFF, _I.TIMER): frozenset({_S.BACKOFF, _S.RUNNING}),
-        (_S.BACKOFF, _I.RESTART): frozenset({_S.RUNNING, _S.COMPLETE}),
-        (_S.BACKOFF, _I.CANCEL): frozenset({_S.FAILED}),
-        (_S.NEEDS_DESCRIBE, _I.RECEIVE_BLOCK): frozenset({_S.NEEDS_DESCRIBE}),
-        (_S.NEEDS_DESCRIBE, _I.RECEIVE_REJECTION): frozenset({_S.NEEDS_DESCRIBE, _S.FAILED}),
-        (_S.NEEDS_DESCRIBE, _I.TIMER): frozenset({_S.NEEDS_DESCRIBE, _S.FAILED}),
-        (_S.NEEDS_DESCRIBE, _I.RESTART): frozenset({_S.RUNNING, _S.COMPLETE}),
-        (_S.NEEDS_DESCRIBE, _I.CANCEL): frozenset({_S.FAILED}),
-        (_S.COMPLETE, _I.RECEIVE_BLOCK): frozenset({_S.COMPLETE}),
-        (_S.COMPLETE, _I.RECEIVE_REJECTION): frozenset({_S.COMPLETE}),
-        (_S.FAILED, _I.RECEIVE_BLOCK): frozenset({_S.FAILED}),
-        (_S.FAILED, _I.RECEIVE_REJECTION): frozenset({_S.FAILED}),
-    }
-)
-
-_THROTTLE_WORDS = ("Throttl", "LimitExceeded", "ServiceUnavailable", "TooManyRequests")
-
-_REJECTION_HINTS: Mapping[str, str] = {
-    ErrorCode.RESOURCE_NOT_FOUND: "check the stream id and file id; the stream or its S3 object may be gone",
-    ErrorCode.ETAG_MISMATCH: "the S3 object changed after the stream recorded it; update the stream "
-    "(pin the object version) and download again",
-    ErrorCode.UNAUTHORIZED: "the stream's role cannot read the S3 object; fix the role or its trust policy",
-    ErrorCode.INVALID_REQUEST: "the request did not fit the file; re-describe the stream and retry",
-}
-
-
-def classify_rejection(code: str) -> str:
-    """``"version"``, ``"throttle"`` (back off and retry) or ``"fatal"`` for a rejection code."""
-    known = ErrorCode.parse(code)
-    if known is ErrorCode.VERSION_MISMATCH:
-        return "version"
-    if known is ErrorCode.INTERNAL_ERROR:
-        return "throttle"
-    if known is None and any(word.lower() in code.lower() for word in _THROTTLE_WORDS):
-        return "throttle"
-    return "fatal"
-
 
 @dataclass(slots=True)
 class _Counters:
+    """The engine's counters; ``stats`` copies them into EngineStats fields of the same names."""
+
     blocks_received: int = 0
     bytes_received: int = 0
     duplicates: int = 0
@@ -143,6 +96,8 @@ class _Counters:
     re_requests: int = 0
     blocks_requested: int = 0
     timeouts: int = 0
+    fast_retries: int = 0
+    resends: int = 0
     backoffs: int = 0
     redescribes: int = 0
     restarts: int = 0
@@ -189,6 +144,11 @@ class DownloadEngine:
         self._backoff_until = 0.0
         self._describe_since = 0.0
         self._failure: Failed | None = None
+        self._seq = 0  # SendRequest.seq of the last request
+        # Since the last restart or back-off: the first request's seq, and whether any of them was reported sent.
+        self._epoch_seq = 1
+        self._epoch_sent = not self.settings.report_sends
+        self._last_rx: float | None = None  # the last valid data block (new, duplicate or stale) arrived
         self._ledger = BlockLedger(file_size, self.settings.block_size)
         self._stream_version = stream_version
         if have is not None:
@@ -232,20 +192,8 @@ class DownloadEngine:
     def stats(self) -> EngineStats:
         c = self._counters
         return EngineStats(
-            blocks_received=c.blocks_received,
-            bytes_received=c.bytes_received,
-            duplicates=c.duplicates,
-            invalid_blocks=c.invalid_blocks,
-            stale_blocks=c.stale_blocks,
-            requests_sent=c.requests_sent,
-            re_requests=c.re_requests,
-            blocks_requested=c.blocks_requested,
-            timeouts=c.timeouts,
-            backoffs=c.backoffs,
-            redescribes=c.redescribes,
-            restarts=c.restarts,
+            **{name: getattr(c, name) for name in _Counters.__slots__},
             rejections=MappingProxyType(dict(self._rejections)),
-            ignored_rejections=c.ignored_rejections,
             srtt=self._rtt.srtt,
             rttvar=self._rtt.rttvar,
             timeout=self._timeout(),
@@ -265,7 +213,8 @@ class DownloadEngine:
             in_flight = self._ledger.in_flight
             if not in_flight:  # cannot happen: RUNNING always has a request in flight
                 return self._now
-            return min(r.last_activity for r in in_flight) + self._timeout()
+            timeout = self._timeout()
+            return min(self._deadline(r, timeout) for r in in_flight)
         if state is EngineState.BACKOFF:
             return self._backoff_until
         if state is EngineState.NEEDS_DESCRIBE:
@@ -298,6 +247,19 @@ class DownloadEngine:
         """Give up on the caller's behalf (e.g. the file left the stream)."""
         self._apply(EngineInput.CANCEL, now, lambda: self._fail(FailureReason.CANCELLED, None, message))
 
+    def request_sent(self, seq: int, now: float) -> None:
+        """Request ``seq`` (SendRequest.seq) actually left, e.g. after client-side flow control held it back:
+        its idle timer and round-trip sample start now. Ignored once a block of it arrived or it is no longer
+        in flight. Optional: without it, both start when the engine emitted the request."""
+        self._apply(EngineInput.REQUEST_SENT, now, lambda: self._on_request_sent(seq))
+
+    def link_resumed(self, now: float) -> None:
+        """The connection came back (e.g. an MQTT reconnect; requests and answers in flight were lost): every
+        request in flight that had left (with ``report_sends``: was reported sent) is sent again now, instead of
+        after its idle timeout. Counts as a round without progress for the abort rule, so a link that keeps
+        flapping without delivering still gives up."""
+        self._apply(EngineInput.LINK_RESUMED, now, self._on_link_resumed)
+
     # ------------------------------------------------------------------------------------- choke point
 
     def _apply(self, engine_input: EngineInput, now: float, handler: Callable[[], EngineState]) -> None:
@@ -328,6 +290,7 @@ class DownloadEngine:
         if block.file_id != self.file_id or not ledger.fits(block):
             counters.invalid_blocks += 1
             return state
+        self._last_rx = self._now
         if ledger.has(index):
             counters.duplicates += 1
             return state
@@ -359,14 +322,19 @@ class DownloadEngine:
             return state
         kind = classify_rejection(rejection.code)
         if kind == "fatal":
-            hint = _REJECTION_HINTS.get(rejection.code, "check the stream and the request settings")
+            hint = REJECTION_HINTS.get(rejection.code, "check the stream and the request settings")
             return self._fail(
                 FailureReason.REJECTED,
                 rejection.code,
                 f"the service rejected the download with {rejection.code}: {rejection.message!r} ({hint})",
             )
-        if state is EngineState.NEEDS_DESCRIBE or (state is EngineState.BACKOFF and kind == "throttle"):
-            # Answers to requests sent before we stopped: the re-describe or the back-off already covers them.
+        if (
+            state is EngineState.NEEDS_DESCRIBE
+            or (state is EngineState.BACKOFF and kind == "throttle")
+            or (state is EngineState.RUNNING and not self._epoch_sent)
+        ):
+            # Answers to requests sent before we stopped (or, when sends are reported, before any request since the
+            # last restart or back-off has left): the re-describe or the back-off already covers them.
             self._counters.ignored_rejections += 1
             return state
         if self._add_round():
@@ -402,6 +370,7 @@ class DownloadEngine:
         if state is EngineState.BACKOFF:
             if now < self._backoff_until:
                 return state
+            self._new_epoch()
             self._fill()
             return EngineState.RUNNING
         if state is EngineState.NEEDS_DESCRIBE:
@@ -419,14 +388,15 @@ class DownloadEngine:
             return state
         # RUNNING
         timeout = self._timeout()
-        expired = [r for r in self._ledger.in_flight if r.last_activity + timeout <= now]
-        if not expired:
-            return state
-        share = Fraction(1, len(self._ledger.in_flight))
-        for request in expired:
+        in_flight = self._ledger.in_flight
+        share = Fraction(1, max(1, len(in_flight)))
+        for request in [r for r in in_flight if self._deadline(r, timeout) <= now]:
             self._ledger.release(request)
-            self._counters.timeouts += 1
-            self._stall += share
+            if request.top_seen and self.settings.fast_retry:  # the grace never outlasts the idle timeout
+                self._counters.fast_retries += 1
+            else:
+                self._counters.timeouts += 1
+                self._stall += share
         if self._stall > self.settings.max_retries:
             return self._fail(
                 FailureReason.TIMEOUT,
@@ -437,11 +407,39 @@ class DownloadEngine:
         self._fill()
         return state
 
+    def _on_request_sent(self, seq: int) -> EngineState:
+        if seq >= self._epoch_seq:
+            self._epoch_sent = True
+        request = self._find(seq)
+        if request is not None and not request.received and self._state is EngineState.RUNNING:
+            request.sent_at = request.last_activity = self._now
+            request.sent = True
+        return self._state
+
+    def _on_link_resumed(self) -> EngineState:
+        state = self._state
+        gone = [r for r in self._ledger.in_flight if r.sent]  # the others are still queued at the caller's
+        if state is not EngineState.RUNNING or not gone:
+            return state
+        self._counters.resends += len(gone)
+        for request in gone:
+            self._ledger.release(request)
+        if self._add_round():
+            return self._fail(
+                FailureReason.TIMEOUT,
+                None,
+                f"no new block after {self.settings.max_retries} rounds of re-requests (the link kept coming back "
+                "without delivering); check the connection",
+            )
+        self._fill()
+        return state
+
     def _on_restart(self, file_size: int, stream_version: int | None) -> EngineState:
         old_size, old_version = self._ledger.file_size, self._stream_version
         changed = file_size != old_size or stream_version != old_version
         fresh = BlockLedger(file_size, self.settings.block_size) if changed else None  # validates first
         self._ledger.release_all()
+        self._new_epoch()
         self._counters.restarts += 1
         self._throttle_streak = 0
         if fresh is not None:
@@ -463,18 +461,39 @@ class DownloadEngine:
     def _timeout(self) -> float:
         return self._rtt.timeout(math.floor(self._stall))
 
+    def _deadline(self, request: InFlight, timeout: float) -> float:
+        """When ``request`` is to be released: its idle timeout once the link is quiet too, or the fast
+        re-request grace once its highest block came; a request not reported sent waits for the report."""
+        if not request.sent:
+            return request.last_activity + max(timeout, self.settings.max_timeout)
+        last_rx = self._last_rx
+        quiet = request.last_activity if last_rx is None or last_rx < request.last_activity else last_rx
+        deadline = quiet + timeout
+        if request.top_seen and self.settings.fast_retry:
+            deadline = min(deadline, request.last_activity + self._rtt.fast_retry_grace(request.gap(), timeout))
+        return deadline
+
+    def _find(self, seq: int) -> InFlight | None:
+        return next((r for r in self._ledger.in_flight if r.seq == seq), None)
+
     def _add_round(self) -> bool:
         """Count a whole round without progress; True when the abort rule is reached."""
         self._stall += 1
         return self._stall > self.settings.max_retries
 
+    def _new_epoch(self) -> None:
+        """Requests from now on follow a restart or back-off; rejections of earlier ones are stale."""
+        self._epoch_seq = self._seq + 1
+        self._epoch_sent = not self.settings.report_sends
+
     def _fill(self) -> None:
         """Send requests until ``inflight`` are in flight or no missing block is left unclaimed."""
         s, ledger = self.settings, self._ledger
         while len(ledger.in_flight) < s.inflight:
-            claimed = ledger.claim(s.window, self._now)
+            claimed = ledger.claim(s.window, self._now, self._seq + 1, sent=not s.report_sends)
             if claimed is None:
                 return
+            self._seq += 1
             blocks = claimed.blocks
             self._counters.requests_sent += 1
             self._counters.blocks_requested += len(blocks)
@@ -488,7 +507,7 @@ class DownloadEngine:
                 number_of_blocks=len(blocks),
                 bitmap=encode_bitmap(blocks, blocks[0], ledger.total),
             )
-            self._actions.append(SendRequest(request=request))
+            self._actions.append(SendRequest(request=request, seq=self._seq))
 
     def _complete(self) -> EngineState:
         self._ledger.release_all()

@@ -26,12 +26,21 @@ MAX_SPAN = (MAX_BITMAP_BYTES - 1) * 8
 class InFlight:
     """A request in flight: the blocks it still waits for and when it last saw activity."""
 
+    seq: int  # the engine's number for it (SendRequest.seq)
     blocks: tuple[int, ...]  # what it asked for, ascending
     outstanding: set[int]
     sent_at: float
-    last_activity: float
+    last_activity: float  # sent, or the last of its blocks arrived
     repeated: bool  # asks again for at least one block asked before
+    sent: bool  # known to have left (see EngineSettings.report_sends)
     sampled: bool = False  # the round trip was measured on this request
+    received: int = 0  # of its blocks arrived (new ones)
+    first_at: float = 0.0  # when the first of them arrived
+    top_seen: bool = False  # its highest block arrived while lower ones were still outstanding
+
+    def gap(self) -> float:
+        """Mean time between its blocks so far (0 before the second)."""
+        return (self.last_activity - self.first_at) / (self.received - 1) if self.received > 1 else 0.0
 
 
 class BlockLedger:
@@ -96,15 +105,21 @@ class BlockLedger:
         if request is None:
             return None, False
         request.outstanding.discard(index)
+        if not request.received:
+            request.first_at = now
+        request.received += 1
         request.last_activity = now
+        request.sent = True
         if not request.outstanding:
             self.in_flight.remove(request)
+        elif index == request.blocks[-1]:
+            request.top_seen = True
         if request.sampled or self._asked[index] != 1:
             return request, False
         request.sampled = True
         return request, True
 
-    def claim(self, window: int, now: float) -> InFlight | None:
+    def claim(self, window: int, now: float, seq: int, *, sent: bool) -> InFlight | None:
         """Claim up to ``window`` of the lowest missing, unclaimed blocks for a new request (None: none left)."""
         status = self._status
         first = status.find(_MISSING)
@@ -116,11 +131,13 @@ class BlockLedger:
             blocks.append(index)
             index = status.find(_MISSING, index + 1)
         request = InFlight(
+            seq=seq,
             blocks=tuple(blocks),
             outstanding=set(blocks),
             sent_at=now,
             last_activity=now,
             repeated=any(self._asked[i] for i in blocks),
+            sent=sent,
         )
         for i in blocks:
             status[i] = _CLAIMED

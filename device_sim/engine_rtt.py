@@ -1,7 +1,15 @@
-"""Round-trip estimation for the download engine's idle timer (RFC 6298 smoothing, no clock inside).
+"""Round-trip estimation for the download engine's timers (RFC 6298 smoothing, no clock inside).
 
 A sample is the time from sending a GetStream request to the first block of its answer. Samples are only
 taken from blocks asked for once (Karn's rule: an answer to a re-request may belong to the earlier request).
+
+Two timers derive from it:
+- the idle timeout: ``SRTT + max(4 * RTTVAR, SRTT / 4)``, within ``minimum .. maximum``. RFC 6298's
+  ``4 * RTTVAR`` alone collapses to about SRTT on a steady link (RTTVAR decays towards 0), and then every small
+  delay (a Python event loop, AWS's byte pacing) looks like a loss; the SRTT/4 floor keeps a quarter of a round
+  trip of slack, as TCP keeps its clock granularity and Linux a 200 ms RTTVAR floor;
+- the fast re-request grace: how long after the highest block of a request arrived its missing blocks are
+  taken for lost (``fast_retry_grace``).
 """
 
 from __future__ import annotations
@@ -9,12 +17,20 @@ from __future__ import annotations
 #: RFC 6298 gains.
 _ALPHA = 1 / 8
 _BETA = 1 / 4
+#: The idle timeout keeps at least this share of SRTT above SRTT.
+SRTT_SLACK = 1 / 4
 #: Doubling stops here; the result is capped by the maximum anyway.
 _MAX_DOUBLINGS = 16
 #: Rounds of timeouts that keep the plain timeout before it starts doubling. On a lossy link a request and
 #: its re-request are both lost quite often (15 % loss each way: 28 % per round); doubling at once would
 #: make such links slow, while a dead link still reaches the maximum within a few rounds.
 GRACE_ROUNDS = 2
+#: Fast re-request grace: a share of SRTT, at least FAST_RETRY_GAPS gaps between the request's blocks (a block
+#: the service moved behind the last one comes within a gap or two), and never below FAST_RETRY_MIN (event-loop
+#: and scheduler hiccups on fast local links).
+FAST_RETRY_SRTT_SHARE = 1 / 4
+FAST_RETRY_GAPS = 2
+FAST_RETRY_MIN = 0.02
 
 
 class RttEstimator:
@@ -55,6 +71,15 @@ class RttEstimator:
         for every round past GRACE_ROUNDS, capped at the maximum."""
         if self._fixed is not None:
             return self._fixed
-        estimate = self._initial if self._srtt is None or self._rttvar is None else self._srtt + 4 * self._rttvar
+        srtt, rttvar = self._srtt, self._rttvar
+        estimate = self._initial if srtt is None or rttvar is None else srtt + max(4 * rttvar, SRTT_SLACK * srtt)
         base = min(self._maximum, max(self._minimum, estimate))
         return min(self._maximum, base * float(2 ** min(max(0, rounds - GRACE_ROUNDS), _MAX_DOUBLINGS)))
+
+    def fast_retry_grace(self, gap: float, timeout: float) -> float:
+        """How long to wait, after the highest block of a request arrived, for its missing lower blocks.
+
+        ``gap`` is the mean time between the request's blocks so far; ``timeout`` the current idle timeout
+        (the grace never exceeds it: the idle timer would fire first anyway)."""
+        srtt = self._srtt if self._srtt is not None else timeout
+        return min(timeout, max(FAST_RETRY_SRTT_SHARE * srtt, FAST_RETRY_GAPS * gap, FAST_RETRY_MIN))

@@ -66,6 +66,8 @@ class EngineInput(Enum):
     TIMER = "handle_timer"
     RESTART = "restart"
     CANCEL = "cancel"
+    REQUEST_SENT = "request_sent"
+    LINK_RESUMED = "link_resumed"
 
 
 class FailureReason(Enum):
@@ -94,10 +96,16 @@ class EngineSettings:
 
     ``request_timeout=None`` (the default) is the adaptive idle timeout: it starts at ``initial_timeout``,
     then follows the measured round trip (request sent -> first block of its answer) smoothed like TCP
-    (SRTT + 4 * RTTVAR, RFC 6298), kept within ``min_timeout .. max_timeout``, and doubled for every round
-    of timeouts without a new block past the first two (up to ``max_timeout``). A number fixes the timeout
-    (no adaptation, no doubling). The lower bound keeps scheduler hiccups on fast local links from looking
-    like losses; on a 50 ms link a lost block costs about 0.1-0.2 s instead of the FreeRTOS agent's 10 s.
+    (RFC 6298): SRTT + max(4 * RTTVAR, SRTT / 4), kept within ``min_timeout .. max_timeout``, and doubled for
+    every round of timeouts without a new block past the first two (up to ``max_timeout``). A number fixes the
+    timeout (no adaptation, no doubling). The SRTT/4 slack and the 0.2 s floor keep event-loop jitter and
+    AWS's byte pacing from looking like losses; on a 50 ms link a lost block still costs about 0.2 s, not the
+    FreeRTOS agent's 10 s. A request times out only once the link is quiet: no data block at all (of any
+    request, duplicates included) arrived for the timeout, because answers queue behind earlier answers.
+
+    ``fast_retry``: when the highest block a request asked for arrives while lower ones are missing, those are
+    taken for lost (one MQTT connection delivers an answer in order) and asked again after a short grace (a
+    quarter of SRTT, two gaps between the request's blocks, at least 20 ms) instead of the idle timeout.
 
     Abort rule: the download fails after ``max_retries`` consecutive rounds of timeouts, back-offs or
     re-describes without a new block between them. With one request in flight a round is one timed-out
@@ -111,7 +119,7 @@ class EngineSettings:
     inflight: int = 1
     request_timeout: float | None = None
     initial_timeout: float = 1.0  # RFC 6298's initial RTO
-    min_timeout: float = 0.1
+    min_timeout: float = 0.2
     max_timeout: float = 10.0
     max_retries: int = 32
     send_version: bool = True
@@ -121,6 +129,12 @@ class EngineSettings:
     backoff_max: float = 8.0
     #: After Redescribe, how long to wait for restart() before emitting Redescribe again.
     describe_timeout: float = 5.0
+    #: Re-request the missing blocks of a request soon after its highest block arrived (see above).
+    fast_retry: bool = True
+    #: The caller reports every request's departure with request_sent(seq, now): once it left after client-side
+    #: flow control, or once its publish failed. A request's idle timer then starts only there (a request never
+    #: reported still times out after max(timeout, max_timeout)). False: the timer starts at emission.
+    report_sends: bool = False
 
     def __post_init__(self) -> None:
         _check_int("block_size", self.block_size, MIN_BLOCK_SIZE, MAX_BLOCK_SIZE)
@@ -129,6 +143,9 @@ class EngineSettings:
             _check_int("blocks_per_request", self.blocks_per_request, 1, most)
         _check_int("inflight", self.inflight, 1, None)
         _check_int("max_retries", self.max_retries, 0, None)
+        for flag in ("fast_retry", "report_sends"):
+            if not isinstance(getattr(self, flag), bool):
+                raise EngineUsageError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         for name in (
             "initial_timeout",
             "min_timeout",
@@ -182,9 +199,11 @@ def _check_positive(name: str, value: float) -> None:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SendRequest:
-    """Publish this GetStream request on ``get/<fmt>``."""
+    """Publish this GetStream request on ``get/<fmt>``. ``seq`` numbers the requests of an engine (from 1); pass
+    it to ``request_sent(seq, now)`` once the request has actually left (after client-side flow control)."""
 
     request: GetStreamRequest
+    seq: int
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -247,6 +266,8 @@ class EngineStats:
     re_requests: int = 0  # requests that ask again for a block asked before
     blocks_requested: int = 0
     timeouts: int = 0  # requests whose idle timer expired
+    fast_retries: int = 0  # requests whose missing blocks were asked again soon after their highest block came
+    resends: int = 0  # requests sent again at once because the link resumed (link_resumed)
     backoffs: int = 0
     redescribes: int = 0
     restarts: int = 0

@@ -3,9 +3,11 @@
 ``FakeStreamService`` answers GetStream requests per PROTOCOL.md (check order, 128 KiB and ``n`` caps,
 lowest blocks first, the range rules). ``LinkSimulation`` plays the device around one ``DownloadEngine``:
 it carries the engine's requests to the service and the answers back through a priority queue ordered by
-virtual time, with faults (drops, duplicates, jitter that reorders, garbage blocks, throttling, stream
-updates, fatal rejections, foreign rejections), reassembles the file from ``WriteBlock`` actions and records
-every protocol violation it sees. It is a test model, not the emulator (``local_iot`` is).
+virtual time, with faults (drops, duplicates, jitter that reorders, reordering inside one answer as local_iot
+does it, stalls, garbage blocks, throttling, stream updates, fatal rejections, foreign rejections, outages
+followed by ``link_resumed``, client-side send pacing reported with ``request_sent``), reassembles the file from
+``WriteBlock`` actions and records every protocol violation it sees. It is a test model, not the emulator
+(``local_iot`` is).
 At the end: small helpers for driving an engine by hand in unit tests.
 """
 
@@ -124,6 +126,7 @@ class Faults:
     """Fault probabilities (per message unless said otherwise) and delivery timing of a LinkSimulation."""
 
     drop: float = 0.0  # any message, either way (requests, blocks, rejections, descriptions)
+    drop_at_source: bool = False  # lost blocks never reach the link (else they are lost after crossing it)
     duplicate: float = 0.0  # a block is delivered twice
     jitter: float = 0.0  # extra uniform delay (seconds) per message: reorders (ignored when fifo)
     garbage: float = 0.0  # a bad block (wrong file, wrong length, bad index) is injected next to a real one
@@ -132,8 +135,14 @@ class Faults:
     max_updates: int = 3
     fatal: float = 0.0  # a request is answered ETagMismatch
     foreign: float = 0.0  # an extra rejection carrying another client's token (only when the engine sends one)
+    reorder: float = 0.0  # a block moves behind a random later block of its answer (local_iot's reorder)
+    stall: float = 0.0  # a message waits stall_s longer, and (FIFO) everything behind it too: a hiccup
+    stall_s: float = 0.0
+    outage: float = 0.0  # per request: the link goes down, everything on the way is lost, link_resumed follows
+    outage_s: float = 0.5
+    send_gap: float = 0.0  # client-side pacing: requests leave one per send_gap (reported with settings.report_sends)
     latency: float = 0.025  # one way, seconds
-    per_block: float = 0.0001  # transmission time of one block, seconds
+    per_block: float = 0.0001  # transmission time of one block on the device's link (one at a time), seconds
 
     @property
     def fifo(self) -> bool:
@@ -177,6 +186,10 @@ class LinkSimulation:
         self._queue: list[tuple[float, int, str, Any]] = []
         self._seq = itertools.count()
         self._last_delivery = 0.0
+        self._next_send = 0.0
+        self._link_free = 0.0
+        self._outages = 0
+        self._down_until = 0.0
         self.requests: list[GetStreamRequest] = []
         self.violations: list[str] = []
         content = service.files[file_id]
@@ -245,6 +258,13 @@ class LinkSimulation:
         engine = self.engine
         if kind == "request":
             self._serve(item)
+        elif kind == "sent":
+            seq, request = item
+            if self.settings.report_sends:
+                engine.request_sent(seq, self.now)
+            self._send("request", request, self.faults.latency)
+        elif kind == "resumed":
+            engine.link_resumed(self.now)
         elif kind == "block":
             engine.receive_block(item, self.now)
         elif kind == "rejection":
@@ -264,7 +284,13 @@ class LinkSimulation:
             if isinstance(action, SendRequest):
                 self._check_request(action.request)
                 self.requests.append(action.request)
-                self._send("request", action.request, self.faults.latency)
+                if self.faults.send_gap or self.settings.report_sends:  # paced on the device; reported when it leaves
+                    self._next_send = max(self.now, self._next_send) + self.faults.send_gap
+                    heapq.heappush(
+                        self._queue, (self._next_send, next(self._seq), "sent", (action.seq, action.request))
+                    )
+                else:
+                    self._send("request", action.request, self.faults.latency)
             elif isinstance(action, WriteBlock):
                 self._write(action)
             elif isinstance(action, DiscardBlocks):
@@ -279,6 +305,16 @@ class LinkSimulation:
     def _serve(self, request: GetStreamRequest) -> None:
         f, rng = self.faults, self.rng
         token = request.client_token
+        if self.now < self._down_until:
+            return  # the connection is down: the request never reached the service
+        if f.outage and self._outages < 3 and not self.engine.state.terminal and rng.random() < f.outage:
+            # The connection drops: whatever is on its way is lost, nothing passes until it is back (link_resumed).
+            self._outages += 1
+            self._down_until = self.now + f.outage_s
+            self._queue = [entry for entry in self._queue if entry[2] == "sent"]
+            heapq.heapify(self._queue)
+            heapq.heappush(self._queue, (self._down_until, next(self._seq), "resumed", None))
+            return
         updates = self.service.stream_version - min(self.service.history)
         if f.update and updates < f.max_updates and not self.engine.state.terminal and rng.random() < f.update:
             old = self.service.files[self.file_id]
@@ -298,13 +334,29 @@ class LinkSimulation:
                 self.violations.append(f"the service rejected {request}: {answer}")
             self._send("rejection", answer, f.latency)
             return
-        for k, block in enumerate(answer):
-            delay = f.latency + (k + 1) * f.per_block
+        order = list(range(len(answer)))
+        if f.reorder:  # as local_iot: a block moves behind a random later block of the same answer
+            keys = [float(k) for k in order]
+            for k in order[:-1]:
+                if rng.random() < f.reorder:
+                    keys[k] = rng.uniform(k + 1, len(answer))
+            order.sort(key=lambda k: keys[k])
+        for k in order:
+            block = answer[k]
+            if f.drop_at_source and f.drop and rng.random() < f.drop:
+                continue  # discarded by the service (as AWS discards over quota): takes no time on the link
+            delay = self._transmit()
             self._send("block", block, delay)
             if f.duplicate and rng.random() < f.duplicate:
-                self._send("block", block, delay + f.per_block)
+                self._send("block", block, self._transmit())
             if f.garbage and rng.random() < f.garbage:
                 self._send("block", self._garbage(block), delay)
+
+    def _transmit(self) -> float:
+        """The delay of the next block to the device: the link carries one block per ``per_block``, in turn
+        (so an answer waits behind the answers before it, as under AWS's byte pacing), then ``latency``."""
+        self._link_free = max(self.now, self._link_free) + self.faults.per_block
+        return self._link_free - self.now + self.faults.latency
 
     def _garbage(self, block: DataBlock) -> DataBlock:
         total = block_count(len(self.service.files[self.file_id]), self.settings.block_size)
@@ -327,9 +379,12 @@ class LinkSimulation:
 
     def _send(self, kind: str, item: Any, delay: float) -> None:
         f = self.faults
-        if f.drop and self.rng.random() < f.drop:
+        dropped = f.drop and not (kind == "block" and f.drop_at_source) and self.rng.random() < f.drop
+        if dropped or self.now < self._down_until:
             return
         when = self.now + delay
+        if f.stall and self.rng.random() < f.stall:
+            when += f.stall_s
         if f.fifo:
             when = max(when, self._last_delivery)
             self._last_delivery = when
@@ -364,7 +419,9 @@ class LinkSimulation:
         if len(blocks) * s.block_size > 131072:
             bad(f"request for more than 128 KiB: {request}")
         stats = engine.stats
-        expiries = stats.timeouts + stats.backoffs + stats.redescribes + stats.restarts
+        expiries = (
+            stats.timeouts + stats.fast_retries + stats.resends + stats.backoffs + stats.redescribes + stats.restarts
+        )
         for b in blocks:
             if b in self.written:
                 bad(f"block {b} requested although it was written")

@@ -78,6 +78,8 @@ INPUTS: dict[EngineInput, Callable[[DownloadEngine], None]] = {
     In.TIMER: lambda e: e.handle_timer(due(e)),
     In.RESTART: lambda e: e.restart(SIZE, VERSION, 11.0),
     In.CANCEL: lambda e: e.cancel("the user stopped it", 11.0),
+    In.REQUEST_SENT: lambda e: e.request_sent(1, 11.0),
+    In.LINK_RESUMED: lambda e: e.link_resumed(11.0),
 }
 
 # The specification, written out independently of the engine's own table: the state each input leads to
@@ -90,6 +92,8 @@ EXPECTED: dict[EngineState, dict[EngineInput, EngineState | None]] = {
         In.TIMER: S.RUNNING,
         In.RESTART: None,
         In.CANCEL: S.FAILED,
+        In.REQUEST_SENT: S.IDLE,
+        In.LINK_RESUMED: S.IDLE,
     },
     S.RUNNING: {
         In.START: None,
@@ -98,6 +102,8 @@ EXPECTED: dict[EngineState, dict[EngineInput, EngineState | None]] = {
         In.TIMER: S.RUNNING,
         In.RESTART: S.RUNNING,
         In.CANCEL: S.FAILED,
+        In.REQUEST_SENT: S.RUNNING,
+        In.LINK_RESUMED: S.RUNNING,
     },
     S.BACKOFF: {
         In.START: None,
@@ -106,6 +112,8 @@ EXPECTED: dict[EngineState, dict[EngineInput, EngineState | None]] = {
         In.TIMER: S.RUNNING,
         In.RESTART: S.RUNNING,
         In.CANCEL: S.FAILED,
+        In.REQUEST_SENT: S.BACKOFF,
+        In.LINK_RESUMED: S.BACKOFF,
     },
     S.NEEDS_DESCRIBE: {
         In.START: None,
@@ -114,6 +122,8 @@ EXPECTED: dict[EngineState, dict[EngineInput, EngineState | None]] = {
         In.TIMER: S.NEEDS_DESCRIBE,
         In.RESTART: S.RUNNING,
         In.CANCEL: S.FAILED,
+        In.REQUEST_SENT: S.NEEDS_DESCRIBE,
+        In.LINK_RESUMED: S.NEEDS_DESCRIBE,
     },
     S.COMPLETE: {
         In.START: None,
@@ -122,6 +132,8 @@ EXPECTED: dict[EngineState, dict[EngineInput, EngineState | None]] = {
         In.TIMER: None,
         In.RESTART: None,
         In.CANCEL: None,
+        In.REQUEST_SENT: S.COMPLETE,
+        In.LINK_RESUMED: S.COMPLETE,
     },
     S.FAILED: {
         In.START: None,
@@ -130,6 +142,8 @@ EXPECTED: dict[EngineState, dict[EngineInput, EngineState | None]] = {
         In.TIMER: None,
         In.RESTART: None,
         In.CANCEL: None,
+        In.REQUEST_SENT: S.FAILED,
+        In.LINK_RESUMED: S.FAILED,
     },
 }
 
