@@ -1,16 +1,19 @@
 """What the transport needs from a protocol driver (MQTT5 or MQTT 3.1.1 over awscrt).
 
 A driver owns one awscrt client. Its CRT callbacks run on awscrt's event-loop threads and do exactly one thing:
-``post(handler, *args)``, i.e. ``loop.call_soon_threadsafe``. Everything else (reading awscrt's event objects,
-calling the transport's hooks) runs in the asyncio event loop, in the order awscrt produced the events.
-Operations return awscrt's ``concurrent.futures.Future``s; the transport awaits them with ``asyncio.wrap_future``.
+``hop.post(handler, *args)``: append to the transport's ``LoopHop`` queue, and wake the event loop with
+``loop.call_soon_threadsafe`` only when that queue was empty. Everything else (reading awscrt's event objects,
+calling the transport's hooks) runs in the asyncio event loop, in the order awscrt produced the events: messages,
+lifecycle events and publish completions share the one queue. Operations return awscrt's
+``concurrent.futures.Future``s; the transport awaits them with ``asyncio.wrap_future`` (or, for ``publish_nowait``,
+hops their completion through the queue).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -53,15 +56,45 @@ class Driver(Protocol):
         ...
 
 
-Post = Callable[..., None]
+class LoopHop:
+    """The way from awscrt's threads into one asyncio event loop, batched per burst.
 
+    ``post(handler, *args)`` (any thread) appends to a deque; the append that finds no drain pending schedules one
+    with ``loop.call_soon_threadsafe``, so a burst of N messages costs one wake-up (one self-pipe write) instead of
+    N. ``_drain`` (in the loop) takes exactly the items present when it starts, in order; an item appended while it
+    runs schedules the next drain, so a flood cannot starve the loop. Why it is race-free: the drain clears the flag
+    before it counts the items, and a poster appends before it reads the flag; so a poster that still sees the flag
+    set appended before the count. An exception in a handler goes to the loop's exception handler (as with
+    ``call_soon``) and the drain goes on. Once the loop is closed, posts are dropped (nobody listens any more).
+    """
 
-def make_post(loop: asyncio.AbstractEventLoop) -> Post:
-    """``loop.call_soon_threadsafe``, silent once the loop is closed (awscrt may outlive the transport's loop)."""
-    call = loop.call_soon_threadsafe
+    __slots__ = ("_call", "_items", "_loop", "_scheduled", "wakeups")
 
-    def post(handler: Callable[..., object], *args: object) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
-            call(handler, *args)
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._call = loop.call_soon_threadsafe
+        self._items: collections.deque[tuple[Callable[..., object], tuple[object, ...]]] = collections.deque()
+        self._scheduled = False
+        self.wakeups = 0  # drains scheduled so far (items per wake-up = items / wakeups)
 
-    return post
+    def post(self, handler: Callable[..., object], *args: object) -> None:
+        self._items.append((handler, args))
+        if not self._scheduled:
+            self._scheduled = True
+            self.wakeups += 1
+            try:
+                self._call(self._drain)
+            except RuntimeError:  # the loop is closed
+                self._scheduled = False
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        items = self._items
+        for _ in range(len(items)):
+            handler, args = items.popleft()
+            try:
+                handler(*args)
+            except Exception as exc:
+                self._loop.call_exception_handler(
+                    {"message": f"exception in {getattr(handler, '__qualname__', handler)!s}", "exception": exc}
+                )

@@ -17,7 +17,7 @@ from awscrt import mqtt  # type: ignore[import-untyped]
 from awscrt.io import ClientTlsContext  # type: ignore[import-untyped]
 
 from ..protocol.limits import CONNECTION_BYTES_PER_SECOND, CONNECTION_PUBLISHES_PER_SECOND
-from ._driver import CrtFuture, DriverHooks, make_post
+from ._driver import CrtFuture, DriverHooks, LoopHop
 from .crt import CrtResources, socket_options
 from .errors import BrokerRefusal, SubscribeRejected
 from .settings import FlowControl, QoS, TransportSettings
@@ -55,10 +55,10 @@ class Mqtt311Driver:
         tls_ctx: ClientTlsContext | None,
         hooks: DriverHooks,
         loop: asyncio.AbstractEventLoop,
+        hop: LoopHop,
     ) -> None:
         self._hooks = hooks
-        self._post = make_post(loop)
-        self._call = loop.call_soon_threadsafe  # the per-message hop, without a wrapper frame
+        self._post = hop.post
         self._deliver = hooks.message
         self._loop = loop
         self._connect_started = False
@@ -94,10 +94,7 @@ class Mqtt311Driver:
     # -- CRT threads: post and nothing else
 
     def _crt_message(self, topic: str, payload: bytes) -> None:
-        try:
-            self._call(self._deliver, topic, payload)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            return
+        self._post(self._deliver, topic, payload)
 
     def _crt_interrupted(self, connection: mqtt.Connection, error: BaseException, **kwargs: Any) -> None:
         self._post(self._hooks.interrupted, error)

@@ -7,14 +7,13 @@ clean and the offline queue fails everything on disconnect, so no stale request 
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Sequence
 
 from awscrt import mqtt5  # type: ignore[import-untyped]
 from awscrt.io import ClientTlsContext  # type: ignore[import-untyped]
 
-from ._driver import CrtFuture, DriverHooks, make_post
+from ._driver import CrtFuture, DriverHooks, LoopHop
 from .crt import CrtResources, socket_options
 from .errors import BrokerRefusal, SubscribeRejected
 from .settings import FlowControl, QoS, TransportSettings
@@ -34,11 +33,10 @@ class Mqtt5Driver:
         resources: CrtResources,
         tls_ctx: ClientTlsContext | None,
         hooks: DriverHooks,
-        loop: asyncio.AbstractEventLoop,
+        hop: LoopHop,
     ) -> None:
         self._hooks = hooks
-        self._post = make_post(loop)
-        self._call = loop.call_soon_threadsafe  # the per-message hop, without a wrapper frame
+        self._post = hop.post
         self._deliver = hooks.message
         self._stopping = False
         keepalive_ms = settings.keepalive_s * 1000
@@ -73,10 +71,7 @@ class Mqtt5Driver:
 
     def _crt_publish(self, data: mqtt5.PublishReceivedData) -> None:
         packet = data.publish_packet
-        try:
-            self._call(self._deliver, packet.topic, packet.payload)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            return
+        self._post(self._deliver, packet.topic, packet.payload)
 
     def _crt_success(self, data: mqtt5.LifecycleConnectSuccessData) -> None:
         self._post(self._on_success, data)

@@ -2,12 +2,15 @@
 
 How this works:
 - awscrt runs its own event-loop threads. A driver (``_mqtt5`` / ``_mqtt311``) owns the awscrt client; its CRT
-  callbacks only ``loop.call_soon_threadsafe`` into this loop. Incoming messages go straight to the user's
-  ``on_message(topic, payload)``: one hop per message, no Future, payload as awscrt delivered it (``bytes``).
-- Operations (subscribe, publish) return awscrt ``concurrent.futures.Future``s; ``_PendingOps`` wraps each with
-  ``asyncio.wrap_future`` and copies the outcome into a loop future it tracks. On a lost connection or close,
+  callbacks only hop into this loop through the transport's ``LoopHop`` (a deque plus one
+  ``loop.call_soon_threadsafe`` per burst). Incoming messages go straight to the user's ``on_message(topic,
+  payload)``: no Future, payload as awscrt delivered it (``bytes``).
+- Operations (subscribe, publish) return awscrt ``concurrent.futures.Future``s; ``PendingOps`` hops each outcome
+  into a loop future it tracks (``_pending``). On a lost connection or close,
   every tracked future fails at once; an awscrt outcome that arrives later is dropped. ``_wait`` is the one place
   that awaits them: it owns the timeout policy and translates foreign exceptions (through ``errors.translate``).
+  ``publish_nowait`` skips all that: the awscrt future's outcome is hopped to the caller's ``on_done`` (translated
+  by the same function), and a QoS 0 publish that succeeds with no ``on_done`` costs no hop at all.
 - The lifecycle is an explicit state machine: ``TRANSITIONS`` is the whole table, ``_fire`` the one choke point.
   awscrt events that do not apply in a state (a reconnect failure while closing...) map to None: ignored, logged.
 - awscrt reconnects by itself. After a reconnect (clean session) the transport re-subscribes every filter, and
@@ -22,9 +25,10 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Self
 
-from ._driver import CrtFuture, Driver, DriverHooks
+from ._driver import CrtFuture, Driver, DriverHooks, LoopHop
 from ._mqtt5 import Mqtt5Driver
 from ._mqtt311 import Mqtt311Driver, OutboundLimiter
+from ._pending import PendingOps
 from .crt import CrtResources, build_tls_context, shared_crt_resources
 from .errors import (
     ConnectError,
@@ -48,47 +52,6 @@ from .tls_probe import diagnose_tls
 log = logging.getLogger(__name__)
 
 
-class _PendingOps:
-    """Loop futures of the operations in flight; ``fail_all`` fails them at once."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._waiters: set[asyncio.Future[Any]] = set()
-
-    def __len__(self) -> int:
-        return len(self._waiters)
-
-    def new(self) -> asyncio.Future[Any]:
-        waiter = self._loop.create_future()
-        self._waiters.add(waiter)
-        return waiter
-
-    def adopt(self, crt_future: CrtFuture) -> asyncio.Future[Any]:
-        waiter = self.new()
-        asyncio.wrap_future(crt_future, loop=self._loop).add_done_callback(functools.partial(_settle, waiter))
-        return waiter
-
-    def discard(self, waiter: asyncio.Future[Any]) -> None:
-        self._waiters.discard(waiter)
-
-    def fail_all(self, make_error: Callable[[], TransportError]) -> None:
-        waiters, self._waiters = self._waiters, set()
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_exception(make_error())
-
-
-def _settle(waiter: asyncio.Future[Any], wrapped: asyncio.Future[Any]) -> None:
-    """Copy an awscrt outcome into its waiter, unless the waiter already failed (disconnect, timeout)."""
-    error = None if wrapped.cancelled() else wrapped.exception()  # always retrieved: no "never retrieved" noise
-    if waiter.done() or wrapped.cancelled():
-        return
-    if error is not None:
-        waiter.set_exception(error)
-    else:
-        waiter.set_result(wrapped.result())
-
-
 class MqttTransport:
     """One MQTT connection. Use ``async with MqttTransport(settings, on_message=...) as t:``.
 
@@ -110,7 +73,8 @@ class MqttTransport:
         self._state = TransportState.DISCONNECTED
         self._where = f"{settings.endpoint}:{settings.port}"
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: _PendingOps | None = None
+        self._pending: PendingOps | None = None
+        self._hop: LoopHop | None = None
         self._driver: Driver | None = None
         self._limiter: OutboundLimiter | None = None
         self._connect_waiter: asyncio.Future[Any] | None = None
@@ -130,6 +94,11 @@ class MqttTransport:
         return len(self._pending) if self._pending is not None else 0
 
     @property
+    def wakeups(self) -> int:
+        """Event-loop wake-ups awscrt's callbacks have cost so far (a burst of messages shares one)."""
+        return self._hop.wakeups if self._hop is not None else 0
+
+    @property
     def subscriptions(self) -> dict[str, QoS]:
         return dict(self._subscriptions)
 
@@ -144,7 +113,8 @@ class MqttTransport:
         """Connect (ConnectError with a hint on failure; the transport is then CLOSED)."""
         self._fire(Input.CONNECT)
         loop = self._loop = asyncio.get_running_loop()
-        self._pending = _PendingOps(loop)
+        self._hop = LoopHop(loop)
+        self._pending = PendingOps(loop, self._hop)
         self._stopped = loop.create_future()
         try:
             self._driver = self._make_driver(loop)
@@ -193,6 +163,32 @@ class MqttTransport:
                 hint="the policy must allow iot:Publish on this topic",
             )
 
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: QoS | int | None = None,
+        *,
+        on_done: Callable[[TransportError | None], None] | None = None,
+    ) -> None:
+        """Publish without a future to await: for callers that only need to hear of the outcome, if at all.
+
+        Raises at once, like ``publish``, when the transport is not connected. Later, ``on_done(error)`` runs in the
+        event loop once the publish left (QoS 0: written to the socket, after client-side flow control) or was
+        acknowledged (QoS 1), with ``error`` None, or with the TransportError ``publish`` would have raised (a
+        refused PUBACK is a PublishError with ``reason_code``). Without ``on_done`` a failure is logged, and a QoS 0
+        publish that succeeds costs the event loop nothing more. No ``operation_timeout_s``: awscrt fails QoS 1
+        publishes after its own ack timeout (the same number of seconds) and every publish on a disconnect.
+        """
+        self._require_connected(Op.PUBLISH)
+        chosen = QoS(qos) if qos is not None else self.settings.qos
+        delay = self._limiter.reserve(len(payload)) if self._limiter is not None else 0.0
+        if delay > 0:
+            assert self._loop is not None
+            self._loop.call_later(delay, self._publish_now, topic, payload, chosen, on_done)
+        else:
+            self._publish_now(topic, payload, chosen, on_done)
+
     async def close(self) -> None:
         """Disconnect; pending operations fail with TransportClosed. Idempotent.
 
@@ -211,13 +207,75 @@ class MqttTransport:
             stopped=self._on_stopped,
         )
         resources = self._resources or shared_crt_resources()
+        assert self._hop is not None
         with foreign_errors(Op.SETUP, where=self._where):
             tls_ctx = build_tls_context(self.settings)
             if self.settings.protocol is MqttProtocol.MQTT5:
-                return Mqtt5Driver(self.settings, resources, tls_ctx, hooks, loop)
-            driver = Mqtt311Driver(self.settings, resources, tls_ctx, hooks, loop)
+                return Mqtt5Driver(self.settings, resources, tls_ctx, hooks, self._hop)
+            driver = Mqtt311Driver(self.settings, resources, tls_ctx, hooks, loop, self._hop)
             self._limiter = driver.limiter
             return driver
+
+    def _publish_now(
+        self, topic: str, payload: bytes, qos: QoS, on_done: Callable[[TransportError | None], None] | None
+    ) -> None:
+        try:
+            self._require_connected(Op.PUBLISH)  # again: flow control may have held it back
+            assert self._driver is not None
+            with foreign_errors(Op.PUBLISH, where=self._where):
+                crt_future = self._driver.publish(topic, payload, qos)
+        except TransportError as error:
+            assert self._hop is not None
+            self._hop.post(self._publish_done, topic, on_done, error, None)  # never inside the caller's call
+            return
+        quiet = on_done is None and qos is QoS.AT_MOST_ONCE
+        crt_future.add_done_callback(functools.partial(self._crt_publish_done, topic, on_done, quiet))
+
+    def _crt_publish_done(
+        self, topic: str, on_done: Callable[[TransportError | None], None] | None, quiet: bool, future: CrtFuture
+    ) -> None:
+        """awscrt thread (or the loop, when awscrt completed at once): hop, unless there is nothing to report."""
+        if quiet and not future.cancelled() and future.exception() is None:
+            return
+        if self._hop is not None:
+            self._hop.post(self._publish_settled, topic, on_done, future)
+
+    def _publish_settled(
+        self, topic: str, on_done: Callable[[TransportError | None], None] | None, future: CrtFuture
+    ) -> None:
+        if future.cancelled():
+            self._publish_done(topic, on_done, TransportClosed(f"the publish to {topic} was cancelled"), None)
+            return
+        exc = future.exception()
+        if exc is not None:
+            error = exc if isinstance(exc, TransportError) else translate(Op.PUBLISH, exc, where=self._where)
+            if error is None:
+                error = PublishError(f"publishing to {topic} failed: {exc}")
+            if error.__cause__ is None and error is not exc:
+                error.__cause__ = exc
+            self._publish_done(topic, on_done, error, None)
+            return
+        self._publish_done(topic, on_done, None, future.result())
+
+    def _publish_done(
+        self,
+        topic: str,
+        on_done: Callable[[TransportError | None], None] | None,
+        error: TransportError | None,
+        result: object,
+    ) -> None:
+        if error is None and self._driver is not None:
+            refused = self._driver.puback_failure(result)
+            if refused is not None:
+                error = PublishError(
+                    f"the broker refused the publish to {topic}: {refused[0]}",
+                    reason_code=refused[1],
+                    hint="the policy must allow iot:Publish on this topic",
+                )
+        if on_done is not None:
+            on_done(error)
+        elif error is not None:
+            log.warning("%s: publish to %s failed: %s", self._where, topic, error)
 
     def _fire(self, event: Input) -> bool:
         """The one choke point of state changes. False when ``event`` is ignored in the current state."""

@@ -596,3 +596,107 @@ def test_non_pem_certificate_is_an_invalid_setting(tmp_path: Path) -> None:
     with pytest.raises(InvalidSettings) as info:
         asyncio.run(connect())
     assert "PEM" in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------ publish_nowait, hop
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_publish_nowait_delivers_and_reports_in_the_loop(broker: MosquittoBroker, protocol: MqttProtocol) -> None:
+    async def main() -> None:
+        inbox = Inbox()
+        async with MqttTransport(plain(broker, protocol), on_message=inbox) as mqtt:
+            await mqtt.subscribe(FILTERS, qos=1)
+            reports: list[tuple[int, object, int]] = []
+            all_reported = asyncio.Event()
+
+            def reporter(i: int) -> Callable[[object], None]:
+                def on_done(error: object) -> None:
+                    reports.append((i, error, threading.get_ident()))
+                    if len(reports) == 100:
+                        all_reported.set()
+
+                return on_done
+
+            for i in range(100):
+                mqtt.publish_nowait(DATA_TOPIC, b"%d" % i, qos=i % 2, on_done=reporter(i))
+            for i in range(100, 200):
+                mqtt.publish_nowait(DATA_TOPIC, b"%d" % i)  # fire and forget
+            assert mqtt.pending_operations == 0  # nothing to await, nothing tracked
+            await asyncio.wait_for(all_reported.wait(), TIMEOUT)
+            await inbox.wait_for(200)
+        assert sorted(i for i, _, _ in reports) == list(range(100))
+        assert {error for _, error, _ in reports} == {None}
+        assert {thread for _, _, thread in reports} == {threading.get_ident()}
+        assert sorted(int(payload) for _, payload in inbox.messages) == list(range(200))
+
+    run(main)
+
+
+def test_publish_nowait_errors_come_as_transport_errors(broker: MosquittoBroker) -> None:
+    async def main() -> None:
+        mqtt = MqttTransport(plain(broker, MqttProtocol.MQTT5), on_message=Inbox())
+        with pytest.raises(TransportUsageError, match="await connect"):
+            mqtt.publish_nowait(DATA_TOPIC, b"too early")
+        async with mqtt:
+            reported: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            mqtt.publish_nowait(DATA_TOPIC, bytes(300_000), on_done=reported.set_result)  # over the broker's maximum
+            assert not reported.done()  # never called back inside the call
+            error = await asyncio.wait_for(reported, TIMEOUT)
+            assert isinstance(error, TransportUsageError) and "PACKET_VALIDATION" in str(error)
+            assert type(error.__cause__).__name__ == "AwsCrtError"
+        with pytest.raises(TransportClosed):
+            mqtt.publish_nowait(DATA_TOPIC, b"too late")
+
+    run(main)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_aws_flow_control_paces_publish_nowait_and_reports_when_sent(
+    broker: MosquittoBroker, protocol: MqttProtocol
+) -> None:
+    async def main() -> None:
+        inbox = Inbox()
+        async with MqttTransport(plain(broker, protocol, flow_control=FlowControl.AWS), on_message=inbox) as mqtt:
+            await mqtt.subscribe(FILTERS)
+            sent: list[float] = []
+            last = asyncio.Event()
+
+            def on_done(error: object) -> None:
+                assert error is None
+                sent.append(time.perf_counter())
+                if len(sent) == 31:
+                    last.set()
+
+            start = time.perf_counter()
+            for i in range(31):
+                mqtt.publish_nowait(DATA_TOPIC, b"%d" % i, on_done=on_done)
+            queued = time.perf_counter() - start
+            await asyncio.wait_for(last.wait(), TIMEOUT)
+            await inbox.wait_for(31)
+        assert queued < 0.29  # handing them over does not wait for the pacing ...
+        assert sent[-1] - start >= 0.29  # ... but "sent" is reported as they leave, 10 ms apart
+
+    run(main)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_burst_of_messages_arrives_in_order_through_the_hop(broker: MosquittoBroker, protocol: MqttProtocol) -> None:
+    count = 5000
+    messages = [(DATA_TOPIC, i.to_bytes(4, "big") + bytes(252)) for i in range(count)]
+
+    async def main() -> None:
+        inbox = Inbox()
+        async with MqttTransport(plain(broker, protocol), on_message=inbox) as mqtt:
+            await mqtt.subscribe(FILTERS)
+            before = mqtt.wakeups
+            await asyncio.to_thread(raw_publish, broker.host, broker.mqtt_port, messages)
+            await inbox.wait_for(count, timeout=60)
+            wakeups = mqtt.wakeups - before
+        assert inbox.messages == messages  # none lost, none reordered
+        # One wake-up per burst the loop had not drained yet: never more than one per message (how many fewer
+        # depends on how far the loop lags; tests/unit/test_transport_settings.py pins the batching down).
+        assert 0 < wakeups <= count
+        print(f"\n{protocol.value}: {count} messages, {wakeups} event-loop wake-ups")
+
+    run(main)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import threading
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,7 @@ from device_sim.transport import (
     TransportUsageError,
     transition,
 )
+from device_sim.transport._driver import LoopHop
 from device_sim.transport._mqtt311 import OutboundLimiter
 from device_sim.transport.errors import BrokerRefusal, Op, translate
 
@@ -199,3 +202,102 @@ def test_setup_errors_are_the_callers_and_unknown_exceptions_pass_through() -> N
     setup = translate(Op.SETUP, FileNotFoundError(2, "No such file"), where="h:1")
     assert isinstance(setup, InvalidSettings) and "--key" in (setup.hint or "")
     assert translate(Op.PUBLISH, TypeError("a bug"), where="h:1") is None
+
+
+# ----------------------------------------------------------------------------------------------- the loop hop
+
+
+def test_the_hop_batches_a_burst_into_one_wake_up_and_keeps_each_threads_order() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        hop = LoopHop(loop)
+        got: list[tuple[int, int, int]] = []
+        all_in = asyncio.Event()
+        blocked, posted = threading.Event(), threading.Event()
+        waited: list[bool] = []
+
+        def deliver(thread: int, n: int) -> None:
+            got.append((thread, n, threading.get_ident()))
+            if len(got) == 1000:
+                all_in.set()
+
+        def produce() -> None:  # two "awscrt threads" post 500 items each while the loop is busy
+            assert blocked.wait(10)
+            threads = [
+                threading.Thread(target=lambda t=t: [hop.post(deliver, t, i) for i in range(500)]) for t in (0, 1)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            posted.set()
+
+        def block_the_loop() -> None:
+            blocked.set()
+            waited.append(posted.wait(10))
+
+        loop.call_soon(block_the_loop)
+        producer = threading.Thread(target=produce)
+        producer.start()
+        await asyncio.wait_for(all_in.wait(), 10)
+        await asyncio.to_thread(producer.join)
+        assert waited == [True]
+        assert hop.wakeups == 1  # the first post woke the loop; the other 999 found that drain pending
+        for thread in (0, 1):
+            assert [n for t, n, _ in got if t == thread] == list(range(500))
+        assert {ident for _, _, ident in got} == {threading.get_ident()}
+
+    asyncio.run(main())
+
+
+def test_items_posted_while_draining_wait_for_the_next_drain() -> None:
+    """A flood cannot starve the loop: a drain takes only the items present when it starts."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        hop = LoopHop(loop)
+        order: list[str] = []
+        done = asyncio.Event()
+
+        def first() -> None:
+            order.append("first")
+            loop.call_soon(order.append, "other work")
+            hop.post(lambda: (order.append("posted meanwhile"), done.set()))
+
+        hop.post(first)
+        await asyncio.wait_for(done.wait(), 10)
+        assert order == ["first", "other work", "posted meanwhile"]
+        assert hop.wakeups == 2
+
+    asyncio.run(main())
+
+
+def test_a_failing_handler_is_reported_and_the_drain_goes_on() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        reported: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda _loop, context: reported.append(context))
+        hop = LoopHop(loop)
+        got: list[int] = []
+        done = asyncio.Event()
+
+        def boom() -> None:
+            raise ValueError("handler bug")
+
+        hop.post(got.append, 1)
+        hop.post(boom)
+        hop.post(lambda: (got.append(2), done.set()))
+        await asyncio.wait_for(done.wait(), 10)
+        assert got == [1, 2]
+        assert len(reported) == 1 and isinstance(reported[0]["exception"], ValueError)
+
+    asyncio.run(main())
+
+
+def test_posting_to_a_closed_loop_is_dropped_quietly() -> None:
+    loop = asyncio.new_event_loop()
+    hop = LoopHop(loop)
+    loop.close()
+    hop.post(print, "nobody listens")  # awscrt may outlive the transport's loop: no exception
+    hop.post(print, "still nobody")
+    assert hop.wakeups == 2  # each post tried to wake the closed loop, none left a drain pending
