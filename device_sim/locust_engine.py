@@ -1,8 +1,9 @@
 """The Locust entry point of a device fleet: ``locust -f <path of this file> --manifest run.json [fleet options]``.
 
-How this works: one Locust user per device identity of the manifest (``DeviceUser``); the ``OneUserPerDevice``
-shape sets the user count to the fleet size and Locust's spawn rate to ``--connect-rate``, so Locust's ramp is
-the connect pacing. The master (``locust_fleet.master``) hands each user's claim a distinct device and writes the
+How this works: one Locust user per device identity of the manifest (``DeviceUser``); the master sets Locust's
+user count to the fleet size and its spawn rate to ``--connect-rate`` (``-u``/``-r`` are not needed), so
+Locust's ramp is the connect pacing. (Not a load shape: Locust does not handle SIGTERM while a headless shape
+runs.) The master (``locust_fleet.master``) hands each user's claim a distinct device and writes the
 same reports as ``device-sim fleet``; each worker (``locust_fleet.worker``) runs its devices with the same
 ``run_device`` coroutine in a plain asyncio child process, the device host (``locust_fleet.host``), and fires
 Locust request events ("connect", "first block", "download") so Locust's statistics and web UI show the run.
@@ -23,7 +24,7 @@ from typing import Any
 
 import click
 from gevent.event import Event
-from locust import LoadTestShape, User, constant, events, task
+from locust import User, constant, events, task
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 
 from device_sim.locust_fleet.master import MasterAgent
@@ -32,7 +33,7 @@ from device_sim.locust_fleet.worker import WorkerAgent
 
 log = logging.getLogger("device_sim.locust")
 
-#: The agents of this process's Locust environment (set once at ``init``, read by users and the shape).
+#: The agents of this process's Locust environment (set once at ``init``, read by the users).
 _MASTERS: weakref.WeakKeyDictionary[Any, MasterAgent] = weakref.WeakKeyDictionary()
 _WORKERS: weakref.WeakKeyDictionary[Any, WorkerAgent] = weakref.WeakKeyDictionary()
 
@@ -54,12 +55,27 @@ def _on_init(environment: Any, runner: Any, **_: Any) -> None:
             log.error("device-sim: %s", exc.format_message())
             sys.exit(EXIT_BAD_ARGUMENTS)
         _MASTERS[environment] = MasterAgent(environment, plan)
+        _one_user_per_device(options, len(plan.identities), plan.fleet.connect_rate)
     if isinstance(runner, WorkerRunner | LocalRunner):
         # The worker's own --manifest (this machine's copy) before the master's options replace it.
         local = getattr(options, "device_sim_manifest", None) if isinstance(runner, WorkerRunner) else None
         agent = WorkerAgent(environment, local_manifest=local)
         _WORKERS[environment] = agent
         agent.start()
+    # Registered after the runner's own listeners, so it runs before them (Locust fires ``quitting`` in reverse):
+    # a worker sends its last records before Locust tells the master it quits; the master stops the devices and
+    # collects their records before Locust tells the workers to quit.
+    environment.events.quitting.add_listener(_on_quitting)
+
+
+def _one_user_per_device(options: Any, devices: int, connect_rate: float) -> None:
+    """Locust's user count and spawn rate (headless start and the web UI's form) for this fleet."""
+    if options.num_users not in (None, devices):
+        log.warning("one Locust user per device: -u %s replaced by the fleet's %d devices", options.num_users, devices)
+    if options.spawn_rate not in (None, connect_rate):
+        log.warning("the spawn rate is the connect rate: -r %s replaced by %g/s", options.spawn_rate, connect_rate)
+    options.num_users = devices
+    options.spawn_rate = connect_rate
 
 
 @events.test_start.add_listener
@@ -72,7 +88,6 @@ def _on_test_start(environment: Any, **_: Any) -> None:
         worker.configure(args_from_namespace(environment.parsed_options))
 
 
-@events.quitting.add_listener
 def _on_quitting(environment: Any, **_: Any) -> None:
     worker = _WORKERS.get(environment)
     if worker is not None:
@@ -105,14 +120,3 @@ class DeviceUser(User):
             self._ran = True
             _WORKERS[self.environment].run_one()
         Event().wait()  # park: Locust kills the greenlet when the run ends
-
-
-class OneUserPerDevice(LoadTestShape):
-    """As many users as the fleet has devices, spawned at the connect rate."""
-
-    def tick(self) -> tuple[int, float] | None:
-        runner = self.runner
-        master = _MASTERS.get(runner.environment) if runner is not None else None
-        if master is None or master.finished:
-            return None
-        return master.devices, master.connect_rate

@@ -61,6 +61,7 @@ class MasterAgent:
         self._why_unstarted = "the run stopped before this device started"
         self._progress: dict[str, Progress] = {}
         self._last_claim_at = 0.0
+        self._quitting = False  # Locust is shutting down: it ends the run itself
         self._last_redispatch_at = 0.0
         self._last_progress_log = 0.0
         self.summary: FleetSummary | None = None
@@ -144,7 +145,8 @@ class MasterAgent:
             gevent.sleep(CHECK_INTERVAL_S)  # a polling period, not synchronisation
             if self._check():
                 self.finish()
-                gevent.spawn(self._end_run)
+                if not self._quitting:
+                    gevent.spawn(self._end_run)
                 return
 
     def _check(self) -> bool:
@@ -243,9 +245,17 @@ class MasterAgent:
     # ------------------------------------------------------------------------------------------------- finish
 
     def interrupted(self) -> None:
-        """Locust is quitting (Ctrl-C, SIGTERM) before the run ended: report what there is."""
+        """Locust is quitting (Ctrl-C, SIGTERM) before the run ended: stop the devices, give them
+        ``STOP_GRACE_S`` to report what they did, and report."""
         if self.finished:
             return
+        self._quitting = True
+        if self.ledger.outstanding() and getattr(self._runner, "worker_count", 0):
+            if self._stop_sent_at is None:
+                self._stop("the run was interrupted", self.elapsed())
+            deadline = time.monotonic() + STOP_GRACE_S
+            while not self.ledger.done and time.monotonic() < deadline:
+                gevent.sleep(0.1)  # records still arrive: Locust quits its greenlets after this event
         self.ledger.close()
         self._why_unstarted = "the run was interrupted before this device started"
         self.finish()

@@ -229,6 +229,27 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
+def test_sigterm_stops_every_device_and_still_reports(
+    fleet: tuple[LocalIot, Path], tmp_path: Path, runs: list[Run]
+) -> None:
+    iot, manifest = fleet
+    reports = tmp_path / "reports"
+    args = ["--manifest", str(manifest), "--devices", "20", "--start-jitter", "600", "--processes", "2"]
+    run = Run([*args, "--quiet", "--report-dir", str(reports)], {**os.environ, **iot.environment()})
+    runs.append(run)
+    run.wait_for(JOINED)
+    run.wait_for(JOINED)  # both workers hold devices, all waiting out their start jitter
+    run.proc.send_signal(signal.SIGTERM)  # passed on to Locust's master
+    code, output = run.finish()
+    assert code == 1, output
+    table = rows(reports)
+    assert len(table) == 20
+    # Every device reported from its worker (none "unreported"): stopped before it started.
+    assert {r["failure_reason"] for r in table} == {"cancelled"}, output
+    assert {r["failure_message"] for r in table} == {"the run stopped before this device started"}
+
+
+@pytest.mark.slow
 def test_master_and_workers_a_worker_without_the_manifest_quits_and_fails_the_run(
     fleet: tuple[LocalIot, Path], tmp_path: Path, runs: list[Run]
 ) -> None:
