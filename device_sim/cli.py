@@ -31,3 +31,7 @@ main.add_command(demo_command, "demo")
 from .cli_report import report_group  # noqa: E402
 
 main.add_command(report_group, "report")
+
+from .cli_locust import locust_fleet_command  # noqa: E402
+
+main.add_command(locust_fleet_command, "locust-fleet")
