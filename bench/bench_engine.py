@@ -1,6 +1,6 @@
 """Download engine benchmark: CPU cost per block, and virtual download time and duplicates on hostile links.
 
-Run: ``.venv/bin/python bench/bench_engine.py [--quick] [--only cpu,loss,reorder,quota,hiccup]``.
+Run: ``.venv/bin/python bench/bench_engine.py [--quick] [--only cpu,loss,reorder,late,quota,hiccup]``.
 
 1. cpu: the engine alone, every request answered at once and in order (no codec, no network): how many blocks
    per second one core can push through ``receive_block`` + ``next_actions``.
@@ -9,9 +9,11 @@ Run: ``.venv/bin/python bench/bench_engine.py [--quick] [--only cpu,loss,reorder
    (fast re-request on), without fast re-request, and a fixed 10 s timeout without it (the FreeRTOS OTA agent).
 3. reorder: the same link, each block moved behind a random later block of its answer with probability 0.3
    (local_iot's ``reorder`` fault), with and without 15 % loss: what fast re-request costs in duplicates.
-4. quota: AWS's per-connection pacing (512 KiB/s, in order, answers queue behind earlier answers), 100 ms round
+4. late: a fifth of the blocks come 150 ms late (overtaken by the rest of their answer): fast re-requests that
+   prove spurious, and how the reordering window learns to wait longer.
+5. quota: AWS's per-connection pacing (512 KiB/s, in order, answers queue behind earlier answers), 100 ms round
    trip, 4 MiB in 32 KiB blocks, 1-3 requests in flight, 0 and 5 % loss: fraction of the 512 KiB/s ceiling.
-5. hiccup: a loss-free 100 or 300 ms round trip where 5 % of the messages are held 30 ms (and everything behind
+6. hiccup: a loss-free 100 or 300 ms round trip where 5 % of the messages are held 30 ms (and everything behind
    them): the spurious timeouts of the idle-timeout rule (every timeout here is spurious).
 Each row: median over seeds of virtual seconds, and mean duplicates, timeouts and fast re-requests per run.
 """
@@ -141,6 +143,14 @@ def bench_reorder(seeds: int) -> None:
                 row(f"loss {loss:.0%} inflight {inflight} {name}", simulate(1 << 20, s, faults, seeds))
 
 
+def bench_late(seeds: int) -> None:
+    header(f"late: 4 MiB at 4 KiB, 50 ms RTT, 20 % of blocks 150 ms late (local_iot's delay fault), {seeds} seeds")
+    faults = Faults(late=0.2, late_s=0.15, latency=0.025, per_block=4096 / 12.5e6)
+    for inflight in (1, 2):
+        for name, s in variants(inflight):
+            row(f"inflight {inflight} {name}", simulate(4 << 20, s, faults, seeds))
+
+
 def bench_quota(seeds: int) -> None:
     size, block = 4 << 20, 32768
     ceiling = 512 * 1024
@@ -166,7 +176,7 @@ def bench_hiccup(seeds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller files and fewer seeds")
-    parser.add_argument("--only", default="cpu,loss,reorder,quota,hiccup")
+    parser.add_argument("--only", default="cpu,loss,reorder,late,quota,hiccup")
     args = parser.parse_args()
     only = set(args.only.split(","))
     seeds = 5 if args.quick else 30
@@ -184,6 +194,8 @@ def main() -> None:
         bench_loss(seeds)
     if "reorder" in only:
         bench_reorder(seeds)
+    if "late" in only:
+        bench_late(max(3, seeds // 3))
     if "quota" in only:
         bench_quota(max(3, seeds // 3))
     if "hiccup" in only:

@@ -40,7 +40,7 @@ from fractions import Fraction
 from types import MappingProxyType
 
 from .engine_blocks import BlockLedger, InFlight
-from .engine_rtt import RttEstimator
+from .engine_rtt import ReorderWindow, RttEstimator
 from .engine_rules import REJECTION_HINTS, TRANSITIONS, classify_rejection
 from .engine_types import (
     Action,
@@ -149,6 +149,8 @@ class DownloadEngine:
         self._epoch_seq = 1
         self._epoch_sent = not self.settings.report_sends
         self._last_rx: float | None = None  # the last valid data block (new, duplicate or stale) arrived
+        self._reorder = ReorderWindow()
+        self._fast_released: set[int] = set()  # blocks last asked again by a fast re-request
         self._ledger = BlockLedger(file_size, self.settings.block_size)
         self._stream_version = stream_version
         if have is not None:
@@ -197,6 +199,7 @@ class DownloadEngine:
             srtt=self._rtt.srtt,
             rttvar=self._rtt.rttvar,
             timeout=self._timeout(),
+            spurious_fast_retries=self._reorder.spurious,
         )
 
     def next_actions(self) -> list[Action]:
@@ -293,6 +296,9 @@ class DownloadEngine:
         self._last_rx = self._now
         if ledger.has(index):
             counters.duplicates += 1
+            if index in self._fast_released:  # the fast re-request was spurious: wait longer next time
+                self._fast_released.discard(index)
+                self._reorder.late_block()
             return state
         if state in (EngineState.NEEDS_DESCRIBE, EngineState.FAILED):
             counters.stale_blocks += 1
@@ -391,10 +397,14 @@ class DownloadEngine:
         in_flight = self._ledger.in_flight
         share = Fraction(1, max(1, len(in_flight)))
         for request in [r for r in in_flight if self._deadline(r, timeout) <= now]:
-            self._ledger.release(request)
             if request.top_seen and self.settings.fast_retry:  # the grace never outlasts the idle timeout
+                self._fast_released.update(request.outstanding)
+                self._ledger.release(request)
                 self._counters.fast_retries += 1
+                self._reorder.retried()
             else:
+                self._fast_released.difference_update(request.outstanding)
+                self._ledger.release(request)
                 self._counters.timeouts += 1
                 self._stall += share
         if self._stall > self.settings.max_retries:
@@ -423,6 +433,7 @@ class DownloadEngine:
             return state
         self._counters.resends += len(gone)
         for request in gone:
+            self._fast_released.difference_update(request.outstanding)
             self._ledger.release(request)
         if self._add_round():
             return self._fail(
@@ -444,6 +455,7 @@ class DownloadEngine:
         self._throttle_streak = 0
         if fresh is not None:
             self._ledger = fresh
+            self._fast_released.clear()
             self._stream_version = stream_version
             reason = (
                 f"stream version {old_version} -> {stream_version}"
@@ -470,7 +482,8 @@ class DownloadEngine:
         quiet = request.last_activity if last_rx is None or last_rx < request.last_activity else last_rx
         deadline = quiet + timeout
         if request.top_seen and self.settings.fast_retry:
-            deadline = min(deadline, request.last_activity + self._rtt.fast_retry_grace(request.gap(), timeout))
+            grace = min(timeout, self._reorder.scale * self._rtt.fast_retry_grace(request.gap(), timeout))
+            deadline = min(deadline, request.last_activity + grace)
         return deadline
 
     def _find(self, seq: int) -> InFlight | None:

@@ -9,7 +9,9 @@ Two timers derive from it:
   delay (a Python event loop, AWS's byte pacing) looks like a loss; the SRTT/4 floor keeps a quarter of a round
   trip of slack, as TCP keeps its clock granularity and Linux a 200 ms RTTVAR floor;
 - the fast re-request grace: how long after the highest block of a request arrived its missing blocks are
-  taken for lost (``fast_retry_grace``).
+  taken for lost (``fast_retry_grace``), stretched by ``ReorderWindow`` when that proved too short: a block
+  asked again by a fast re-request that then arrives twice was late, not lost (RACK's reordering window, RFC 8985
+  6.2, adapted the same way to DSACKs).
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ GRACE_ROUNDS = 2
 FAST_RETRY_SRTT_SHARE = 1 / 4
 FAST_RETRY_GAPS = 2
 FAST_RETRY_MIN = 0.02
+#: The reordering window's multiplier doubles per spurious fast re-request up to this, and halves after
+#: REORDER_DECAY fast re-requests without a spurious one.
+REORDER_MAX_SCALE = 64
+REORDER_DECAY = 16
 
 
 class RttEstimator:
@@ -83,3 +89,27 @@ class RttEstimator:
         (the grace never exceeds it: the idle timer would fire first anyway)."""
         srtt = self._srtt if self._srtt is not None else timeout
         return min(timeout, max(FAST_RETRY_SRTT_SHARE * srtt, FAST_RETRY_GAPS * gap, FAST_RETRY_MIN))
+
+
+class ReorderWindow:
+    """How much longer than ``fast_retry_grace`` to wait, learnt from fast re-requests that proved spurious."""
+
+    __slots__ = ("_clean", "scale", "spurious")
+
+    def __init__(self) -> None:
+        self.scale = 1
+        self.spurious = 0  # fast re-requests found spurious so far
+        self._clean = 0  # fast re-requests since the last spurious one
+
+    def retried(self) -> None:
+        """A fast re-request went out."""
+        self._clean += 1
+        if self._clean >= REORDER_DECAY and self.scale > 1:
+            self.scale //= 2
+            self._clean = 0
+
+    def late_block(self) -> None:
+        """A block asked again by a fast re-request arrived twice: the original was late, not lost."""
+        self.spurious += 1
+        self._clean = 0
+        self.scale = min(REORDER_MAX_SCALE, self.scale * 2)

@@ -267,6 +267,7 @@ class EngineStats:
     blocks_requested: int = 0
     timeouts: int = 0  # requests whose idle timer expired
     fast_retries: int = 0  # requests whose missing blocks were asked again soon after their highest block came
+    spurious_fast_retries: int = 0  # ... of which a block then arrived twice (it was late, not lost)
     resends: int = 0  # requests sent again at once because the link resumed (link_resumed)
     backoffs: int = 0
     redescribes: int = 0

@@ -136,6 +136,8 @@ class Faults:
     fatal: float = 0.0  # a request is answered ETagMismatch
     foreign: float = 0.0  # an extra rejection carrying another client's token (only when the engine sends one)
     reorder: float = 0.0  # a block moves behind a random later block of its answer (local_iot's reorder)
+    late: float = 0.0  # a block comes late_s later, overtaken by the messages behind it (local_iot's delay fault)
+    late_s: float = 0.15
     stall: float = 0.0  # a message waits stall_s longer, and (FIFO) everything behind it too: a hiccup
     stall_s: float = 0.0
     outage: float = 0.0  # per request: the link goes down, everything on the way is lost, link_resumed follows
@@ -383,6 +385,9 @@ class LinkSimulation:
         if dropped or self.now < self._down_until:
             return
         when = self.now + delay
+        if kind == "block" and f.late and not f.update and self.rng.random() < f.late:  # updates need FIFO
+            heapq.heappush(self._queue, (max(when, self._last_delivery) + f.late_s, next(self._seq), kind, item))
+            return
         if f.stall and self.rng.random() < f.stall:
             when += f.stall_s
         if f.fifo:

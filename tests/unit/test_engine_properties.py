@@ -76,6 +76,8 @@ def faults(data: st.DataObject, s: EngineSettings, *, hostile: bool = False, **o
         "throttle": draw(st.floats(0, 0.2)),
         "foreign": draw(st.floats(0, 0.1)),
         "reorder": draw(st.sampled_from([0.0, 0.0, 0.3, 1.0])),
+        "late": draw(st.sampled_from([0.0, 0.0, 0.2])),
+        "late_s": draw(st.sampled_from([0.05, 0.3])),
         "stall": draw(st.sampled_from([0.0, 0.05, 0.3] if hostile else [0.0, 0.05])),
         "stall_s": draw(st.sampled_from([0.01, 0.3] if hostile else [0.01, 0.03])),
         "outage": draw(st.sampled_from([0.0, 0.05] if hostile else [0.0])),
@@ -98,7 +100,8 @@ def time_bound(blocks: int, s: EngineSettings, f: Faults, restarts: int) -> floa
     """Virtual seconds an engine may take: each new block, restart or the end follows at most
     ``max_retries + 1`` rounds without progress, each no longer than the longest wait plus a round trip."""
     longest = max(s.request_timeout or s.max_timeout, s.backoff_max, s.describe_timeout) + 2 * f.latency + f.jitter + 1
-    longest += f.outage_s * (f.outage > 0) + f.stall_s * (f.stall > 0) + f.send_gap * s.inflight
+    longest += f.outage_s * (f.outage > 0) + f.stall_s * (f.stall > 0) + f.late_s * (f.late > 0)
+    longest += f.send_gap * s.inflight
     return (blocks + restarts + 1) * (s.max_retries + 2) * longest
 
 

@@ -152,6 +152,33 @@ def test_fast_re_requests_do_not_count_towards_the_abort_rule() -> None:
     assert (engine.stats.fast_retries, engine.stats.timeouts, engine.stats.blocks_received) == (90, 0, 90)
 
 
+def test_a_fast_re_request_proved_spurious_doubles_the_grace() -> None:
+    content = content_of(40 * BS)
+
+    def after_a_late_block(duplicate: bool) -> tuple[float, int]:
+        engine = make(40 * BS, blocks_per_request=4)
+        engine.start(0.0)
+        requests(engine)
+        for i in (0, 1, 3):  # 2 is late, not lost
+            engine.receive_block(blk(content, i), 0.05)
+        engine.handle_timer(engine.get_timer())  # type: ignore[arg-type]
+        (again,) = requests(engine)
+        assert asked(again) == [2, 4, 5, 6]
+        engine.receive_block(blk(content, 2), 0.08)  # the late original ...
+        if duplicate:
+            engine.receive_block(blk(content, 2), 0.081)  # ... and the re-request's answer to it
+        for i in (4, 6):  # 5 is lost this time
+            engine.receive_block(blk(content, i), 0.13)
+        timer = engine.get_timer()
+        assert timer is not None
+        return timer - 0.13, engine.stats.spurious_fast_retries
+
+    assert after_a_late_block(duplicate=False)[1] == 0
+    grace, spurious = after_a_late_block(duplicate=True)
+    assert spurious == 1
+    assert grace == pytest.approx(2 * after_a_late_block(duplicate=False)[0])
+
+
 # -------------------------------------------------------------------------------------------- request_sent
 
 
@@ -298,6 +325,15 @@ def test_reordering_inside_answers_costs_no_duplicates() -> None:
     for seed in range(3):
         _, duplicates, timeouts = _run(EngineSettings(inflight=2), faults, seed)
         assert (duplicates, timeouts) == (0, 0)
+
+
+def test_late_blocks_teach_the_engine_to_wait_instead_of_duplicating() -> None:
+    """A fifth of the blocks come 150 ms late (local_iot's delay fault): the first fast re-requests prove spurious,
+    then the reordering window covers the lateness and duplicates stop."""
+    faults = Faults(late=0.2, late_s=0.15, latency=0.025, per_block=4096 / 12.5e6)
+    for seed in range(3):
+        _, duplicates, timeouts = _run(EngineSettings(), faults, seed, 4 << 20)
+        assert duplicates <= 0.03 * 1024 and timeouts == 0
 
 
 def test_fast_re_requests_halve_the_time_at_five_percent_loss() -> None:
