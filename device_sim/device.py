@@ -132,6 +132,7 @@ class Device:
         self._current: FileDownload | None = None
         self._describe_waiter: asyncio.Future[StreamDescription | Rejection] | None = None
         self._describe_token: str | None = None
+        self._describe_request: bytes | None = None  # sent again at once when the link resumes
         self._tasks: set[asyncio.Task[None]] = set()
         self._meter = MessageMeter()
         self._progress = ProgressSampler()
@@ -272,7 +273,7 @@ class Device:
             token = self._describe_token = self._next_token("d")
             waiter = self._describe_waiter = self._loop.create_future()
             try:
-                request = encode_request(DescribeStreamRequest(client_token=token), s.format)
+                request = self._describe_request = encode_request(DescribeStreamRequest(client_token=token), s.format)
                 await self._publish(self._topic_describe, request)
                 answer: StreamDescription | Rejection = await asyncio.wait_for(waiter, s.describe_timeout)
             except TimeoutError:
@@ -337,6 +338,9 @@ class Device:
             redescribe=self._describe,
             on_block=self._on_block,
             label=f"device {self.thing_name}",
+            # QoS 0 completes when the request is written (after flow control); QoS 1 only at the PUBACK, too late
+            # to start a round-trip measurement from.
+            send_and_report=self._send_and_report if self.transport_settings.qos == 0 else None,
         )
         try:
             result = await download.run()
@@ -374,7 +378,32 @@ class Device:
     # ---------------------------------------------------------------------------------------- messages in/out
 
     def _send_request(self, request: GetStreamRequest) -> None:
-        self._spawn(self._publish(self._topic_get, encode_request(request, self.settings.format)))
+        self._send_and_report(request, None)
+
+    def _send_and_report(self, request: GetStreamRequest, sent: Callable[[], None] | None) -> None:
+        """Publish a GetStream request without awaiting it; ``sent()`` once it left or its publish failed (a lost
+        request is asked again by the engine's timers; a refused one ends the run)."""
+        assert self._mqtt is not None and self._loop is not None
+        payload = encode_request(request, self.settings.format)
+        self._meter.sent(len(payload), len(self._topic_get))
+
+        def done(error: TransportError | None) -> None:
+            if sent is not None:
+                sent()
+            if error is not None:
+                self._publish_failed(error)
+
+        try:
+            self._mqtt.publish_nowait(self._topic_get, payload, on_done=done)
+        except TransportError as exc:  # not connected: reconnecting (RESUMED sends it again) or closing
+            self._loop.call_soon(done, exc)
+
+    def _publish_failed(self, exc: TransportError) -> None:
+        refused = self._refused(exc)
+        if refused is None:
+            log.debug("device %s: publish failed: %s", self.thing_name, exc)
+        elif self._current is not None:
+            self._current.fail(refused)
 
     async def _publish(self, topic: str, payload: bytes) -> None:
         """Publish; a lost publish is asked again by a timer, a refused one ends the run (DeviceFailure)."""
@@ -382,17 +411,21 @@ class Device:
         self._meter.sent(len(payload), len(topic))
         try:
             await self._mqtt.publish(topic, payload)
-        except PublishError as exc:
-            if exc.reason_code is None:
-                log.debug("device %s: publish failed: %s", self.thing_name, exc)
-                return
-            raise DeviceFailure(
-                FailureKind.REJECTED,
-                f"{exc}; a thing may only use its own stream topics: is the certificate the one of {self.thing_name}?",
-                "PublishRefused",
-            ) from exc
         except TransportError as exc:  # reconnecting or dropped: the timers ask again, a LOST event ends the run
+            refused = self._refused(exc)
+            if refused is not None:
+                raise refused from exc
             log.debug("device %s: publish failed: %s", self.thing_name, exc)
+
+    def _refused(self, exc: TransportError) -> DeviceFailure | None:
+        """The failure for a publish the broker refused (MQTT 5 PUBACK NOT_AUTHORIZED); None for other errors."""
+        if not isinstance(exc, PublishError) or exc.reason_code is None:
+            return None
+        return DeviceFailure(
+            FailureKind.REJECTED,
+            f"{exc}; a thing may only use its own stream topics: is the certificate the one of {self.thing_name}?",
+            "PublishRefused",
+        )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         assert self._loop is not None
@@ -456,6 +489,14 @@ class Device:
         if event.kind in (ConnectionEventKind.INTERRUPTED, ConnectionEventKind.LOST):
             self._disconnects += 1
             log.info("device %s: connection %s: %s", self.thing_name, event.kind.value, event.error)
+        if event.kind is ConnectionEventKind.RESUMED:
+            # Whatever was on its way was lost with the connection: ask again now, not after a timeout.
+            log.info("device %s: connection resumed", self.thing_name)
+            waiter, request = self._describe_waiter, self._describe_request
+            if waiter is not None and not waiter.done() and request is not None:
+                self._spawn(self._publish(self._topic_describe, request))
+            if self._current is not None:
+                self._current.link_resumed()
         if event.kind is ConnectionEventKind.LOST:
             failure = DeviceFailure(FailureKind.DISCONNECTED, f"connection lost: {event.error}")
             if self._current is not None:

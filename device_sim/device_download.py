@@ -6,15 +6,18 @@ data blocks and rejections to ``receive_block``/``receive_rejection``; after eve
 the engine's actions (``_pump``): publish a request, write a block into the sink (keeping a CRC-32 per block, so a
 verification mismatch can name the first bad block), discard everything after the stream changed, re-describe
 after a VersionMismatch. One asyncio timer follows ``engine.get_timer()``: it is moved earlier when needed and
-otherwise fires, lets the engine decide and is re-armed, so a block costs no timer churn. A due engine timer is
-honoured only once no data message at all has arrived for the engine's timeout (see ``_link_quiet_until``).
-``verify()`` compares the digest with the source (S3, ``--expect-sha256``, or only the size); ``commit()`` renames
-a verified file sink into place. A lost connection or a failed re-describe ends the wait with a ``DeviceFailure``.
+otherwise fires, lets the engine decide and is re-armed, so a block costs no timer churn. (When to time a request
+out, only once the link is quiet, or soon after its highest block: the engine decides.) With ``send_and_report``
+the device tells the engine when each request actually left (``request_sent``); ``link_resumed()`` after a
+reconnect has the engine send its requests in flight again at once. ``verify()`` compares the digest with the
+source (S3, ``--expect-sha256``, or only the size); ``commit()`` renames a verified file sink into place. A lost
+connection or a failed re-describe ends the wait with a ``DeviceFailure``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import zlib
 from array import array
@@ -26,7 +29,6 @@ from .engine import DownloadEngine
 from .engine_types import (
     Complete,
     DiscardBlocks,
-    EngineState,
     EngineStats,
     Failed,
     FailureReason,
@@ -62,7 +64,11 @@ class FileDownload:
         redescribe: Callable[[], Awaitable[StreamDescription]],
         on_block: Callable[[float, int], None],
         label: str,
+        send_and_report: Callable[[GetStreamRequest, Callable[[], None]], None] | None = None,
     ) -> None:
+        """``send`` publishes a request. ``send_and_report``, when given, is used instead: it also calls its second
+        argument once the request has left (after client-side flow control) or its publish failed, and the
+        engine's idle timer for the request starts only then."""
         self.info = info
         self.stream_id = stream_id
         self.stream_version = stream_version
@@ -72,6 +78,7 @@ class FileDownload:
         self.transfer_s = 0.0
         self._token = client_token
         self._send = send
+        self._send_and_report = send_and_report
         self._redescribe_call = redescribe
         self._on_block = on_block
         self._label = label
@@ -81,8 +88,6 @@ class FileDownload:
         self._crcs: array[int] = array("I")
         self._done: asyncio.Future[Outcome] = self._loop.create_future()
         self._timer: asyncio.TimerHandle | None = None
-        self._last_block_at: float | None = None  # any data message of this file
-        self._gated_until: float | None = None  # the engine's timer is due, but the link was busy until then
         self._redescribing: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------------------------------------ lifecycle
@@ -110,7 +115,7 @@ class FileDownload:
             file_size=self.info.file_size,
             stream_version=self.stream_version if self.settings.send_version else None,
             now=started,
-            settings=self.settings.engine_settings(self._token),
+            settings=self.settings.engine_settings(self._token, report_sends=self._send_and_report is not None),
             have=resumed or None,
         )
         engine.start(started)
@@ -199,14 +204,26 @@ class FileDownload:
     def receive_block(self, block: DataBlock) -> None:
         engine = self._engine
         if engine is not None:
-            now = self._last_block_at = self._loop.time()
-            engine.receive_block(block, now)
+            engine.receive_block(block, self._loop.time())
             self._pump()
 
     def receive_rejection(self, rejection: Rejection) -> None:
         engine = self._engine
         if engine is not None:
             engine.receive_rejection(rejection, self._loop.time())
+            self._pump()
+
+    def link_resumed(self) -> None:
+        """The connection came back after a drop: the requests in flight were lost, send them again now."""
+        engine = self._engine
+        if engine is not None:
+            engine.link_resumed(self._loop.time())
+            self._pump()
+
+    def _request_sent(self, seq: int) -> None:
+        engine = self._engine
+        if engine is not None and not self._done.done():
+            engine.request_sent(seq, self._loop.time())
             self._pump()
 
     # ------------------------------------------------------------------------------------------ engine actions
@@ -220,7 +237,10 @@ class FileDownload:
             if isinstance(action, WriteBlock):
                 self._write(action)
             elif isinstance(action, SendRequest):
-                self._send(action.request)
+                if self._send_and_report is not None:
+                    self._send_and_report(action.request, functools.partial(self._request_sent, action.seq))
+                else:
+                    self._send(action.request)
             elif isinstance(action, DiscardBlocks):
                 self._discard(action)
             elif isinstance(action, Redescribe):
@@ -283,8 +303,6 @@ class FileDownload:
         if deadline is None:
             self._cancel_timer()
             return
-        if self._gated_until is not None and deadline < self._gated_until:
-            deadline = self._gated_until
         timer = self._timer
         if timer is not None:
             if timer.when() <= deadline:
@@ -305,28 +323,8 @@ class FileDownload:
         deadline = engine.get_timer()
         now = self._loop.time()
         if deadline is not None and deadline <= now:
-            quiet_until = self._link_quiet_until(engine)
-            if quiet_until > now:
-                self._gated_until = quiet_until
-                self._timer = self._loop.call_at(quiet_until, self._on_timer)
-                return
-            self._gated_until = None
             engine.handle_timer(now)
         self._pump()
-
-    def _link_quiet_until(self, engine: DownloadEngine) -> float:
-        """When the link will have been quiet for one idle timeout (no data message at all).
-
-        The engine times each request out on its own blocks. But an answer waits behind the answers to earlier
-        requests (the service and AWS's 512 KiB/s pacing send them in order), so with several requests in flight
-        a request can look idle while its predecessors' blocks are still arriving; timing it out then asks for
-        blocks that are already on their way, and the duplicates delay every later answer further (a collapse
-        under AWS quotas). So the engine's timer is honoured only once the whole link has been quiet for the
-        engine's timeout: the idle timer restarts with every block received, of any request.
-        """
-        if engine.state is not EngineState.RUNNING or self._last_block_at is None:
-            return 0.0
-        return self._last_block_at + engine.stats.timeout
 
     # ------------------------------------------------------------------------------------------------- sinks
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -30,10 +30,8 @@ class DownloadSettings:
     blocks_per_request: int | None = None
     inflight: int = 1
     request_timeout: float | None = None  # None: adaptive idle timeout
-    #: Lower bound of the adaptive idle timeout. The engine's own (0.1 s) is below the jitter of a Python event
-    #: loop and of AWS's 512 KiB/s pacing (a 32 KiB block waits up to 64 ms): on a steady 100 ms round trip the
-    #: estimate settles near srtt + 4 ms and every small delay became a spurious re-request.
-    min_timeout: float = 0.2
+    #: Lower bound of the adaptive idle timeout; None: the engine's (0.2 s, and never below SRTT * 1.25).
+    min_timeout: float | None = None
     max_retries: int = 32
     send_version: bool = True
     client_token: bool = True
@@ -50,17 +48,19 @@ class DownloadSettings:
         object.__setattr__(self, "sink", SinkKind(self.sink))
         object.__setattr__(self, "format", Format(self.format))
 
-    def engine_settings(self, token: str | None) -> EngineSettings:
-        return EngineSettings(
+    def engine_settings(self, token: str | None, *, report_sends: bool = False) -> EngineSettings:
+        """The engine's settings; ``report_sends`` when the caller tells the engine when each request left."""
+        settings = EngineSettings(
             block_size=self.block_size,
             blocks_per_request=self.blocks_per_request,
             inflight=self.inflight,
             request_timeout=self.request_timeout,
-            min_timeout=self.min_timeout,
             max_retries=self.max_retries,
             send_version=self.send_version,
             client_token=token,
+            report_sends=report_sends,
         )
+        return settings if self.min_timeout is None else replace(settings, min_timeout=self.min_timeout)
 
     @property
     def label(self) -> str:
