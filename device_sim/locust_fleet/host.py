@@ -17,6 +17,7 @@ worker decides when devices stop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -66,6 +67,7 @@ class DeviceHost:
         self._identities: dict[str, DeviceIdentity] = {}
         self._source: S3Source | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reported: set[int] = set()  # indices of the devices whose Finished was sent
         self._progress = FleetProgress(0)
         self._files_checked = 0
         self._manifest = ""
@@ -94,9 +96,17 @@ class DeviceHost:
         return True
 
     def start(self, run: Run) -> None:
-        task = asyncio.get_running_loop().create_task(self._device(run))
+        loop = asyncio.get_running_loop()
+        run_started = loop.time() - max(0.0, time.time() - run.epoch)  # device times count from the master's start
+        task = loop.create_task(self._device(run, run_started))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(functools.partial(self._ended, run, run_started))
+
+    def _ended(self, run: Run, run_started: float, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if run.index not in self._reported:  # cancelled before its first step: the coroutine never ran
+            self._progress.failed += 1
+            self._finish(run, self._failed(run, None, _NOT_STARTED, asyncio.get_running_loop(), run_started))
 
     def stop(self) -> None:
         for task in self._tasks:
@@ -113,11 +123,10 @@ class DeviceHost:
             connecting=p.connecting, downloading=p.downloading, verified=p.verified, failed=p.failed, bytes=p.bytes
         )
 
-    async def _device(self, run: Run) -> None:
+    async def _device(self, run: Run, run_started: float) -> None:
         plan = self._plan
         assert plan is not None
         loop = asyncio.get_running_loop()
-        run_started = loop.time() - max(0.0, time.time() - run.epoch)  # device times count from the master's start
         identity = self._identities.get(run.thing_name)
         if identity is None:
             self._finish(run, self._failed(run, "unknown-thing", f"not in {self._manifest} on this machine", loop))
@@ -154,6 +163,7 @@ class DeviceHost:
         self._finish(run, record)
 
     def _finish(self, run: Run, record: DeviceMetrics) -> None:
+        self._reported.add(run.index)
         self._send(Finished(index=run.index, record=record.to_dict()))
 
     def _failed(

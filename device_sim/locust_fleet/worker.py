@@ -258,7 +258,8 @@ class WorkerAgent:
     def _host_failed(self, message: str) -> None:
         first = self._host_failure is None
         if first:
-            log.error("%s: this worker quits, the others take the devices it has not claimed", message)
+            then = "" if self._closing else ": this worker quits, the others take the devices it has not claimed"
+            log.error("%s%s", message, then)
             self._host_failure = message
         for index in list(self._running):
             self._fail(index, message)

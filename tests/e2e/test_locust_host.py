@@ -67,6 +67,12 @@ class Host:
         self.proc.stdin.write(encode_host_line(message))
         self.proc.stdin.flush()
 
+    def send_many(self, *messages: HostMessage) -> None:
+        """Several messages in one write (the host reads them without yielding in between)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"".join(encode_host_line(m) for m in messages))
+        self.proc.stdin.flush()
+
     def next(self, *kinds: type) -> HostMessage:
         """The next message of one of ``kinds`` (progress lines in between are skipped)."""
         deadline = time.monotonic() + WAIT_S
@@ -133,6 +139,10 @@ def test_stop_reports_waiting_devices_as_cancelled(host: Host, manifest: Path) -
     assert isinstance(waiting, Finished) and waiting.index == 5
     assert waiting.record["failure_reason"] == "cancelled"
     assert waiting.record["failure_message"] == "the run stopped before this device started"
+    # A device stopped in the same breath as it was started (its task cancelled before its first step) reports too.
+    host.send_many(Run(index=7, thing_name="hoststream-2", delay_s=0.0, epoch=time.time()), Stop(reason="now"))
+    at_once = host.next(Finished)
+    assert isinstance(at_once, Finished) and at_once.index == 7 and at_once.record["failure_reason"] == "cancelled"
     assert host.close() == 0
 
 
