@@ -35,7 +35,6 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from fractions import Fraction
 from types import MappingProxyType
 
@@ -46,6 +45,7 @@ from .engine_types import (
     Action,
     Complete,
     DiscardBlocks,
+    EngineCounters,
     EngineInput,
     EngineSettings,
     EngineState,
@@ -83,27 +83,6 @@ __all__ = [
 ]
 
 
-@dataclass(slots=True)
-class _Counters:
-    """The engine's counters; ``stats`` copies them into EngineStats fields of the same names."""
-
-    blocks_received: int = 0
-    bytes_received: int = 0
-    duplicates: int = 0
-    invalid_blocks: int = 0
-    stale_blocks: int = 0
-    requests_sent: int = 0
-    re_requests: int = 0
-    blocks_requested: int = 0
-    timeouts: int = 0
-    fast_retries: int = 0
-    resends: int = 0
-    backoffs: int = 0
-    redescribes: int = 0
-    restarts: int = 0
-    ignored_rejections: int = 0
-
-
 class DownloadEngine:
     """Downloads one file of a stream. Feed it inputs, carry out ``next_actions()``, honour ``get_timer()``.
 
@@ -129,7 +108,7 @@ class DownloadEngine:
         self._now = now
         self._created_at = now
         self._actions: list[Action] = []
-        self._counters = _Counters()
+        self._counters = EngineCounters()
         self._rejections: Counter[str] = Counter()
         self._rtt = RttEstimator(
             initial=self.settings.initial_timeout,
@@ -150,7 +129,6 @@ class DownloadEngine:
         self._epoch_sent = not self.settings.report_sends
         self._last_rx: float | None = None  # the last valid data block (new, duplicate or stale) arrived
         self._reorder = ReorderWindow()
-        self._fast_released: set[int] = set()  # blocks last asked again by a fast re-request
         self._ledger = BlockLedger(file_size, self.settings.block_size)
         self._stream_version = stream_version
         if have is not None:
@@ -194,7 +172,7 @@ class DownloadEngine:
     def stats(self) -> EngineStats:
         c = self._counters
         return EngineStats(
-            **{name: getattr(c, name) for name in _Counters.__slots__},
+            **{name: getattr(c, name) for name in EngineCounters.__slots__},
             rejections=MappingProxyType(dict(self._rejections)),
             srtt=self._rtt.srtt,
             rttvar=self._rtt.rttvar,
@@ -296,9 +274,7 @@ class DownloadEngine:
         self._last_rx = self._now
         if ledger.has(index):
             counters.duplicates += 1
-            if index in self._fast_released:  # the fast re-request was spurious: wait longer next time
-                self._fast_released.discard(index)
-                self._reorder.late_block()
+            self._reorder.duplicate(index)  # after a fast re-request of it: that was spurious, wait longer
             return state
         if state in (EngineState.NEEDS_DESCRIBE, EngineState.FAILED):
             counters.stale_blocks += 1
@@ -398,12 +374,11 @@ class DownloadEngine:
         share = Fraction(1, max(1, len(in_flight)))
         for request in [r for r in in_flight if self._deadline(r, timeout) <= now]:
             if request.top_seen and self.settings.fast_retry:  # the grace never outlasts the idle timeout
-                self._fast_released.update(request.outstanding)
+                self._reorder.retried(request.outstanding)
                 self._ledger.release(request)
                 self._counters.fast_retries += 1
-                self._reorder.retried()
             else:
-                self._fast_released.difference_update(request.outstanding)
+                self._reorder.forget(request.outstanding)
                 self._ledger.release(request)
                 self._counters.timeouts += 1
                 self._stall += share
@@ -433,7 +408,7 @@ class DownloadEngine:
             return state
         self._counters.resends += len(gone)
         for request in gone:
-            self._fast_released.difference_update(request.outstanding)
+            self._reorder.forget(request.outstanding)
             self._ledger.release(request)
         if self._add_round():
             return self._fail(
@@ -455,7 +430,7 @@ class DownloadEngine:
         self._throttle_streak = 0
         if fresh is not None:
             self._ledger = fresh
-            self._fast_released.clear()
+            self._reorder.forget()
             self._stream_version = stream_version
             reason = (
                 f"stream version {old_version} -> {stream_version}"

@@ -16,6 +16,8 @@ Two timers derive from it:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 #: RFC 6298 gains.
 _ALPHA = 1 / 8
 _BETA = 1 / 4
@@ -92,24 +94,36 @@ class RttEstimator:
 
 
 class ReorderWindow:
-    """How much longer than ``fast_retry_grace`` to wait, learnt from fast re-requests that proved spurious."""
+    """How much longer than ``fast_retry_grace`` to wait, learnt from fast re-requests that proved spurious: a
+    block asked again by a fast re-request that then arrives twice was late, not lost."""
 
-    __slots__ = ("_clean", "scale", "spurious")
+    __slots__ = ("_clean", "_released", "scale", "spurious")
 
     def __init__(self) -> None:
         self.scale = 1
         self.spurious = 0  # fast re-requests found spurious so far
         self._clean = 0  # fast re-requests since the last spurious one
+        self._released: set[int] = set()  # blocks last asked again by a fast re-request
 
-    def retried(self) -> None:
-        """A fast re-request went out."""
+    def retried(self, blocks: Iterable[int]) -> None:
+        """A fast re-request gave these blocks up for lost."""
+        self._released.update(blocks)
         self._clean += 1
         if self._clean >= REORDER_DECAY and self.scale > 1:
             self.scale //= 2
             self._clean = 0
 
-    def late_block(self) -> None:
-        """A block asked again by a fast re-request arrived twice: the original was late, not lost."""
-        self.spurious += 1
-        self._clean = 0
-        self.scale = min(REORDER_MAX_SCALE, self.scale * 2)
+    def forget(self, blocks: Iterable[int] | None = None) -> None:
+        """These blocks (None: all) are asked again for another reason (idle timeout, reconnect, new file)."""
+        if blocks is None:
+            self._released.clear()
+        else:
+            self._released.difference_update(blocks)
+
+    def duplicate(self, index: int) -> None:
+        """Block ``index`` arrived again."""
+        if index in self._released:
+            self._released.discard(index)
+            self.spurious += 1
+            self._clean = 0
+            self.scale = min(REORDER_MAX_SCALE, self.scale * 2)

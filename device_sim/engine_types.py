@@ -1,7 +1,7 @@
 """The download engine's vocabulary: settings, states, inputs, actions, statistics and errors.
 
-Everything here is a value: frozen, keyword-only, slotted dataclasses and Enums. The state machine that uses
-them is ``device_sim.engine``.
+Everything here is a value (frozen, keyword-only, slotted dataclasses and Enums), except ``EngineCounters``, the
+engine's own tally that ``EngineStats`` snapshots. The state machine that uses them is ``device_sim.engine``.
 """
 
 from __future__ import annotations
@@ -277,3 +277,25 @@ class EngineStats:
     srtt: float | None = None  # smoothed round trip (seconds), None before the first sample
     rttvar: float | None = None
     timeout: float = 0.0  # the idle timeout the engine would use now (seconds)
+
+
+@dataclass(slots=True)
+class EngineCounters:
+    """The engine's running counters (mutable, the engine's own); ``engine.stats`` copies them into the EngineStats
+    fields of the same names."""
+
+    blocks_received: int = 0
+    bytes_received: int = 0
+    duplicates: int = 0
+    invalid_blocks: int = 0
+    stale_blocks: int = 0
+    requests_sent: int = 0
+    re_requests: int = 0
+    blocks_requested: int = 0
+    timeouts: int = 0
+    fast_retries: int = 0
+    resends: int = 0
+    backoffs: int = 0
+    redescribes: int = 0
+    restarts: int = 0
+    ignored_rejections: int = 0
