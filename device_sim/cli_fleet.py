@@ -24,6 +24,7 @@ from .cli_options import SizeListType, build_download_settings, download_options
 from .device import DownloadSettings, SinkKind
 from .fleet import FleetProgress, FleetRun, FleetSettings, Shard, run_fleet, select_identities, target_from_manifest
 from .fleet_resources import OpenFilesLimit, ensure_open_files, system_trust_env_dropped
+from .locust_fleet.cli_options import locust_options, locust_topology_given
 from .metrics import DeviceMetrics, aggregate
 from .protocol.limits import DEFAULT_PRICE_PER_MILLION_MESSAGES_USD
 from .report import ReportWriteError, write_reports
@@ -238,9 +239,23 @@ def _write(report_dir: Path, summary: Any, records: list[DeviceMetrics], sweep: 
 
 @click.command("fleet")
 @fleet_options
+@click.option(
+    "--engine",
+    type=click.Choice(["asyncio", "locust"]),
+    default="asyncio",
+    show_default=True,
+    help="asyncio: every device in this process; locust: several processes or machines (docs/locust.md).",
+)
+@locust_options
 @download_options
 def fleet_command(**params: Any) -> None:
     """Run many devices from a manifest at once, verify every one, write reports."""
+    if params["engine"] == "locust":
+        from .cli_locust import run_locust  # lazily: cli_locust imports this module
+
+        sys.exit(run_locust(params))
+    if locust_topology_given(params):
+        raise click.UsageError("--processes/--master/--worker/--web-ui/--locust-arg need --engine locust")
     target, identities, fleet, source = _prepare(params)
     download = build_download_settings(params, sink=SinkKind.DIGEST)
     run = asyncio.run(

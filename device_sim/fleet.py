@@ -400,13 +400,13 @@ async def run_fleet(
     summary = aggregate(
         records,
         wall_s=wall_s,
-        settings=_settings_dict(download, settings, len(identities)),
+        settings=settings_dict(download, settings, len(identities)),
         price_per_million=settings.price_per_million,
     )
     return FleetRun(records=tuple(records), summary=summary, wall_s=wall_s, interrupted=interrupted, memory=memory)
 
 
-def _settings_dict(download: DownloadSettings, settings: FleetSettings, devices: int) -> dict[str, Any]:
+def settings_dict(download: DownloadSettings, settings: FleetSettings, devices: int) -> dict[str, Any]:
     return {
         "devices": devices,
         "format": download.format.value,

@@ -150,10 +150,10 @@ class RunPlan:
 
     def settings_dict(self, workers: int) -> dict[str, Any]:
         """The run's settings as the reports show them (the single-process fleet's keys, plus the engine)."""
-        from ..fleet import _settings_dict  # one definition of the keys the reports show
+        from ..fleet import settings_dict  # one definition of the keys the reports show
 
         return {
-            **_settings_dict(self.download, self.fleet, len(self.identities)),
+            **settings_dict(self.download, self.fleet, len(self.identities)),
             "engine": "locust",
             "workers": workers,
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -147,6 +148,41 @@ def test_download_from_a_local_manifest_needs_no_aws_environment(
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["verified"] is True and summary["bytes"] == 20 * 1024
+
+
+@pytest.mark.slow
+def test_fleet_engine_locust_routes_to_the_locust_fleet(
+    local_iot: LocalIot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if importlib.util.find_spec("locust") is None:  # never import locust here: it monkey-patches this process
+        pytest.skip("locust is not installed")
+    manifest = provision(local_iot, tmp_path, monkeypatch, things=6, stream="viaengine", size="16KiB")
+    reports = tmp_path / "locust-reports"
+    result = CliRunner().invoke(
+        device_sim,
+        [
+            "fleet",
+            "--manifest",
+            str(manifest),
+            "--engine",
+            "locust",
+            "--processes",
+            "2",
+            "--report-dir",
+            str(reports),
+            "--quiet",
+            "--deadline",
+            "120",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((reports / "summary.json").read_text())["summary"]
+    assert summary["devices"] == 6 and summary["verified"] == 6
+    settings = summary["settings"]
+    assert (dict(settings) if isinstance(settings, list) else settings).get("engine") == "locust", settings
+    # the Locust options belong to the Locust engine
+    refused = CliRunner().invoke(device_sim, ["fleet", "--manifest", str(manifest), "--processes", "2"])
+    assert refused.exit_code == 2 and "--engine locust" in refused.output
 
 
 def test_fleet_bad_arguments(tmp_path: Path) -> None:
