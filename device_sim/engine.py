@@ -382,6 +382,7 @@ class DownloadEngine:
                 self._ledger.release(request)
                 self._counters.timeouts += 1
                 self._stall += share
+                self._rtt.expired()
         if self._stall > self.settings.max_retries:
             return self._fail(
                 FailureReason.TIMEOUT,

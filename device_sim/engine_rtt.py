@@ -74,13 +74,24 @@ class RttEstimator:
             self._rttvar = (1 - _BETA) * self._rttvar + _BETA * abs(self._srtt - rtt)
             self._srtt = (1 - _ALPHA) * self._srtt + _ALPHA * rtt
 
+    def expired(self) -> None:
+        """An idle timer expired. Until a valid sample exists (Karn's rule: re-asked blocks give none), the
+        starting estimate keeps the backed-off value (RFC 6298 5.5): otherwise a first answer slower than the
+        initial timeout (a loaded broker, 1000 devices connecting) is asked for again and again at that timeout,
+        and progress resetting the doubling never lets the timer learn."""
+        if self._srtt is None and self._fixed is None:
+            self._initial = min(self._maximum, self._initial * 2)
+
     def timeout(self, rounds: int = 0) -> float:
         """The idle timeout after ``rounds`` consecutive rounds of timeouts: the bounded estimate, doubled
-        for every round past GRACE_ROUNDS, capped at the maximum."""
+        for every round past GRACE_ROUNDS, capped at the maximum. Before the first sample: the initial value,
+        doubled by every expiry (``expired``) and kept through progress."""
         if self._fixed is not None:
             return self._fixed
         srtt, rttvar = self._srtt, self._rttvar
-        estimate = self._initial if srtt is None or rttvar is None else srtt + max(4 * rttvar, SRTT_SLACK * srtt)
+        if srtt is None or rttvar is None:  # no estimate yet: the initial value, backed off by expired()
+            return min(self._maximum, max(self._minimum, self._initial))
+        estimate = srtt + max(4 * rttvar, SRTT_SLACK * srtt)
         base = min(self._maximum, max(self._minimum, estimate))
         return min(self._maximum, base * float(2 ** min(max(0, rounds - GRACE_ROUNDS), _MAX_DOUBLINGS)))
 

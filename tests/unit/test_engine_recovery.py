@@ -33,6 +33,52 @@ def test_a_jittery_round_trip_still_follows_rttvar() -> None:
     assert estimator.timeout() == pytest.approx(srtt + 4 * rttvar)
 
 
+def test_before_any_sample_an_expired_timer_keeps_its_backed_off_value() -> None:
+    """Karn + RFC 6298 5.5: re-asked blocks give no sample, so without this the timer would fall back to the
+    initial 1 s after every bit of progress and keep asking a slow (loaded) service for the same blocks."""
+    estimator = RttEstimator(initial=1.0, minimum=0.2, maximum=10.0)
+    estimator.expired()
+    estimator.expired()
+    assert estimator.timeout() == pytest.approx(4.0)  # kept at rounds=0: progress does not undo it
+    for _ in range(5):
+        estimator.expired()
+    assert estimator.timeout() == pytest.approx(10.0)  # bounded by the maximum
+    assert estimator.timeout(rounds=5) == pytest.approx(10.0)  # no estimate: the grace rounds play no part
+    estimator.sample(0.3)  # the first valid sample replaces the backed-off guess
+    assert estimator.timeout() == pytest.approx(0.3 + 4 * 0.15)
+    estimator.expired()  # with an estimate, only the rounds without progress double it
+    assert estimator.timeout() == pytest.approx(0.3 + 4 * 0.15)
+    assert estimator.timeout(rounds=3) == pytest.approx(2 * (0.3 + 4 * 0.15))
+
+
+def test_a_slow_first_answer_is_asked_for_again_only_a_few_times() -> None:
+    """A service answering after 3 s (no loss): the engine backs off 1 -> 2 s instead of re-asking every 1 s."""
+    content = content_of(64 * BS)
+    engine = make(64 * BS, blocks_per_request=8)
+    engine.start(0.0)
+    sent = requests(engine)
+    assert len(sent) == 1
+    now = 0.0
+    pending = [(3.0, sent[0])]
+    while engine.state is EngineState.RUNNING and now < 120:
+        due, request = min(pending, key=lambda p: p[0])
+        timer = engine.get_timer()
+        if timer is not None and timer < due:
+            now = timer
+            engine.handle_timer(now)
+        else:
+            now = due
+            pending.remove((due, request))
+            for i in asked(request):
+                engine.receive_block(blk(content, i), now)
+        pending += [(now + 3.0, r) for r in requests(engine)]
+    assert engine.state is EngineState.COMPLETE
+    # Asked again once at 1 s; the re-request then waits 2 s (backed off), so the answer at 3 s comes first and
+    # the re-request's answer is the only duplicate window. Falling back to 1 s would ask a second time at 2 s.
+    assert engine.stats.timeouts == 1, engine.stats
+    assert engine.stats.duplicates == 8
+
+
 def test_the_default_floor_is_0_2_seconds() -> None:
     assert EngineSettings().min_timeout == 0.2
 
