@@ -9,7 +9,7 @@ GIL with the device; a 16 MiB stream is created with boto3 against its control p
 - device: ``Device.run()`` (awscrt MQTT5, plain TCP, CBOR, ``--flow-control none``, digest sink, checked against
   the known SHA-256) with 1 and then 2 requests in flight; goodput = file bytes / transfer time (first request to
   last block; connect, describe and verification apart).
-Raw and device runs alternate ``--rounds`` times; the best of each is kept. Targets (issue 6): device with one
+Raw and device runs alternate ``--rounds`` times; the best of each is kept. Targets: device with one
 request in flight >= 0.5 x raw at 4 KiB, more with 2.
 
 Then a second ``local-iot up --latency-ms 100 --quotas aws`` (a WAN round trip, AWS's per-connection limits of

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from device_sim.engine import DownloadEngine, EngineSettings, SendRequest
 from device_sim.protocol import DataBlock, decode_bitmap
 from device_sim.protocol.limits import block_length
-from tests.unit.fakes_service import FakeStreamService, Faults, LinkSimulation
+from tests.support.fakes_service import FakeStreamService, Faults, LinkSimulation
 
 HAS_FAST_RETRY = "fast_retry" in {f.name for f in dataclasses.fields(EngineSettings)}
 

@@ -16,7 +16,7 @@ is then a fresh child process of this script (``worker ...``), so that its peak 
 The service's single-stream rate comes from ``bench_service.service_rate`` in the same run (its own mosquitto,
 the stream service in a child process, one paho device keeping 4 requests of 128 KiB in flight).
 
-Targets (issue 5): every device verified; peak RSS beyond the connection < 150 KiB per device; aggregate goodput
+Targets: every device verified; peak RSS beyond the connection < 150 KiB per device; aggregate goodput
 >= 0.5 x the service's single-stream rate.
 """
 

@@ -1,4 +1,4 @@
-"""Per-device measurements of a fleet run and their aggregate (issue 5, items 2 and 4).
+"""Per-device measurements of a fleet run and their aggregate.
 
 How this works: the fleet runner produces one immutable ``DeviceMetrics`` per device (counting messages with
 ``collect.MessageMeter`` and sampling progress with ``collect.ProgressSampler``). ``aggregate`` turns the

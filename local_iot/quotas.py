@@ -1,4 +1,4 @@
-"""AWS IoT Core message-broker quotas that shape a download (PROTOCOL.md section 5). Pure logic, time as input.
+"""AWS IoT Core message-broker quotas that shape a download (docs/protocol.md section 5). Pure logic, time as input.
 
 How this works:
 - Per connection (keyed by thing name, see docs/service.md), one token bucket of publishes (100/s, burst 100)

@@ -1,4 +1,4 @@
-"""The stream service's protocol core: answers describe/get requests exactly as PROTOCOL.md sections 3-4 say.
+"""The stream service's protocol core: answers describe/get requests exactly as docs/protocol.md sections 3-4 say.
 
 How this works: ``StreamServiceCore.handle(topic, payload, client_id, now)`` is sans-IO: a plain synchronous call
 that returns the messages to publish (``Outgoing``), due at ``now``. Checks run in the documented order: topic

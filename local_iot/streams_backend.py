@@ -3,7 +3,7 @@
 How this works: ``streams_backends`` is a moto ``BackendDict`` like moto's own, keyed by account and region, so
 moto's reset (``POST /moto-api/reset``, or ``mock_aws`` ending) clears it together with S3, IAM and IoT. The HTTP
 side (``local_iot.streams_api``) validates nothing itself: it hands decoded JSON values to these methods, which
-check them against botocore's model (PROTOCOL.md section 1) and raise ``StreamApiError`` with the botocore
+check them against botocore's model (docs/protocol.md section 1) and raise ``StreamApiError`` with the botocore
 exception name. Records are frozen; every change replaces a record under the backend's lock, so the stream service
 (another thread, through ``MotoCatalog``) always sees a whole stream, never a half-updated one.
 

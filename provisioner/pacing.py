@@ -1,7 +1,7 @@
 """Pacing and retry timing for control-plane calls, with the clock and sleep injected (tests never sleep).
 
 AWS IoT's control plane allows about 15 transactions per second per API (CreateThing, AttachPolicy,
-AttachThingPrincipal; PROTOCOL.md section 5). ``TokenBucket`` keeps the provisioner below that; ``Backoff`` gives
+AttachThingPrincipal; docs/protocol.md section 5). ``TokenBucket`` keeps the provisioner below that; ``Backoff`` gives
 the bounded, growing delays used when AWS throttles anyway or when IAM has not yet propagated a new role.
 """
 

@@ -1,4 +1,4 @@
-"""The shared device policy of a run (PROTOCOL.md section 1): each device may only connect as its own thing and
+"""The shared device policy of a run (docs/protocol.md section 1): each device may only connect as its own thing and
 use the stream topics under its own thing name (``${iot:Connection.Thing.ThingName}``)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Streams: create (files pinned to object versions, run-id tag and description marker), update, describe, list,
-delete. Input is checked against PROTOCOL.md section 1 before AWS is called.
+delete. Input is checked against docs/protocol.md section 1 before AWS is called.
 
 A role created moments ago may not be assumable by AWS IoT yet (IAM is eventually consistent); ``create_stream``
 then answers InvalidRequestException about the role. When the role was created by this run, the call is retried

@@ -1,4 +1,4 @@
-"""Checks of user input against AWS's constraints (PROTOCOL.md section 1), made before any AWS call.
+"""Checks of user input against AWS's constraints (docs/protocol.md section 1), made before any AWS call.
 
 Every function raises ``InputError`` with a message that names the bad value and says what is allowed.
 """

@@ -1,6 +1,6 @@
 """Device role of the codec: encode requests (refusing what a service would reject) and decode answers.
 
-How this works: ``encode_request`` checks every value against the limits of PROTOCOL.md section 3 and raises
+How this works: ``encode_request`` checks every value against the limits of docs/protocol.md section 3 and raises
 ``LocalProtocolError`` with a hint, so a device never publishes a request the service rejects for its form. It
 emits definite-length CBOR maps / compact JSON with keys in the order ``c, s, f, l, o, n, b``.
 

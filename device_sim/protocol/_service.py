@@ -1,6 +1,6 @@
 """Service role of the codec: validate requests the way the emulator answers them, encode answers the way AWS does.
 
-How this works: ``decode_request`` runs the stream-independent checks of PROTOCOL.md section 4 in the documented
+How this works: ``decode_request`` runs the stream-independent checks of docs/protocol.md section 4 in the documented
 order and stops at the first failure with ``RequestRejected(code, message, client_token=...)``:
 
 1. decode: the payload must be one CBOR item / JSON text and a map/object (InvalidCbor / InvalidJson);

@@ -25,7 +25,7 @@ import cbor2
 
 from .topics import Format
 
-# One-letter wire keys (PROTOCOL.md section 3) and the long-form keys of rejections.
+# One-letter wire keys (docs/protocol.md section 3) and the long-form keys of rejections.
 KEY_TOKEN: Final = "c"
 KEY_VERSION: Final = "s"
 KEY_FILE_ID: Final = "f"

@@ -1,4 +1,4 @@
-"""Block bitmaps (PROTOCOL.md section 3).
+"""Block bitmaps (docs/protocol.md section 3).
 
 Byte k covers blocks ``offset + 8k .. offset + 8k + 7``; within a byte the least significant bit is the lowest
 block. Example (AWS docs): blocks 20, 21, 24, 43 at offset 20 -> ``13 00 80``.

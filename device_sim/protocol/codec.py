@@ -1,4 +1,4 @@
-"""CBOR and JSON codecs for both roles (PROTOCOL.md sections 3-4).
+"""CBOR and JSON codecs for both roles (docs/protocol.md sections 3-4).
 
 Device role: ``encode_request`` / ``decode_answer`` (``_device.py``). Service role: ``decode_request`` /
 ``encode_answer`` (``_service.py``). Decoders look keys up by name, ignore unknown keys, accept definite and

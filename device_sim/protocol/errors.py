@@ -11,7 +11,7 @@ from enum import StrEnum
 
 
 class ErrorCode(StrEnum):
-    """Values of ``o`` on ``rejected/<fmt>`` (PROTOCOL.md section 4)."""
+    """Values of ``o`` on ``rejected/<fmt>`` (docs/protocol.md section 4)."""
 
     INVALID_TOPIC = "InvalidTopic"
     INVALID_JSON = "InvalidJson"

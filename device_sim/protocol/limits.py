@@ -1,4 +1,4 @@
-"""Limits of AWS IoT MQTT-based file delivery (PROTOCOL.md sections 2-5). One source of truth."""
+"""Limits of AWS IoT MQTT-based file delivery (docs/protocol.md sections 2-5). One source of truth."""
 
 from __future__ import annotations
 

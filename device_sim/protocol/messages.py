@@ -1,4 +1,4 @@
-"""Typed stream messages (PROTOCOL.md section 3). Frozen, keyword-only, slotted dataclasses.
+"""Typed stream messages (docs/protocol.md section 3). Frozen, keyword-only, slotted dataclasses.
 
 Field names are the long AWS names; the one-letter wire keys live in ``codec``.
 """

@@ -1,4 +1,4 @@
-"""Stream topics: ``$aws/things/<thingName>/streams/<streamId>/<operation>/<format>`` (PROTOCOL.md section 2)."""
+"""Stream topics: ``$aws/things/<thingName>/streams/<streamId>/<operation>/<format>`` (docs/protocol.md section 2)."""
 
 from __future__ import annotations
 

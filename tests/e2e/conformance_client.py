@@ -379,7 +379,7 @@ def encode(fmt: str, doc: Any) -> bytes:
 def expect_rejection(answer: Answer, *, fmt: str, code: str, token: str | None = None) -> str:
     """Assert ``answer`` is exactly a rejection with ``code`` (and ``token`` echoed, or none); returns its message.
 
-    PROTOCOL.md 3: ``o``/``code`` and ``m``/``message`` always, ``c``/``clientToken`` only for a sent valid token,
+    docs/protocol.md 3: ``o``/``code`` and ``m``/``message`` always, ``c``/``clientToken`` only for a sent valid token,
     nothing else; CBOR answers are indefinite-length maps.
     """
     assert (answer.operation, answer.format) == ("rejected", fmt), f"{answer.topic}: {answer.payload[:200]!r}"
@@ -407,7 +407,7 @@ def expect_blocks(
 ) -> None:
     """Assert ``answers`` are exactly the data messages of blocks ``indices`` (absolute, in this order) of ``data``.
 
-    Per PROTOCOL.md 3: keys c?, f, i, l, p; ``l`` = this block's length (the last block is the remainder);
+    Per docs/protocol.md 3: keys c?, f, i, l, p; ``l`` = this block's length (the last block is the remainder);
     CBOR: an indefinite-length map with keys in the order c, f, i, l, p and ``p`` a byte string; JSON: ``p``
     standard Base64 with padding.
     """

@@ -1,8 +1,8 @@
-"""Conformance, PROTOCOL.md section 4: every error code a request alone can cause, and the check order.
+"""Conformance, docs/protocol.md section 4: every error code a request alone can cause, and the check order.
 
 One table of (topic, raw payload, expected code, expected echoed token): each case is published by a raw paho
 client on the plain listener, and exactly one answer must come, on ``rejected/<format>``, with exactly the keys
-and values of PROTOCOL.md section 3. Codes that depend on the state of the control plane (roles, S3 objects,
+and values of docs/protocol.md section 3. Codes that depend on the state of the control plane (roles, S3 objects,
 stream versions) are in test_conformance_streams.py. Rule -> test: docs/conformance.md.
 """
 
@@ -44,7 +44,7 @@ class Case:
     token: str | None = None  # the token the rejection must echo (None: no c/clientToken at all)
     reply: str  # format of the rejected topic
     stream: str = STREAM
-    message: str | None = None  # exact message, where PROTOCOL.md quotes it
+    message: str | None = None  # exact message, where docs/protocol.md quotes it
 
 
 def _json(doc: dict[str, Any]) -> bytes:

@@ -5,7 +5,7 @@ of any type (CBOR definite/indefinite maps, JSON with NaN/Infinity), valid reque
 inserted or deleted, and valid requests inside the file. Each is published by a raw paho client on the plain
 listener, followed by a describe marker: everything that arrives before the marker's description is the request's
 answer. It must be exactly one rejection with a documented code (never InternalError, a token echoed only when
-it is the one sent), or the data messages of exactly the blocks PROTOCOL.md 3 selects (computed here from the
+it is the one sent), or the data messages of exactly the blocks docs/protocol.md 3 selects (computed here from the
 request, independently of the service), with the file's bytes. The marker's own answer proves that the service
 still serves. Rule -> test: docs/conformance.md.
 """
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.e2e
 STREAM = "conf_fuzz"
 THING = "conf-fuzz-thing"
 FILES = (random.Random(5).randbytes(40_000), random.Random(6).randbytes(300))  # 157 and 2 blocks of 256 B
-CODES = {  # PROTOCOL.md section 4, without InternalError: no request may make the service fail
+CODES = {  # docs/protocol.md section 4, without InternalError: no request may make the service fail
     "InvalidTopic",
     "InvalidJson",
     "InvalidCbor",
@@ -106,7 +106,7 @@ documents = st.builds(
 
 @st.composite
 def valid_requests(draw: st.DrawFn) -> dict[str, Any]:
-    """Well-formed get requests inside the file: every one must be served exactly as PROTOCOL.md 3 says."""
+    """Well-formed get requests inside the file: every one must be served exactly as docs/protocol.md 3 says."""
     file_id = draw(st.sampled_from([0, 0, 1]))
     size = len(FILES[file_id])
     block_size = draw(
@@ -178,7 +178,7 @@ def _sent(fmt: str, payload: bytes) -> dict[str, Any]:
 
 
 def _check_data(answers: list[Answer], fmt: str, request: dict[str, Any]) -> None:
-    """Data answers: exactly the blocks PROTOCOL.md 3 selects, with the file's bytes and the token echoed."""
+    """Data answers: exactly the blocks docs/protocol.md 3 selects, with the file's bytes and the token echoed."""
     file_id, block_size = request["f"], request["l"]
     expect_blocks(
         answers,

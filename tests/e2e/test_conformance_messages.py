@@ -1,4 +1,4 @@
-"""Conformance, PROTOCOL.md section 3 (messages), over the real broker and control plane, in CBOR and JSON.
+"""Conformance, docs/protocol.md section 3 (messages), over the real broker and control plane, in CBOR and JSON.
 
 A raw paho client (tests/e2e/conformance_client.py) publishes hand-built requests on the plain listener and
 checks the exact answers of local_iot's stream service; the stream is created with boto3 against the emulated
@@ -263,7 +263,7 @@ def test_rejection_with_and_without_token(probe: StreamProbe, fmt: str) -> None:
 
 
 def test_aws_json_rejection_example(probe: StreamProbe) -> None:
-    """The real AWS answer quoted in PROTOCOL.md 3, for a request past the end of the file with token "rdy"."""
+    """The real AWS answer quoted in docs/protocol.md 3, for a request past the end of the file with token "rdy"."""
     answer = probe.ask_one("get", "json", b'{"c":"rdy","f":0,"l":256,"o":1172,"n":2}')
     example = (
         '{"clientToken":"rdy","c":"rdy","code":"InvalidRequest","o":"InvalidRequest",'

@@ -1,8 +1,8 @@
-"""Conformance, PROTOCOL.md sections 1 and 4: codes that depend on the control plane, changed through boto3.
+"""Conformance, docs/protocol.md sections 1 and 4: codes that depend on the control plane, changed through boto3.
 
 Roles deleted or unable to read, S3 objects deleted or overwritten, streams updated or deleted: each is done with
 a real boto3 client against the emulated control plane while a raw paho client watches what a device would get.
-Also the device ACL over mutual TLS (PROTOCOL.md 1, device policy). Rule -> test: docs/conformance.md.
+Also the device ACL over mutual TLS (docs/protocol.md 1, device policy). Rule -> test: docs/conformance.md.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from device_sim.device_download import FileDownload
 from device_sim.device_types import DownloadSettings, SinkKind
 from device_sim.protocol import FileInfo, GetStreamRequest, StreamDescription
 
-from .fakes_service import FakeStreamService
+from tests.support.fakes_service import FakeStreamService
 
 
 def file_download(

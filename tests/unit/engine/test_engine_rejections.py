@@ -20,7 +20,7 @@ from device_sim.engine import (
 )
 from device_sim.protocol import Rejection
 
-from .fakes_service import BS, asked, blk, content_of, make, requests
+from tests.support.fakes_service import BS, asked, blk, content_of, make, requests
 
 # -------------------------------------------------------------------------------------------- rejections
 

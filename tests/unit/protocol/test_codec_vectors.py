@@ -35,7 +35,7 @@ AWS_BITMAP_REQUEST = GetStreamRequest(file_id=0, block_size=256, offset=20, numb
 AWS_BITMAP_CBOR = "a5 6166 00 616c 190100 616f 14 616e 04 6162 43130080"
 AWS_BITMAP_JSON = b'{"f":0,"l":256,"o":20,"n":4,"b":"0x130080"}'
 
-# The real rejection AWS sent (PROTOCOL.md section 3).
+# The real rejection AWS sent (docs/protocol.md section 3).
 REAL_REJECTION_JSON = (
     b'{"clientToken":"rdy","c":"rdy","code":"InvalidRequest","o":"InvalidRequest",'
     b'"message":"The data requested is out of the range of data available.",'

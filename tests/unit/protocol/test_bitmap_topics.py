@@ -19,7 +19,7 @@ from device_sim.protocol import (
 
 
 def test_aws_docs_bitmap_example() -> None:
-    # PROTOCOL.md: l=256, blocks 20, 21, 24, 43 -> o=20, bytes 13 00 80, JSON "0x130080".
+    # docs/protocol.md: l=256, blocks 20, 21, 24, 43 -> o=20, bytes 13 00 80, JSON "0x130080".
     bitmap = encode_bitmap([20, 21, 24, 43], offset=20)
     assert bitmap == bytes([0x13, 0x00, 0x80])
     assert bitmap_to_hex(bitmap) == "0x130080"

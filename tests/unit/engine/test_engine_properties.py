@@ -32,7 +32,7 @@ from device_sim.engine import (
 from device_sim.protocol import DataBlock, Rejection, decode_bitmap
 from device_sim.protocol.limits import MAX_BITMAP_BYTES, block_count, block_length
 
-from .fakes_service import FakeStreamService, Faults, LinkSimulation, Outcome
+from tests.support.fakes_service import FakeStreamService, Faults, LinkSimulation, Outcome
 
 EXAMPLES = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FILE_ID = 9

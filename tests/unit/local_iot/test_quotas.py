@@ -1,4 +1,4 @@
-"""Quota logic with a virtual clock (PROTOCOL.md section 5)."""
+"""Quota logic with a virtual clock (docs/protocol.md section 5)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from cryptography import x509
 
 from provisioner.cli import main
 from provisioner.manifest import load_manifest
-from tests.unit.test_provisioner_helpers import REGION, FakeStreams, fake_aws
+from tests.unit.provisioner.test_provisioner_helpers import REGION, FakeStreams, fake_aws
 
 FAST = ["--tps", "100000"]
 

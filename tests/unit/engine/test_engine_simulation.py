@@ -8,7 +8,7 @@ import pytest
 
 from device_sim.engine import EngineSettings, EngineState
 
-from .fakes_service import FakeStreamService, Faults, LinkSimulation, Outcome
+from tests.support.fakes_service import FakeStreamService, Faults, LinkSimulation, Outcome
 
 
 def _run(content: bytes, settings: EngineSettings, faults: Faults, seed: int = 1) -> Outcome:

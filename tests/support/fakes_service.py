@@ -1,6 +1,6 @@
 """An in-memory stream service and a lossy link with a virtual clock, to drive the download engine in tests.
 
-``FakeStreamService`` answers GetStream requests per PROTOCOL.md (check order, 128 KiB and ``n`` caps,
+``FakeStreamService`` answers GetStream requests per docs/protocol.md (check order, 128 KiB and ``n`` caps,
 lowest blocks first, the range rules). ``LinkSimulation`` plays the device around one ``DownloadEngine``:
 it carries the engine's requests to the service and the answers back through a priority queue ordered by
 virtual time, with faults (drops, duplicates, jitter that reorders, reordering inside one answer as local_iot

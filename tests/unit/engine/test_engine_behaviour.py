@@ -15,7 +15,7 @@ from device_sim.engine import (
 )
 from device_sim.protocol import GetStreamRequest, decode_bitmap
 
-from .fakes_service import BS, asked, blk, content_of, make, requests
+from tests.support.fakes_service import BS, asked, blk, content_of, make, requests
 
 # ------------------------------------------------------------------------------------------------ requests
 

@@ -87,7 +87,7 @@ TOPIC = build_topic("device-0000001", "stream-v1", Operation.DATA, Format.CBOR)
 
 @pytest.mark.parametrize(("block_size", "expected"), [(4096, 1), (16 * 1024, 4), (128 * 1024, 26)])
 def test_data_block_metering_matches_protocol_md(block_size: int, expected: int) -> None:
-    # PROTOCOL.md section 5: a 4096-byte CBOR block is 1 metered message, 16 KiB is 4, 128 KiB is 26.
+    # docs/protocol.md section 5: a 4096-byte CBOR block is 1 metered message, 16 KiB is 4, 128 KiB is 26.
     assert 45 <= len(TOPIC) <= 55
     payload = encode_data_block(Format.CBOR, 0, 7, b"\xab" * block_size, client_token="rdy")
     meter = MessageMeter()

@@ -1,4 +1,4 @@
-"""StreamServiceCore against InMemoryCatalog: PROTOCOL.md sections 3-4, raw CBOR/JSON payloads, no network."""
+"""StreamServiceCore against InMemoryCatalog: docs/protocol.md sections 3-4, raw CBOR/JSON payloads, no network."""
 
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def test_last_block_is_the_remainder(core: StreamServiceCore) -> None:
 
 def test_default_n_is_128_kib_worth(core: StreamServiceCore) -> None:
     assert blocks(ask(core, "get", {"f": 7, "l": 1024})) == list(range(128))
-    # on a file smaller than 128 KiB the default reaches past the end (PROTOCOL.md: always send n or b)
+    # on a file smaller than 128 KiB the default reaches past the end (docs/protocol.md: always send n or b)
     assert rejected(ask(core, "get", {"f": 0, "l": 1024}))["m"] == OUT_OF_RANGE_MESSAGE
 
 
