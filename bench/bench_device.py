@@ -39,8 +39,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 import boto3  # noqa: E402
 from bench_service import raw_rate  # noqa: E402
 
-from device_sim.cli_options import parse_size  # noqa: E402
-from device_sim.device import Device, DeviceResult, DownloadSettings, SinkKind  # noqa: E402
+from device_sim.cli.options import parse_size  # noqa: E402
+from device_sim.device.device import Device, DeviceResult, DownloadSettings, SinkKind  # noqa: E402
 from device_sim.protocol import Format, encode_data_block  # noqa: E402
 from device_sim.transport import FlowControl, TransportSettings  # noqa: E402
 

@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from device_sim.engine import DownloadEngine, EngineSettings, SendRequest
+from device_sim.engine.machine import DownloadEngine, EngineSettings, SendRequest
 from device_sim.protocol import DataBlock, decode_bitmap
 from device_sim.protocol.limits import block_length
 from tests.support.fakes_service import FakeStreamService, Faults, LinkSimulation

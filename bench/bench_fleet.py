@@ -7,7 +7,7 @@ Run: ``.venv/bin/python bench/bench_fleet.py [--devices 1000] [--size 1MiB] [--b
 How it works: ``local-iot up`` runs as a subprocess (no quotas, no latency), so the emulator does not share a GIL
 with the fleet; ``provisioner up`` creates the stream and N things with certificates (not timed). Every measurement
 is then a fresh child process of this script (``worker ...``), so that its peak RSS is its own:
-- ``fleet``: ``device_sim.fleet.run_fleet`` over the manifest, exactly what ``device-sim fleet`` runs (digest sinks,
+- ``fleet``: ``device_sim.fleet.runner.run_fleet`` over the manifest, exactly what ``device-sim fleet`` runs (digest sinks,
   S3 verification, default flow control); it reports wall time, goodput, and ``FleetRun.memory`` (RSS when the
   devices start, peak RSS until they end, from the kernel's VmHWM);
 - ``bare``: N ``MqttTransport`` connections, each subscribed to its device's three topics, no download: the cost
@@ -44,7 +44,7 @@ TARGET_GOODPUT_RATIO = 0.5
 
 
 def _load(manifest: Path, no_tls: bool, devices: int) -> tuple[Any, list[Any]]:
-    from device_sim.fleet import target_from_manifest
+    from device_sim.fleet.runner import target_from_manifest
     from provisioner.manifest import load_manifest
 
     target, identities = target_from_manifest(load_manifest(manifest), no_tls=no_tls)
@@ -52,10 +52,10 @@ def _load(manifest: Path, no_tls: bool, devices: int) -> tuple[Any, list[Any]]:
 
 
 async def _fleet_worker(args: argparse.Namespace) -> dict[str, Any]:
-    from device_sim.cli_download import make_source
-    from device_sim.device import DownloadSettings, SinkKind
-    from device_sim.fleet import FleetProgress, FleetSettings, run_fleet
-    from device_sim.fleet_resources import drop_system_trust_env, ensure_open_files
+    from device_sim.cli.download import make_source
+    from device_sim.device.device import DownloadSettings, SinkKind
+    from device_sim.fleet.resources import drop_system_trust_env, ensure_open_files
+    from device_sim.fleet.runner import FleetProgress, FleetSettings, run_fleet
     from device_sim.transport import FlowControl
 
     target, identities = _load(args.manifest, args.no_tls, args.devices)
@@ -96,8 +96,8 @@ async def _fleet_worker(args: argparse.Namespace) -> dict[str, Any]:
 
 async def _bare_worker(args: argparse.Namespace) -> dict[str, Any]:
     """N connections subscribed like devices, nothing downloaded: what the connections alone cost."""
-    from device_sim.fleet import fleet_crt_resources, transport_for
-    from device_sim.fleet_resources import MemoryMeter, drop_system_trust_env, ensure_open_files
+    from device_sim.fleet.resources import MemoryMeter, drop_system_trust_env, ensure_open_files
+    from device_sim.fleet.runner import fleet_crt_resources, transport_for
     from device_sim.protocol import Format, subscription_filters
     from device_sim.transport import FlowControl, MqttTransport
 
@@ -158,7 +158,7 @@ def worker_main(argv: list[str]) -> int:
 
 
 def _size(text: str) -> int:
-    from device_sim.cli_options import parse_size
+    from device_sim.cli.options import parse_size
 
     return parse_size(text)
 

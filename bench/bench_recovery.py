@@ -35,7 +35,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from bench_device import LocalIotProcess  # noqa: E402
 
-from device_sim.device import Device, DownloadSettings, SinkKind  # noqa: E402
+from device_sim.device.device import Device, DownloadSettings, SinkKind  # noqa: E402
 from device_sim.protocol import Format  # noqa: E402
 from device_sim.transport import FlowControl, TransportSettings  # noqa: E402
 

@@ -1,3 +1,3 @@
-from .cli import main
+from device_sim.cli import main
 
 main()

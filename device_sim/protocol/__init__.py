@@ -3,8 +3,8 @@
 ``local_iot`` imports it too, so the client and the emulator share one definition of the wire format.
 """
 
-from .bitmap import bitmap_from_hex, bitmap_to_hex, decode_bitmap, encode_bitmap, highest_bit
-from .codec import (
+from device_sim.protocol.bitmap import bitmap_from_hex, bitmap_to_hex, decode_bitmap, encode_bitmap, highest_bit
+from device_sim.protocol.codec import (
     decode_answer,
     decode_data_block,
     decode_request,
@@ -12,7 +12,7 @@ from .codec import (
     encode_data_block,
     encode_request,
 )
-from .errors import (
+from device_sim.protocol.errors import (
     OUT_OF_RANGE_MESSAGE,
     ErrorCode,
     InvalidTopicError,
@@ -21,8 +21,8 @@ from .errors import (
     RequestRejected,
     StreamProtocolError,
 )
-from .limits import block_count, block_length, max_blocks_per_request, metered_messages
-from .messages import (
+from device_sim.protocol.limits import block_count, block_length, max_blocks_per_request, metered_messages
+from device_sim.protocol.messages import (
     Answer,
     DataBlock,
     DescribeStreamRequest,
@@ -32,7 +32,7 @@ from .messages import (
     Request,
     StreamDescription,
 )
-from .topics import (
+from device_sim.protocol.topics import (
     Format,
     Operation,
     StreamTopic,

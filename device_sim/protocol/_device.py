@@ -17,7 +17,7 @@ import base64
 import binascii
 from collections.abc import Mapping
 
-from ._wire import (
+from device_sim.protocol._wire import (
     BREAK,
     FIELD_NAMES,
     KEY_BITMAP,
@@ -49,9 +49,9 @@ from ._wire import (
     load_first_cbor_item,
     show_int,
 )
-from .bitmap import bitmap_to_hex
-from .errors import LocalProtocolError, RemoteProtocolError
-from .limits import (
+from device_sim.protocol.bitmap import bitmap_to_hex
+from device_sim.protocol.errors import LocalProtocolError, RemoteProtocolError
+from device_sim.protocol.limits import (
     MAX_BITMAP_BYTES,
     MAX_BLOCK_COUNT,
     MAX_BLOCK_SIZE,
@@ -63,7 +63,7 @@ from .limits import (
     MIN_BLOCK_SIZE,
     MIN_FILE_ID,
 )
-from .messages import (
+from device_sim.protocol.messages import (
     Answer,
     DataBlock,
     DescribeStreamRequest,
@@ -73,7 +73,7 @@ from .messages import (
     Request,
     StreamDescription,
 )
-from .topics import Format, Operation
+from device_sim.protocol.topics import Format, Operation
 
 # ------------------------------------------------------------------------------------------- encode_request
 

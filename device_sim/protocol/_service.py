@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Mapping
 
-from ._wire import (
+from device_sim.protocol._wire import (
     BEGIN_MAP,
     BREAK,
     FIELD_NAMES,
@@ -44,9 +44,9 @@ from ._wire import (
     load_document,
     show_int,
 )
-from .bitmap import bitmap_from_hex
-from .errors import ErrorCode, LocalProtocolError, RequestRejected
-from .limits import (
+from device_sim.protocol.bitmap import bitmap_from_hex
+from device_sim.protocol.errors import ErrorCode, LocalProtocolError, RequestRejected
+from device_sim.protocol.limits import (
     MAX_BITMAP_BYTES,
     MAX_BLOCK_COUNT,
     MAX_BLOCK_SIZE,
@@ -57,8 +57,15 @@ from .limits import (
     MIN_BLOCK_SIZE,
     MIN_FILE_ID,
 )
-from .messages import DataBlock, DescribeStreamRequest, GetStreamRequest, Rejection, Request, StreamDescription
-from .topics import Format, Operation
+from device_sim.protocol.messages import (
+    DataBlock,
+    DescribeStreamRequest,
+    GetStreamRequest,
+    Rejection,
+    Request,
+    StreamDescription,
+)
+from device_sim.protocol.topics import Format, Operation
 
 _INT_KEYS = (KEY_VERSION, KEY_FILE_ID, KEY_BLOCK_SIZE, KEY_OFFSET, KEY_COUNT)
 

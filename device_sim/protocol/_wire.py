@@ -23,7 +23,7 @@ from typing import Final
 
 import cbor2
 
-from .topics import Format
+from device_sim.protocol.topics import Format
 
 # One-letter wire keys (docs/protocol.md section 3) and the long-form keys of rejections.
 KEY_TOKEN: Final = "c"

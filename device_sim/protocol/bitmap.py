@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .errors import LocalProtocolError
+from device_sim.protocol.errors import LocalProtocolError
 
 
 def encode_bitmap(blocks: Iterable[int], offset: int, total_blocks: int | None = None) -> bytes:

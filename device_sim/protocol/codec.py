@@ -11,9 +11,9 @@ translation of cbor2/json exceptions happen in one place, ``_wire.load_document`
 
 from __future__ import annotations
 
-from . import _device, _service
-from .messages import Answer, Request
-from .topics import Format, Operation
+from device_sim.protocol import _device, _service
+from device_sim.protocol.messages import Answer, Request
+from device_sim.protocol.topics import Format, Operation
 
 __all__ = [
     "decode_answer",

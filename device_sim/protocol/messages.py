@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import ErrorCode
+from device_sim.protocol.errors import ErrorCode
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .errors import InvalidTopicError, LocalProtocolError
-from .limits import MAX_TOPIC_BYTES, MAX_TOPIC_SLASHES
+from device_sim.protocol.errors import InvalidTopicError, LocalProtocolError
+from device_sim.protocol.limits import MAX_TOPIC_BYTES, MAX_TOPIC_SLASHES
 
 
 class Format(StrEnum):

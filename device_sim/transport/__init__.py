@@ -8,9 +8,9 @@
 See docs/transport.md.
 """
 
-from .client import MqttTransport
-from .crt import CrtResources, shared_crt_resources
-from .errors import (
+from device_sim.transport.client import MqttTransport
+from device_sim.transport.crt import CrtResources, shared_crt_resources
+from device_sim.transport.errors import (
     ConnectError,
     ConnectFailure,
     ConnectionLost,
@@ -22,8 +22,15 @@ from .errors import (
     TransportError,
     TransportUsageError,
 )
-from .settings import AWS_MQTT_ALPN, FlowControl, MqttProtocol, QoS, TransportSettings
-from .state import TRANSITIONS, ConnectionEvent, ConnectionEventKind, Input, TransportState, transition
+from device_sim.transport.settings import AWS_MQTT_ALPN, FlowControl, MqttProtocol, QoS, TransportSettings
+from device_sim.transport.state import (
+    TRANSITIONS,
+    ConnectionEvent,
+    ConnectionEventKind,
+    Input,
+    TransportState,
+    transition,
+)
 
 __all__ = [
     "AWS_MQTT_ALPN",

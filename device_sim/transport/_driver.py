@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .settings import QoS
+from device_sim.transport.settings import QoS
 
 CrtFuture = concurrent.futures.Future[Any]
 

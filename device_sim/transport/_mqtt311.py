@@ -16,11 +16,11 @@ from typing import Any
 from awscrt import mqtt  # type: ignore[import-untyped]
 from awscrt.io import ClientTlsContext  # type: ignore[import-untyped]
 
-from ..protocol.limits import CONNECTION_BYTES_PER_SECOND, CONNECTION_PUBLISHES_PER_SECOND
-from ._driver import CrtFuture, DriverHooks, LoopHop
-from .crt import CrtResources, socket_options
-from .errors import BrokerRefusal, SubscribeRejected
-from .settings import FlowControl, QoS, TransportSettings
+from device_sim.protocol.limits import CONNECTION_BYTES_PER_SECOND, CONNECTION_PUBLISHES_PER_SECOND
+from device_sim.transport._driver import CrtFuture, DriverHooks, LoopHop
+from device_sim.transport.crt import CrtResources, socket_options
+from device_sim.transport.errors import BrokerRefusal, SubscribeRejected
+from device_sim.transport.settings import FlowControl, QoS, TransportSettings
 
 
 class OutboundLimiter:

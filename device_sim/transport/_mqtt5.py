@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from awscrt import mqtt5  # type: ignore[import-untyped]
 from awscrt.io import ClientTlsContext  # type: ignore[import-untyped]
 
-from ._driver import CrtFuture, DriverHooks, LoopHop
-from .crt import CrtResources, socket_options
-from .errors import BrokerRefusal, SubscribeRejected
-from .settings import FlowControl, QoS, TransportSettings
+from device_sim.transport._driver import CrtFuture, DriverHooks, LoopHop
+from device_sim.transport.crt import CrtResources, socket_options
+from device_sim.transport.errors import BrokerRefusal, SubscribeRejected
+from device_sim.transport.settings import FlowControl, QoS, TransportSettings
 
 #: AWS IoT accepts at most 8 topic filters per SUBSCRIBE.
 _FILTERS_PER_SUBSCRIBE = 8

@@ -12,8 +12,8 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from ._driver import CrtFuture, LoopHop
-from .errors import TransportError
+from device_sim.transport._driver import CrtFuture, LoopHop
+from device_sim.transport.errors import TransportError
 
 
 class PendingOps:

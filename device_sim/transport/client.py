@@ -25,12 +25,12 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Self
 
-from ._driver import CrtFuture, Driver, DriverHooks, LoopHop
-from ._mqtt5 import Mqtt5Driver
-from ._mqtt311 import Mqtt311Driver, OutboundLimiter
-from ._pending import PendingOps
-from .crt import CrtResources, build_tls_context, shared_crt_resources
-from .errors import (
+from device_sim.transport._driver import CrtFuture, Driver, DriverHooks, LoopHop
+from device_sim.transport._mqtt5 import Mqtt5Driver
+from device_sim.transport._mqtt311 import Mqtt311Driver, OutboundLimiter
+from device_sim.transport._pending import PendingOps
+from device_sim.transport.crt import CrtResources, build_tls_context, shared_crt_resources
+from device_sim.transport.errors import (
     ConnectError,
     ConnectFailure,
     ConnectionLost,
@@ -45,9 +45,9 @@ from .errors import (
     foreign_errors,
     translate,
 )
-from .settings import MqttProtocol, QoS, TransportSettings
-from .state import ConnectionEvent, ConnectionEventKind, Input, TransportState, transition
-from .tls_probe import diagnose_tls
+from device_sim.transport.settings import MqttProtocol, QoS, TransportSettings
+from device_sim.transport.state import ConnectionEvent, ConnectionEventKind, Input, TransportState, transition
+from device_sim.transport.tls_probe import diagnose_tls
 
 log = logging.getLogger(__name__)
 

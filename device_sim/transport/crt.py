@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from awscrt import io  # type: ignore[import-untyped]
 
-from .settings import AWS_MQTT_ALPN, TransportSettings
+from device_sim.transport.settings import AWS_MQTT_ALPN, TransportSettings
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from pathlib import Path
 
-from .errors import InvalidSettings
+from device_sim.transport.errors import InvalidSettings
 
 #: ALPN protocol AWS IoT Core expects for MQTT with X.509 client certificates on port 443.
 AWS_MQTT_ALPN = "x-amzn-mqtt-ca"

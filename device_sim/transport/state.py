@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from .errors import TransportError, TransportUsageError
+from device_sim.transport.errors import TransportError, TransportUsageError
 
 
 class TransportState(Enum):

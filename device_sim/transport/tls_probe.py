@@ -14,7 +14,7 @@ import contextlib
 import logging
 import ssl
 
-from .settings import AWS_MQTT_ALPN, TransportSettings
+from device_sim.transport.settings import AWS_MQTT_ALPN, TransportSettings
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from device_sim.device import Device, DeviceCancelled, DownloadSettings, SinkKind
+from device_sim.device.device import Device, DeviceCancelled, DownloadSettings, SinkKind
 from device_sim.transport import TransportSettings
 from local_iot.ports import free_port
 from local_iot.runner import LocalIot

@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from device_sim.cli import main as device_sim
-from device_sim.device import DownloadSettings, SinkKind
-from device_sim.fleet import FleetProgress, FleetSettings, run_fleet, target_from_manifest
-from device_sim.report import read_devices_jsonl
+from device_sim.device.device import DownloadSettings, SinkKind
+from device_sim.device.verify import S3Source
+from device_sim.fleet.runner import FleetProgress, FleetSettings, run_fleet, target_from_manifest
+from device_sim.results.files import read_devices_jsonl
 from device_sim.transport import FlowControl
-from device_sim.verify import S3Source
 from local_iot.runner import LocalIot
 from provisioner.manifest import load_manifest
 from tests.e2e.test_fleet import provision

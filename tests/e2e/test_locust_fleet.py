@@ -25,8 +25,8 @@ import pytest
 from click.testing import CliRunner
 
 from device_sim.cli import main as device_sim
-from device_sim.cli_locust import ENGINE_PATH
-from device_sim.report import REPORT_FILES
+from device_sim.cli.locust import ENGINE_PATH
+from device_sim.results.files import REPORT_FILES
 from local_iot.runner import LocalIot, LocalIotSettings
 
 from .test_fleet import provision

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from device_sim.locust_fleet.messages import (
+from device_sim.fleet.locust.messages import (
     Config,
     Finished,
     HostFailed,
@@ -25,7 +25,7 @@ from device_sim.locust_fleet.messages import (
     decode_host_line,
     encode_host_line,
 )
-from device_sim.metrics import DeviceMetrics
+from device_sim.results.metrics import DeviceMetrics
 from local_iot.runner import LocalIot
 
 from .test_fleet import provision
@@ -40,7 +40,7 @@ class Host:
 
     def __init__(self, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "device_sim.locust_fleet.host"],
+            [sys.executable, "-m", "device_sim.fleet.locust.host"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,

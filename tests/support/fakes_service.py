@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from device_sim.engine import (
+from device_sim.engine.machine import (
     Complete,
     DiscardBlocks,
     DownloadEngine,

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from device_sim.device_download import FileDownload
-from device_sim.device_types import DeviceFailure, DownloadSettings, SinkKind
-from device_sim.metrics import FailureKind
+from device_sim.device.download import FileDownload
+from device_sim.device.types import DeviceFailure, DownloadSettings, SinkKind
 from device_sim.protocol import (
     DescribeStreamRequest,
     FileInfo,
@@ -30,6 +29,7 @@ from device_sim.protocol import (
     decode_data_block,
     encode_request,
 )
+from device_sim.results.metrics import FailureKind
 from device_sim.sinks import FileSink, MemorySink
 from local_iot.memory_catalog import InMemoryCatalog
 from local_iot.service import AnswerKind, Outgoing, StreamServiceCore

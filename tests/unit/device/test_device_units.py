@@ -9,8 +9,8 @@ from typing import Any
 import click
 import pytest
 
-from device_sim.cli_download import EXIT_CODES, exit_code
-from device_sim.cli_options import (
+from device_sim.cli.download import EXIT_CODES, exit_code
+from device_sim.cli.options import (
     SizeListType,
     SizeType,
     build_download_settings,
@@ -18,13 +18,13 @@ from device_sim.cli_options import (
     parse_size,
     transport_choices,
 )
-from device_sim.device import NO_SUCH_FILE, DeviceFailure, DeviceResult, DownloadSettings, FileResult, SinkKind
-from device_sim.device_download import engine_failure
-from device_sim.engine_types import Failed, FailureReason
-from device_sim.metrics import DeviceMetrics, FailureKind
+from device_sim.device.device import NO_SUCH_FILE, DeviceFailure, DeviceResult, DownloadSettings, FileResult, SinkKind
+from device_sim.device.download import engine_failure
+from device_sim.device.verify import block_crcs, compare
+from device_sim.engine.types import Failed, FailureReason
 from device_sim.protocol import Format
+from device_sim.results.metrics import DeviceMetrics, FailureKind
 from device_sim.transport import FlowControl, MqttProtocol, QoS
-from device_sim.verify import block_crcs, compare
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from device_sim.engine import (
+from device_sim.engine.machine import (
     Complete,
     DownloadEngine,
     EngineSettings,
@@ -14,7 +14,6 @@ from device_sim.engine import (
     WriteBlock,
 )
 from device_sim.protocol import GetStreamRequest, decode_bitmap
-
 from tests.support.fakes_service import BS, asked, blk, content_of, make, requests
 
 # ------------------------------------------------------------------------------------------------ requests

@@ -10,10 +10,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from device_sim.device_download import FileDownload
-from device_sim.device_types import DownloadSettings, SinkKind
+from device_sim.device.download import FileDownload
+from device_sim.device.types import DownloadSettings, SinkKind
 from device_sim.protocol import FileInfo, GetStreamRequest, StreamDescription
-
 from tests.support.fakes_service import FakeStreamService
 
 

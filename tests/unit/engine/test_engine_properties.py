@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from device_sim.engine import (
+from device_sim.engine.machine import (
     TRANSITIONS,
     Complete,
     DiscardBlocks,
@@ -31,7 +31,6 @@ from device_sim.engine import (
 )
 from device_sim.protocol import DataBlock, Rejection, decode_bitmap
 from device_sim.protocol.limits import MAX_BITMAP_BYTES, block_count, block_length
-
 from tests.support.fakes_service import FakeStreamService, Faults, LinkSimulation, Outcome
 
 EXAMPLES = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -7,10 +7,19 @@ import random
 
 import pytest
 
-from device_sim.engine import EngineSettings, EngineState, FailureReason
-from device_sim.engine_rtt import FAST_RETRY_MIN, RttEstimator
-
-from tests.support.fakes_service import BS, FakeStreamService, Faults, LinkSimulation, asked, blk, content_of, make, requests
+from device_sim.engine.machine import EngineSettings, EngineState, FailureReason
+from device_sim.engine.rtt import FAST_RETRY_MIN, RttEstimator
+from tests.support.fakes_service import (
+    BS,
+    FakeStreamService,
+    Faults,
+    LinkSimulation,
+    asked,
+    blk,
+    content_of,
+    make,
+    requests,
+)
 
 # ------------------------------------------------------------------------------------------- idle timeout
 

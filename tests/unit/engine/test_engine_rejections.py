@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from device_sim.engine import (
+from device_sim.engine.machine import (
     Complete,
     DiscardBlocks,
     EngineState,
@@ -19,7 +19,6 @@ from device_sim.engine import (
     classify_rejection,
 )
 from device_sim.protocol import Rejection
-
 from tests.support.fakes_service import BS, asked, blk, content_of, make, requests
 
 # -------------------------------------------------------------------------------------------- rejections

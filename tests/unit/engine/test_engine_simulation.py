@@ -6,8 +6,7 @@ import random
 
 import pytest
 
-from device_sim.engine import EngineSettings, EngineState
-
+from device_sim.engine.machine import EngineSettings, EngineState
 from tests.support.fakes_service import FakeStreamService, Faults, LinkSimulation, Outcome
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from device_sim.engine import (
+from device_sim.engine.machine import (
     TRANSITIONS,
     Complete,
     DownloadEngine,

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from device_sim.fleet import FleetSettings, fleet_crt_threads
-from device_sim.fleet_resources import (
+from device_sim.fleet.resources import (
     FDS_RESERVED,
     MemoryMeter,
     MemoryUse,
     drop_system_trust_env,
     system_trust_env_dropped,
 )
+from device_sim.fleet.runner import FleetSettings, fleet_crt_threads
 
 resource = pytest.importorskip("resource")
 
@@ -36,7 +36,7 @@ def test_the_soft_limit_is_raised_to_what_the_devices_need() -> None:
     done = run_python(
         """
         import resource
-        from device_sim.fleet_resources import ensure_open_files
+        from device_sim.fleet.resources import ensure_open_files
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
         print(ensure_open_files(2000), resource.getrlimit(resource.RLIMIT_NOFILE)[0], ensure_open_files(10))
@@ -52,7 +52,7 @@ def test_a_hard_limit_too_low_says_what_to_do() -> None:
     done = run_python(
         """
         import resource
-        from device_sim.fleet_resources import OpenFilesLimit, ensure_open_files
+        from device_sim.fleet.resources import OpenFilesLimit, ensure_open_files
         resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
         try:
             ensure_open_files(1000)

@@ -9,8 +9,8 @@ from typing import Any
 import click
 import pytest
 
-from device_sim.locust_fleet.ledger import LOST, UNREPORTED, FleetLedger, WorkerInfo, start_delay
-from device_sim.locust_fleet.messages import (
+from device_sim.fleet.locust.ledger import LOST, UNREPORTED, FleetLedger, WorkerInfo, start_delay
+from device_sim.fleet.locust.messages import (
     Claim,
     Config,
     Finished,
@@ -26,13 +26,13 @@ from device_sim.locust_fleet.messages import (
     decode_host_line,
     encode_host_line,
 )
-from device_sim.locust_fleet.options import (
+from device_sim.fleet.locust.options import (
     add_to_argparse,
     args_from_namespace,
     params_to_args,
     parse_device_args,
 )
-from device_sim.metrics import DeviceMetrics
+from device_sim.results.metrics import DeviceMetrics
 
 W1 = WorkerInfo(node_id="w1", pid=101, hostname="load-1")
 W2 = WorkerInfo(node_id="w2", pid=202, hostname="load-2")

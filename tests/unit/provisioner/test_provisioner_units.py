@@ -62,7 +62,7 @@ from provisioner.validation import (
     parse_size,
 )
 
-# --- validation (docs/protocol.md section 1) ---------------------------------------------------------------------------
+# --- validation (docs/protocol.md section 1) ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("stream_id", ["a", "fw-test", "A_b-9", "x" * 128])

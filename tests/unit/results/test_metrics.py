@@ -12,8 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device_sim.collect import MessageMeter, ProgressSampler
-from device_sim.metrics import (
+from device_sim.device.meters import MessageMeter, ProgressSampler
+from device_sim.protocol.codec import encode_data_block
+from device_sim.protocol.limits import DEFAULT_PRICE_PER_MILLION_MESSAGES_USD, METERING_STEP_BYTES
+from device_sim.protocol.topics import Format, Operation, build_topic
+from device_sim.results.metrics import (
     MAX_PROGRESS_SAMPLES,
     DeviceMetrics,
     FailureKind,
@@ -26,9 +29,6 @@ from device_sim.metrics import (
     failure_reason,
     percentile,
 )
-from device_sim.protocol.codec import encode_data_block
-from device_sim.protocol.limits import DEFAULT_PRICE_PER_MILLION_MESSAGES_USD, METERING_STEP_BYTES
-from device_sim.protocol.topics import Format, Operation, build_topic
 
 # --- percentiles ---------------------------------------------------------------------------------------------
 

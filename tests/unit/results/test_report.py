@@ -18,8 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from device_sim.metrics import DeviceMetrics, FleetSummary, aggregate
-from device_sim.report import (
+from device_sim.cli.rich_tables import rich_summary_table, rich_sweep_table
+from device_sim.results.files import (
     CSV_COLUMNS,
     JUNIT_SUITE_NAME,
     REPORT_FILES,
@@ -35,8 +35,8 @@ from device_sim.report import (
     render_sweep_table,
     write_reports,
 )
-from device_sim.report_rich import rich_summary_table, rich_sweep_table
-from device_sim.svg import Series, histogram, histogram_chart, line_chart, nice_ticks
+from device_sim.results.metrics import DeviceMetrics, FleetSummary, aggregate
+from device_sim.results.svg import Series, histogram, histogram_chart, line_chart, nice_ticks
 
 NASTY = "bad <block> & \"quoted\" 'single' ünïcødé ✓ \x01\x1b end"
 MIB = 1 << 20

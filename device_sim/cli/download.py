@@ -1,0 +1,300 @@
+"""``device-sim download``: one device downloads a stream, verifies it and reports.
+
+Exit codes: 0 every file downloaded and verified; 1 verification mismatch; 2 bad arguments (printed as one line,
+before anything is written); 3 rejected by the service or the broker; 4 timeout/abort; 5 connection or TLS
+failure; 6 anything else (storage, source unreadable, a bug).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from device_sim.cli.options import build_download_settings, download_options, pem_file, transport_choices
+from device_sim.device.device import NO_SUCH_FILE, Device, DeviceResult, SinkKind
+from device_sim.device.verify import S3Source
+from device_sim.results.metrics import FailureKind
+from device_sim.transport import InvalidSettings, TransportSettings
+
+EXIT_CODES = {
+    FailureKind.VERIFY_MISMATCH: 1,
+    FailureKind.REJECTED: 3,
+    FailureKind.TIMEOUT: 4,
+    FailureKind.CONNECT: 5,
+    FailureKind.DISCONNECTED: 5,
+    FailureKind.CANCELLED: 6,
+    FailureKind.ERROR: 6,
+}
+
+
+EXIT_BAD_ARGUMENTS = 2
+
+
+class BadArguments(click.ClickException):
+    """A usage error printed as one line (``Error: ...``), exit code 2."""
+
+    exit_code = EXIT_BAD_ARGUMENTS
+
+
+class ManifestProblem(BadArguments):
+    pass
+
+
+class OneLineErrors(click.Command):
+    """A click command whose usage errors are one line (no usage banner), so scripts can log them."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise BadArguments(f"{exc.format_message()} (see --help)") from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise BadArguments(exc.format_message()) from None
+
+
+def resolve_from_manifest(manifest_path: Path, thing: str | None) -> dict[str, Any]:
+    """Endpoint, port, certificates, stream and AWS endpoint for ``thing`` from a provisioner manifest."""
+    from provisioner.errors import ProvisionerError
+    from provisioner.manifest import load_manifest
+
+    try:
+        manifest = load_manifest(manifest_path)
+    except ProvisionerError as exc:
+        raise ManifestProblem(str(exc)) from exc
+    if manifest.mqtt is None:
+        raise ManifestProblem(f"{manifest_path} has no MQTT endpoint: run `provisioner up` with --mqtt-endpoint")
+    if manifest.stream is None:
+        raise ManifestProblem(f"{manifest_path} records no stream: run `provisioner up` first")
+    things = {t.name: t for t in manifest.things}
+    if not things:
+        raise ManifestProblem(f"{manifest_path} records no things: run `provisioner up --things N`")
+    record = things.get(thing) if thing else next(iter(things.values()))
+    if record is None:
+        raise ManifestProblem(f"thing {thing!r} is not in {manifest_path} (it has {', '.join(list(things)[:5])}...)")
+    if record.cert_path is None or record.key_path is None:
+        raise ManifestProblem(f"thing {record.name} has no certificate files in {manifest_path}")
+    return {
+        "endpoint": manifest.mqtt.host,
+        "port": manifest.mqtt.port,
+        "ca": manifest.mqtt.ca_path,
+        "cert": record.cert_path,
+        "key": record.key_path,
+        "thing": record.name,
+        "stream": manifest.stream.stream_id,
+        "aws_endpoint_url": manifest.aws_endpoint_url,
+        "region": manifest.region,
+    }
+
+
+def make_source(aws_endpoint_url: str | None, region: str | None) -> S3Source:
+    """An S3Source on the standard boto3 chain; the manifest's endpoint (local_iot) when the env sets none."""
+    import os
+
+    import boto3
+
+    if aws_endpoint_url and "AWS_ENDPOINT_URL" not in os.environ:
+        os.environ["AWS_ENDPOINT_URL"] = aws_endpoint_url
+    region = region or os.environ.get("AWS_REGION") or None
+    session = boto3.Session(region_name=region)
+    if aws_endpoint_url and session.get_credentials() is None:
+        # The manifest was made against a custom endpoint (local_iot), which takes any credentials; a real
+        # account's manifest has no endpoint URL, so real credentials are never replaced by these.
+        session = boto3.Session(region_name=region, aws_access_key_id="testing", aws_secret_access_key="testing")
+    return S3Source(session)
+
+
+@click.command("download", cls=OneLineErrors)
+@click.option(
+    "--manifest",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Take endpoint, certificates and stream from a `provisioner up` manifest.",
+)
+@click.option("--endpoint", default=None, help="MQTT endpoint host (AWS: describe-endpoint iot:Data-ATS).")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="MQTT port [default: 8883 with TLS, 1883 with --no-tls; 443 uses ALPN].",
+)
+@click.option("--cert", type=click.Path(path_type=Path), default=None, help="Device certificate (PEM).")
+@click.option("--key", type=click.Path(path_type=Path), default=None, help="Device private key (PEM).")
+@click.option("--ca", type=click.Path(path_type=Path), default=None, help="Root CA (AmazonRootCA1.pem on AWS).")
+@click.option("--no-tls", is_flag=True, help="Plain TCP (local benches only).")
+@click.option("--thing", default=None, help="Thing name (also the MQTT client id).")
+@click.option("--client-id", default=None, help="MQTT client id [default: the thing name].")
+@click.option("--stream", "stream_id", default=None, help="Stream id.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the file here (only after it verified). Several files: OUT.<fileId>.",
+)
+@click.option(
+    "--sink",
+    type=click.Choice(["digest", "memory", "file"]),
+    default=None,
+    help="Where blocks go [default: file with --out, else a streaming digest].",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Resume state: a killed download continues from the blocks persisted here (needs --out).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a one-line JSON summary instead of text.")
+@download_options
+def download_command(**params: Any) -> None:
+    """Download a stream as one device, verify it, and exit 0 only if every file verified."""
+    resolved: dict[str, Any] = {}
+    if params["manifest"] is not None:
+        resolved = resolve_from_manifest(params["manifest"], params["thing"])
+    endpoint = _required(params["endpoint"] or resolved.get("endpoint"), "--endpoint")
+    thing = _required(params["thing"] or resolved.get("thing"), "--thing")
+    stream_id = _required(params["stream_id"] or resolved.get("stream"), "--stream")
+    no_tls = params["no_tls"]
+    cert = pem_file(params["cert"] or (None if no_tls else resolved.get("cert")), "--cert", "CERTIFICATE")
+    key = pem_file(params["key"] or (None if no_tls else resolved.get("key")), "--key", "PRIVATE KEY")
+    ca = pem_file(params["ca"] or (None if no_tls else resolved.get("ca")), "--ca", "CERTIFICATE")
+    if not no_tls and (cert is None or key is None):
+        raise click.UsageError("mutual TLS needs --cert and --key (or --no-tls for a plain local broker)")
+    out, state_dir = params["out"], params["state_dir"]
+    sink = params["sink"] or (SinkKind.FILE if out else SinkKind.DIGEST)
+    if state_dir is not None and out is None:
+        raise click.UsageError("--state-dir resumes a file download: give --out too")
+    if sink == SinkKind.FILE and out is None:
+        raise click.UsageError("--sink file needs --out")
+    settings = build_download_settings(params, sink=sink, out=out, state_dir=state_dir)
+    port = params["port"] or (None if no_tls else resolved.get("port"))
+    try:
+        transport = TransportSettings(
+            endpoint=endpoint,
+            port=port,
+            cert=cert,
+            key=key,
+            ca=ca,
+            no_tls=no_tls,
+            client_id=params["client_id"] or thing,
+            **transport_choices(params),
+        )
+    except InvalidSettings as exc:
+        raise click.UsageError(str(exc)) from None
+    source = None
+    if settings.verify_s3 and settings.expect_sha256 is None:
+        source = make_source(resolved.get("aws_endpoint_url"), resolved.get("region"))
+    else:
+        settings = replace(settings, verify_s3=False)
+
+    def make_device(on_progress: Callable[[int], None] | None) -> Device:
+        return Device(
+            thing_name=thing,
+            stream_id=stream_id,
+            transport=transport,
+            settings=settings,
+            source=source,
+            on_progress=on_progress,
+        )
+
+    result = _run_with_progress(make_device, f"{thing} <- {stream_id}", quiet=params["as_json"])
+    _report(result, as_json=params["as_json"])
+    if not result.ok:
+        sys.exit(exit_code(result))
+
+
+def _required(value: Any, option: str) -> str:
+    if not value:
+        raise click.UsageError(f"{option} is required (or --manifest)")
+    return str(value)
+
+
+def exit_code(result: DeviceResult) -> int:
+    """The exit code of a finished run (0 only when every file downloaded and verified)."""
+    if result.ok:
+        return 0
+    failure = result.failure
+    if failure is None:
+        return EXIT_CODES[FailureKind.VERIFY_MISMATCH]
+    if failure.kind is FailureKind.ERROR and failure.detail == NO_SUCH_FILE:
+        return EXIT_BAD_ARGUMENTS  # --file-id names a file the stream does not have
+    return EXIT_CODES[failure.kind]
+
+
+def _run_with_progress(
+    make_device: Callable[[Callable[[int], None] | None], Device], title: str, *, quiet: bool
+) -> DeviceResult:
+    """Run the device; a progress bar on a terminal (stderr), nothing otherwise."""
+    if quiet or not sys.stderr.isatty():
+        return asyncio.run(make_device(None).run())
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, transient=True, console=Console(stderr=True)) as progress:
+        task = progress.add_task(title, total=None)
+        return asyncio.run(make_device(lambda n: progress.advance(task, n)).run())
+
+
+def _report(result: DeviceResult, *, as_json: bool) -> None:
+    m = result.metrics
+    if as_json:
+        summary = {
+            "thing": result.thing_name,
+            "stream": result.stream_id,
+            "stream_version": result.stream_version,
+            "file_ids": list(result.file_ids),
+            "files": [
+                {
+                    "file_id": f.file_id,
+                    "bytes": f.file_size,
+                    "sha256": f.sha256,
+                    "verified": f.verified,
+                    "seconds": round(f.seconds, 4),
+                    "verify_seconds": round(f.verify_seconds, 4),
+                    "path": f.path,
+                    "resumed_blocks": f.resumed_blocks,
+                    "first_bad_block": f.first_bad_block,
+                }
+                for f in result.files
+            ],
+            "bytes": m.bytes,
+            "seconds": m.download_s,
+            "requests": m.requests,
+            "blocks_received": m.blocks,
+            "duplicates": m.duplicates,
+            "re_requests": m.re_requests,
+            "timeouts": m.timeouts,
+            "rejections": m.rejections_by_code,
+            "disconnects": m.disconnects,
+            "verified": result.ok,
+            "sha256": m.sha256,
+            "failure": result.failure.reason if result.failure else None,
+            "message": result.failure.message if result.failure else None,
+        }
+        click.echo(json.dumps(summary, separators=(",", ":")))
+        return
+    if result.ok:
+        seconds = m.download_s or 0.0
+        rate = m.bytes / seconds / 1e6 if seconds else 0.0
+        for f in result.files:
+            where = f" -> {f.path}" if f.path else ""
+            click.echo(f"file {f.file_id}: {f.file_size} bytes, sha256 {f.sha256}, verified{where}")
+        click.echo(
+            f"{result.thing_name}: {m.bytes} bytes in {seconds:.2f} s ({rate:.2f} MB/s), {m.blocks} blocks, "
+            f"{m.duplicates} duplicates, {m.re_requests} re-requests, {m.timeouts} timeouts"
+        )
+    else:
+        assert result.failure is not None
+        click.echo(f"error: {result.thing_name}: {result.failure.reason}: {result.failure.message}", err=True)

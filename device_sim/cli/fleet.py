@@ -1,0 +1,356 @@
+"""``device-sim fleet`` and ``device-sim sweep``: many devices from a manifest, reports, block-size sweeps.
+
+Exit codes: 0 every device verified; 1 a device failed (or the run was stopped); 2 bad arguments, or the process
+may not open enough files for the devices (the message says how to raise ``ulimit -n``); 6 the reports could not
+be written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import signal
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from device_sim.cli.download import make_source
+from device_sim.cli.locust_options import locust_options, locust_topology_given
+from device_sim.cli.options import SizeListType, build_download_settings, download_options, transport_choices
+from device_sim.device.device import DownloadSettings, SinkKind
+from device_sim.fleet.resources import OpenFilesLimit, ensure_open_files, system_trust_env_dropped
+from device_sim.fleet.runner import (
+    FleetProgress,
+    FleetRun,
+    FleetSettings,
+    Shard,
+    run_fleet,
+    select_identities,
+    target_from_manifest,
+)
+from device_sim.protocol.limits import DEFAULT_PRICE_PER_MILLION_MESSAGES_USD
+from device_sim.results.files import ReportWriteError, write_reports
+from device_sim.results.metrics import DeviceMetrics, aggregate
+from device_sim.results.sweep import SweepPoint
+
+
+class ReportFailed(click.ClickException):
+    exit_code = 6
+
+
+class TooFewOpenFiles(click.ClickException):
+    exit_code = 2
+
+
+class ShardType(click.ParamType):  # type: ignore[type-arg]  # generic in click >= 8.2 stubs only
+    name = "I/N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Shard:
+        if isinstance(value, Shard):
+            return value
+        try:
+            return Shard.parse(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def fleet_options(func: Any) -> Any:
+    options = [
+        click.option(
+            "--manifest",
+            type=click.Path(dir_okay=False, path_type=Path),
+            required=True,
+            help="The manifest `provisioner up` wrote (endpoint, stream, things and certificates).",
+        ),
+        click.option(
+            "--devices",
+            type=click.IntRange(1),
+            default=None,
+            help="How many of the manifest's things to run [default: all].",
+        ),
+        click.option(
+            "--shard",
+            type=ShardType(),
+            default=None,
+            help="Run part I of N equal parts of the manifest's things (1-based, e.g. 2/4): one part per machine.",
+        ),
+        click.option(
+            "--offset",
+            type=click.IntRange(0),
+            default=0,
+            show_default=True,
+            help="Skip this many things first (after --shard); with --devices picks things OFFSET..OFFSET+N-1.",
+        ),
+        click.option(
+            "--connect-rate",
+            type=click.FloatRange(0.01, 100000),
+            default=100.0,
+            show_default=True,
+            help="Connects per second (AWS allows 500/s per account).",
+        ),
+        click.option(
+            "--start-jitter",
+            type=click.FloatRange(0),
+            default=0.0,
+            show_default=True,
+            help="Extra random delay per device, in seconds.",
+        ),
+        click.option(
+            "--deadline",
+            type=click.FloatRange(0.1),
+            default=None,
+            help="Stop after this many seconds and report unfinished devices as cancelled.",
+        ),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed for the start jitter."),
+        click.option(
+            "--crt-threads",
+            type=click.IntRange(1, 64),
+            default=None,
+            help="awscrt network threads [default: half the cores, 1 to 4].",
+        ),
+        click.option(
+            "--report-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path("reports"),
+            show_default=True,
+            help="Where summary.json, devices.csv, junit.xml and report.html go.",
+        ),
+        click.option(
+            "--price-per-million",
+            type=click.FloatRange(0),
+            default=DEFAULT_PRICE_PER_MILLION_MESSAGES_USD,
+            show_default=True,
+            help="US$ per million metered messages, for the cost estimate.",
+        ),
+        click.option("--no-tls", is_flag=True, help="Use the broker's plain port (local benches only)."),
+        click.option("--quiet", is_flag=True, help="No live progress display."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _prepare(params: dict[str, Any]) -> tuple[Any, list[Any], FleetSettings, Any]:
+    from provisioner.errors import ProvisionerError
+    from provisioner.manifest import load_manifest
+
+    try:
+        manifest = load_manifest(params["manifest"])
+        target, identities = target_from_manifest(manifest, no_tls=params["no_tls"])
+    except (ProvisionerError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    if not identities:
+        raise click.UsageError(f"{params['manifest']} has no things with certificates: run `provisioner up --things N`")
+    try:
+        identities = select_identities(
+            identities, shard=params["shard"], offset=params["offset"], devices=params["devices"]
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--shard/--offset/--devices") from None
+    try:
+        ensure_open_files(len(identities))
+    except OpenFilesLimit as exc:
+        raise TooFewOpenFiles(str(exc)) from None
+    fleet = FleetSettings(
+        connect_rate=params["connect_rate"],
+        start_jitter=params["start_jitter"],
+        deadline_s=params["deadline"],
+        seed=params["seed"],
+        price_per_million=params["price_per_million"],
+        transport=transport_choices(params),
+        crt_threads=params["crt_threads"],
+    )
+    source = None
+    if params["verify_s3"] and params["expect_sha256"] is None:
+        source = make_source(target.aws_endpoint_url, target.region)
+    return target, identities, fleet, source
+
+
+@contextlib.contextmanager
+def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iterator[None]:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def run_with_display(
+    target: Any,
+    identities: list[Any],
+    download: DownloadSettings,
+    fleet: FleetSettings,
+    source: Any,
+    *,
+    quiet: bool,
+    title: str,
+) -> FleetRun:
+    """run_fleet with Ctrl-C handling and, on a terminal, a live progress line.
+
+    When every connection brings its CA, SSL_CERT_FILE/SSL_CERT_DIR are unset during the run (fleet_resources:
+    awscrt would parse that bundle for each device's TLS context, ~5 ms each with the GIL held).
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    progress = FleetProgress(len(identities))
+    own_ca = not target.no_tls and target.ca is not None
+    with _stop_on_signals(loop, stop), system_trust_env_dropped(own_ca):
+        if quiet or not sys.stderr.isatty():
+            return await run_fleet(target, identities, download, fleet, source=source, progress=progress, stop=stop)
+        from rich.console import Console
+        from rich.live import Live
+
+        class View:
+            def __rich__(self) -> str:
+                p = progress
+                return (
+                    f"[bold]{title}[/] waiting {p.waiting}  connecting {p.connecting}  "
+                    f"downloading {p.downloading}  [green]verified {p.verified}[/]  "
+                    f"[red]failed {p.failed}[/]  {p.mb_per_s:.2f} MB/s"
+                )
+
+        with Live(View(), console=Console(stderr=True), refresh_per_second=4, transient=True):
+            return await run_fleet(target, identities, download, fleet, source=source, progress=progress, stop=stop)
+
+
+def _print_summary(run: FleetRun) -> None:
+    from rich.console import Console
+
+    from device_sim.cli.rich_tables import rich_summary_table
+
+    Console().print(rich_summary_table(run.summary))
+    if run.memory is not None:
+        m = run.memory
+        click.echo(
+            f"memory: {m.start_kib / 1024:.0f} MiB when the devices started, peak {m.peak_kib / 1024:.0f} MiB "
+            f"({m.per_device_kib:.0f} KiB per device)",
+            err=True,
+        )
+    if run.interrupted:
+        click.echo("the run was stopped before every device finished", err=True)
+
+
+def _write(report_dir: Path, summary: Any, records: list[DeviceMetrics], sweep: list[SweepPoint] | None) -> None:
+    try:
+        paths = write_reports(report_dir, summary, records, sweep=sweep)
+    except ReportWriteError as exc:
+        raise ReportFailed(str(exc)) from exc
+    click.echo(f"reports: {', '.join(str(p) for p in paths.values())}")
+
+
+@click.command("fleet")
+@fleet_options
+@click.option(
+    "--engine",
+    type=click.Choice(["asyncio", "locust"]),
+    default="asyncio",
+    show_default=True,
+    help="asyncio: every device in this process; locust: several processes or machines (docs/locust.md).",
+)
+@locust_options
+@download_options
+def fleet_command(**params: Any) -> None:
+    """Run many devices from a manifest at once, verify every one, write reports."""
+    if params["engine"] == "locust":
+        from device_sim.cli.locust import run_locust  # lazily: cli_locust imports this module
+
+        sys.exit(run_locust(params))
+    if locust_topology_given(params):
+        raise click.UsageError("--processes/--master/--worker/--web-ui/--locust-arg need --engine locust")
+    target, identities, fleet, source = _prepare(params)
+    download = build_download_settings(params, sink=SinkKind.DIGEST)
+    run = asyncio.run(
+        run_with_display(
+            target, identities, download, fleet, source, quiet=params["quiet"], title=f"fleet of {len(identities)}"
+        )
+    )
+    _print_summary(run)
+    _write(params["report_dir"], run.summary, list(run.records), None)
+    if not run.summary.all_verified or run.interrupted:
+        sys.exit(1)
+
+
+@click.command("sweep")
+@fleet_options
+@click.option(
+    "--block-sizes",
+    type=SizeListType(),
+    default="1KiB,4KiB,16KiB,64KiB,128KiB",
+    show_default=True,
+    help="Comma-separated block sizes to try.",
+)
+@click.option(
+    "--blocks-per-request-list",
+    "bpr_list",
+    default=None,
+    help="Comma-separated blocks-per-request values to try [default: the maximum for each size].",
+)
+@click.option("--inflight-list", default=None, help="Comma-separated requests-in-flight values to try.")
+@download_options
+def sweep_command(**params: Any) -> None:
+    """Run the fleet once per setting and compare time, throughput, messages and cost.
+
+    Against local_iot, start it with --latency-ms and --quotas aws: without AWS's per-connection limits
+    (100 publishes/s, 512 KiB/s) small blocks look far better than they are on AWS.
+    """
+    target, identities, fleet, source = _prepare(params)
+    base = build_download_settings(params, sink=SinkKind.DIGEST)
+    bprs = _int_list(params["bpr_list"], "--blocks-per-request-list") or [None]
+    inflights = _int_list(params["inflight_list"], "--inflight-list") or [None]
+    combos = list(itertools.product(params["block_sizes"], bprs, inflights))
+    for block_size, bpr, inflight in combos:  # validate every setting before running any
+        build_download_settings(
+            {**params, "block_size": block_size, "blocks_per_request": bpr, "inflight": inflight or base.inflight}
+        )
+    points: list[SweepPoint] = []
+    records: list[DeviceMetrics] = []
+    interrupted = False
+    for n, (block_size, bpr, inflight) in enumerate(combos, 1):
+        settings = replace(base, block_size=block_size, blocks_per_request=bpr, inflight=inflight or base.inflight)
+        point_label = SweepPoint(
+            block_size=block_size, blocks_per_request=bpr, inflight=inflight, summary=aggregate([], wall_s=0)
+        ).label
+        title = f"[{n}/{len(combos)}] {point_label}"
+        run = asyncio.run(
+            run_with_display(target, identities, settings, fleet, source, quiet=params["quiet"], title=title)
+        )
+        relabelled = [replace(r, settings=point_label) for r in run.records]
+        records.extend(relabelled)
+        points.append(SweepPoint(block_size=block_size, blocks_per_request=bpr, inflight=inflight, summary=run.summary))
+        click.echo(f"{title}: {run.summary.verified}/{run.summary.devices} verified in {run.wall_s:.2f} s", err=True)
+        if run.interrupted:
+            interrupted = True
+            break
+    from rich.console import Console
+
+    from device_sim.cli.rich_tables import rich_sweep_table
+
+    Console().print(rich_sweep_table(points))
+    overall = aggregate(
+        records,
+        wall_s=sum(p.summary.wall_s for p in points),
+        settings={"sweep": ", ".join(p.label for p in points)},
+        price_per_million=fleet.price_per_million,
+    )
+    _write(params["report_dir"], overall, records, points)
+    if interrupted or not all(p.summary.all_verified for p in points):
+        sys.exit(1)
+
+
+def _int_list(text: str | None, option: str) -> list[int | None]:
+    if not text:
+        return []
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter("give comma-separated whole numbers", param_hint=option) from None
+    if any(v < 1 for v in values):
+        raise click.BadParameter("values must be >= 1", param_hint=option)
+    return list(values)

@@ -1,0 +1,42 @@
+"""rich renderings of the summary and sweep tables, for the CLI only (the core report code stays rich-free)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from device_sim.results.metrics import FleetSummary
+from device_sim.results.sweep import SweepPoint, best_by_cost, best_by_time
+from device_sim.results.tables import SWEEP_COLUMNS, summary_rows, sweep_best_lines, sweep_rows
+
+__all__ = ["rich_summary_table", "rich_sweep_table"]
+
+
+def rich_summary_table(summary: FleetSummary) -> Table:
+    """The fleet summary as a two-column table, titled with the verdict."""
+    verdict = (
+        f"all {summary.devices} devices verified"
+        if summary.all_verified
+        else f"{summary.failed} of {summary.devices} devices failed"
+    )
+    table = Table(title=f"device-sim fleet: {verdict}", show_header=False, title_style="bold")
+    table.add_column("metric", style="bold")
+    table.add_column("value")
+    for name, value in summary_rows(summary):
+        style = "red" if name == "failures" and summary.failed else None
+        table.add_row(name, Text(value, style=style or ""))
+    return table
+
+
+def rich_sweep_table(points: Sequence[SweepPoint]) -> Group:
+    """The sweep table (best settings highlighted) followed by the best-by-time and best-by-cost lines."""
+    table = Table(title="block-size sweep", title_style="bold")
+    for k, column in enumerate(SWEEP_COLUMNS):
+        table.add_column(column, justify="left" if k == 0 else "right")
+    best = {id(p) for p in (best_by_time(points), best_by_cost(points)) if p is not None}
+    for point, row in zip(points, sweep_rows(points), strict=True):
+        table.add_row(*row, style="bold green" if id(point) in best else None)
+    return Group(table, *(Text(line, style="bold") for line in sweep_best_lines(points)))

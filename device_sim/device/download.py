@@ -1,0 +1,367 @@
+"""One file of a stream, downloaded by a device: engine + sink + one timer, then verification and commit.
+
+How this works: ``FileDownload.run()`` opens the sink (a resumable file sink trusts the blocks it persisted, and
+the engine starts with them), starts a ``DownloadEngine`` and waits for its outcome. The device routes this file's
+data blocks and rejections to ``receive_block``/``receive_rejection``; after every input the download carries out
+the engine's actions (``_pump``): publish a request, write a block into the sink (keeping a CRC-32 per block, so a
+verification mismatch can name the first bad block), discard everything after the stream changed, re-describe
+after a VersionMismatch. One asyncio timer follows ``engine.get_timer()``: it is moved earlier when needed and
+otherwise fires, lets the engine decide and is re-armed, so a block costs no timer churn. (When to time a request
+out, only once the link is quiet, or soon after its highest block: the engine decides.) With ``send_and_report``
+the device tells the engine when each request actually left (``request_sent``); ``link_resumed()`` after a
+reconnect has the engine send its requests in flight again at once. ``verify()`` compares the digest with the
+source (S3, ``--expect-sha256``, or only the size); ``commit()`` renames a verified file sink into place. A lost
+connection or a failed re-describe ends the wait with a ``DeviceFailure``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import zlib
+from array import array
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from device_sim.device.types import DeviceFailure, DownloadSettings, SinkKind
+from device_sim.device.verify import S3Source, SourceError, Verdict, compare
+from device_sim.engine.machine import DownloadEngine
+from device_sim.engine.types import (
+    Complete,
+    DiscardBlocks,
+    EngineStats,
+    Failed,
+    FailureReason,
+    Redescribe,
+    SendRequest,
+    WriteBlock,
+)
+from device_sim.protocol import DataBlock, FileInfo, GetStreamRequest, Rejection, StreamDescription
+from device_sim.results.metrics import FailureKind
+from device_sim.sinks import BlockSink, DigestSink, FileSink, MemorySink, ResumeKey, SinkError, SinkResult
+
+__all__ = ["FileDownload", "engine_failure"]
+
+log = logging.getLogger(__name__)
+
+Outcome = Complete | Failed | DeviceFailure
+
+
+class FileDownload:
+    """Downloads one file; ``await run()`` returns when every block is stored, raises DeviceFailure otherwise."""
+
+    def __init__(
+        self,
+        *,
+        info: FileInfo,
+        stream_id: str,
+        stream_version: int,
+        settings: DownloadSettings,
+        target: Path,
+        client_token: str | None,
+        send: Callable[[GetStreamRequest], None],
+        redescribe: Callable[[], Awaitable[StreamDescription]],
+        on_block: Callable[[float, int], None],
+        label: str,
+        send_and_report: Callable[[GetStreamRequest, Callable[[], None]], None] | None = None,
+    ) -> None:
+        """``send`` publishes a request. ``send_and_report``, when given, is used instead: it also calls its second
+        argument once the request has left (after client-side flow control) or its publish failed, and the
+        engine's idle timer for the request starts only then."""
+        self.info = info
+        self.stream_id = stream_id
+        self.stream_version = stream_version
+        self.settings = settings
+        self.target = target
+        self.resumed_blocks = 0
+        self.transfer_s = 0.0
+        self._token = client_token
+        self._send = send
+        self._send_and_report = send_and_report
+        self._redescribe_call = redescribe
+        self._on_block = on_block
+        self._label = label
+        self._loop = asyncio.get_running_loop()
+        self._engine: DownloadEngine | None = None
+        self._sink: BlockSink | None = None
+        self._crcs: array[int] = array("I")
+        self._done: asyncio.Future[Outcome] = self._loop.create_future()
+        self._timer: asyncio.TimerHandle | None = None
+        self._redescribing: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------------------------------------ lifecycle
+
+    @property
+    def stats(self) -> EngineStats:
+        return self._engine.stats if self._engine is not None else EngineStats()
+
+    @property
+    def sink(self) -> BlockSink | None:
+        return self._sink
+
+    async def run(self) -> SinkResult:
+        """Download until complete; the sink's digest and size. DeviceFailure when the download gives up."""
+        loop = self._loop
+        self._sink = self._open_sink(self.info, self.stream_version)
+        resumed = list(self._sink.received_blocks())
+        self.resumed_blocks = len(resumed)
+        self._reset_crcs(self.info.file_size)
+        if resumed:
+            self._rebuild_crcs(resumed)
+        started = loop.time()
+        engine = self._engine = DownloadEngine(
+            file_id=self.info.file_id,
+            file_size=self.info.file_size,
+            stream_version=self.stream_version if self.settings.send_version else None,
+            now=started,
+            settings=self.settings.engine_settings(self._token, report_sends=self._send_and_report is not None),
+            have=resumed or None,
+        )
+        engine.start(started)
+        self._pump()
+        try:
+            outcome = await self._done
+        finally:
+            self._cancel_timer()
+            if self._redescribing is not None:
+                self._redescribing.cancel()
+            self.transfer_s = loop.time() - started
+        if isinstance(outcome, DeviceFailure):
+            raise outcome
+        if isinstance(outcome, Failed):
+            raise engine_failure(outcome, self.info.file_id)
+        try:
+            return self._sink.finish()
+        except SinkError as exc:
+            raise DeviceFailure(FailureKind.ERROR, f"file {self.info.file_id}: {exc}") from exc
+
+    def fail(self, failure: DeviceFailure) -> None:
+        """End the download now (connection lost, a publish task crashed)."""
+        if not self._done.done():
+            self._done.set_result(failure)
+
+    def commit(self) -> str | None:
+        """Move a verified file sink into place; its path (None for other sinks)."""
+        sink, self._sink = self._sink, None
+        if isinstance(sink, FileSink):
+            try:
+                return str(sink.commit())
+            except SinkError as exc:
+                raise DeviceFailure(FailureKind.ERROR, f"cannot store file {self.info.file_id}: {exc}") from exc
+        if sink is not None:
+            sink.close()
+        return None
+
+    def close(self, *, abort: bool) -> None:
+        """Release the sink; a resumable file sink keeps its partial unless ``abort``."""
+        self._cancel_timer()
+        sink, self._sink = self._sink, None
+        if sink is None:
+            return
+        try:
+            sink.abort() if abort else sink.close()
+        except SinkError as exc:
+            log.warning("%s: closing the sink: %s", self._label, exc)
+
+    # -------------------------------------------------------------------------------------------- verification
+
+    async def verify(self, result: SinkResult, source: S3Source | None) -> Verdict:
+        """Compare the download with ``--expect-sha256``, the S3 object, or (neither) the described size."""
+        s, info = self.settings, self.info
+        if s.expect_sha256:
+            return compare(
+                sha256=result.sha256, size=result.size, expected_sha256=s.expect_sha256, expected_size=info.file_size
+            )
+        if not s.verify_s3 or source is None:
+            ok = result.size == info.file_size
+            return Verdict(
+                verified=ok,
+                expected_sha256=result.sha256,
+                expected_size=info.file_size,
+                message="" if ok else "size differs from the description",
+            )
+        try:
+            location = await asyncio.to_thread(source.locate, self.stream_id, info.file_id)
+            obj = await asyncio.to_thread(source.fetch, location)
+        except SourceError as exc:
+            raise DeviceFailure(FailureKind.ERROR, f"cannot verify file {info.file_id} against S3: {exc}") from exc
+        verdict = compare(sha256=result.sha256, size=result.size, expected_sha256=obj.sha256, expected_size=obj.size)
+        if verdict.verified:
+            return verdict
+        source_crcs = await asyncio.to_thread(source.source_crcs, obj, s.block_size)
+        return compare(
+            sha256=result.sha256,
+            size=result.size,
+            expected_sha256=obj.sha256,
+            expected_size=obj.size,
+            crcs=list(self._crcs),
+            source_crcs=source_crcs,
+        )
+
+    # ----------------------------------------------------------------------------------------- network inputs
+
+    def receive_block(self, block: DataBlock) -> None:
+        engine = self._engine
+        if engine is not None:
+            engine.receive_block(block, self._loop.time())
+            self._pump()
+
+    def receive_rejection(self, rejection: Rejection) -> None:
+        engine = self._engine
+        if engine is not None:
+            engine.receive_rejection(rejection, self._loop.time())
+            self._pump()
+
+    def link_resumed(self) -> None:
+        """The connection came back after a drop: the requests in flight were lost, send them again now."""
+        engine = self._engine
+        if engine is not None:
+            engine.link_resumed(self._loop.time())
+            self._pump()
+
+    def _request_sent(self, seq: int) -> None:
+        engine = self._engine
+        if engine is not None and not self._done.done():
+            engine.request_sent(seq, self._loop.time())
+            self._pump()
+
+    # ------------------------------------------------------------------------------------------ engine actions
+
+    def _pump(self) -> None:
+        """Carry out the engine's actions, then follow its timer."""
+        engine = self._engine
+        if engine is None:
+            return
+        for action in engine.next_actions():
+            if isinstance(action, WriteBlock):
+                self._write(action)
+            elif isinstance(action, SendRequest):
+                if self._send_and_report is not None:
+                    self._send_and_report(action.request, functools.partial(self._request_sent, action.seq))
+                else:
+                    self._send(action.request)
+            elif isinstance(action, DiscardBlocks):
+                self._discard(action)
+            elif isinstance(action, Redescribe):
+                if self._redescribing is None or self._redescribing.done():
+                    self._redescribing = self._loop.create_task(self._redescribe())
+            elif isinstance(action, Complete | Failed) and not self._done.done():
+                self._done.set_result(action)
+        if not self._done.done():
+            self._arm_timer(engine.get_timer())
+
+    def _write(self, action: WriteBlock) -> None:
+        sink = self._sink
+        assert sink is not None
+        now = self._loop.time()
+        try:
+            if isinstance(sink, FileSink):
+                sink.write(action.index, action.offset_bytes, action.payload, now)
+            else:
+                sink.write(action.index, action.offset_bytes, action.payload)
+        except SinkError as exc:
+            self.fail(DeviceFailure(FailureKind.ERROR, f"cannot store file {self.info.file_id}: {exc}"))
+            return
+        self._crcs[action.index] = zlib.crc32(action.payload)
+        self._on_block(now, len(action.payload))
+
+    def _discard(self, action: DiscardBlocks) -> None:
+        log.info("%s: discarding the blocks of file %d: %s", self._label, self.info.file_id, action.reason)
+        self.close(abort=True)
+        self.info = FileInfo(file_id=self.info.file_id, file_size=action.file_size)
+        try:
+            self._sink = self._open_sink(self.info, self.stream_version)
+        except DeviceFailure as failure:
+            self.fail(failure)
+            return
+        self._reset_crcs(action.file_size)
+
+    async def _redescribe(self) -> None:
+        try:
+            description = await self._redescribe_call()
+        except DeviceFailure as failure:
+            self.fail(failure)
+            return
+        engine = self._engine
+        if engine is None or engine.state.terminal:
+            return
+        fresh = description.file(self.info.file_id)
+        now = self._loop.time()
+        if fresh is None:
+            self.fail(
+                DeviceFailure(FailureKind.ERROR, f"file {self.info.file_id} is no longer in stream {self.stream_id}")
+            )
+            return
+        self.stream_version = description.stream_version
+        engine.restart(fresh.file_size, description.stream_version if self.settings.send_version else None, now)
+        self._pump()
+
+    # ------------------------------------------------------------------------------------------------- timer
+
+    def _arm_timer(self, deadline: float | None) -> None:
+        if deadline is None:
+            self._cancel_timer()
+            return
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return  # fires earlier or on time; _on_timer re-arms
+            timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        engine = self._engine
+        if engine is None or engine.state.terminal:
+            return
+        deadline = engine.get_timer()
+        now = self._loop.time()
+        if deadline is not None and deadline <= now:
+            engine.handle_timer(now)
+        self._pump()
+
+    # ------------------------------------------------------------------------------------------------- sinks
+
+    def _open_sink(self, info: FileInfo, version: int) -> BlockSink:
+        s = self.settings
+        try:
+            if s.sink == SinkKind.FILE:
+                key = None
+                if s.state_dir is not None:
+                    key = ResumeKey(stream_id=self.stream_id, file_id=info.file_id, stream_version=version)
+                return FileSink(self.target, info.file_size, s.block_size, state_dir=s.state_dir, resume_key=key)
+            if s.sink == SinkKind.MEMORY:
+                return MemorySink(info.file_size, s.block_size)
+            return DigestSink(info.file_size, s.block_size)
+        except SinkError as exc:
+            raise DeviceFailure(FailureKind.ERROR, f"cannot store file {info.file_id}: {exc}") from exc
+
+    def _reset_crcs(self, file_size: int) -> None:
+        self._crcs = array("I", bytes(4 * (-(-file_size // self.settings.block_size))))
+
+    def _rebuild_crcs(self, blocks: list[int]) -> None:
+        """After a resume: CRCs of the trusted blocks, read back from the part file."""
+        sink = self._sink
+        if not isinstance(sink, FileSink):
+            return
+        size, bs = sink.file_size, sink.block_size
+        with open(sink.part_path, "rb") as fh:
+            for i in blocks:
+                fh.seek(i * bs)
+                self._crcs[i] = zlib.crc32(fh.read(min(bs, size - i * bs)))
+
+
+def engine_failure(failed: Failed, file_id: int) -> DeviceFailure:
+    """The engine's Failed as a DeviceFailure (its message already names the code and what to do)."""
+    message = f"file {file_id}: {failed.message}"
+    if failed.reason is FailureReason.REJECTED:
+        return DeviceFailure(FailureKind.REJECTED, message, failed.code)
+    if failed.reason in (FailureReason.TIMEOUT, FailureReason.THROTTLED, FailureReason.VERSION_MISMATCH):
+        return DeviceFailure(FailureKind.TIMEOUT, message, failed.reason.value)
+    return DeviceFailure(FailureKind.CANCELLED, message)

@@ -1,0 +1,158 @@
+"""The download engine's ledger: which blocks of a file are missing, asked for, or stored.
+
+One status byte per block: MISSING, CLAIMED (asked for by a request in flight) or HAVE; and a second byte
+counting how often a block was asked for (0, 1, 2 = more than once) for Karn's rule and the re-request count.
+``claim`` picks the lowest missing, unclaimed blocks (``bytearray.find`` runs at C speed, so a file of
+98,305 blocks costs nothing noticeable), so requests in flight never overlap and never name a stored block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from device_sim.engine.types import EngineUsageError
+from device_sim.protocol.limits import MAX_BITMAP_BYTES, MAX_OFFSET, block_count, block_length
+from device_sim.protocol.messages import DataBlock
+
+_MISSING = 0
+_CLAIMED = 1
+_HAVE = 2
+#: A request's bitmap stays strictly below the protocol's limit.
+MAX_SPAN = (MAX_BITMAP_BYTES - 1) * 8
+
+
+@dataclass(slots=True, eq=False)
+class InFlight:
+    """A request in flight: the blocks it still waits for and when it last saw activity."""
+
+    seq: int  # the engine's number for it (SendRequest.seq)
+    blocks: tuple[int, ...]  # what it asked for, ascending
+    outstanding: set[int]
+    sent_at: float
+    last_activity: float  # sent, or the last of its blocks arrived
+    repeated: bool  # asks again for at least one block asked before
+    sent: bool  # known to have left (see EngineSettings.report_sends)
+    sampled: bool = False  # the round trip was measured on this request
+    received: int = 0  # of its blocks arrived (new ones)
+    first_at: float = 0.0  # when the first of them arrived
+    top_seen: bool = False  # its highest block arrived while lower ones were still outstanding
+
+    def gap(self) -> float:
+        """Mean time between its blocks so far (0 before the second)."""
+        return (self.last_activity - self.first_at) / (self.received - 1) if self.received > 1 else 0.0
+
+
+class BlockLedger:
+    """The blocks of one file (``file_size`` bytes in blocks of ``block_size``) and the requests in flight."""
+
+    def __init__(self, file_size: int, block_size: int) -> None:
+        if not isinstance(file_size, int) or isinstance(file_size, bool) or file_size < 0:
+            raise EngineUsageError(f"file_size must be a non-negative integer, got {file_size!r}")
+        total = block_count(file_size, block_size)
+        if total - 1 > MAX_OFFSET:
+            raise EngineUsageError(
+                f"a {file_size}-byte file has {total} blocks of {block_size} bytes; GetStream reaches only "
+                f"{MAX_OFFSET + 1}",
+                hint=f"use a block size of at least {-(-file_size // (MAX_OFFSET + 1))} bytes",
+            )
+        self.file_size = file_size
+        self.block_size = block_size
+        self.total = total
+        self.have_count = 0
+        self.in_flight: list[InFlight] = []
+        self._last_length = block_length(file_size, block_size, total - 1) if total else 0
+        self._status = bytearray(total)
+        self._asked = bytearray(total)
+        self._owner: dict[int, InFlight] = {}
+
+    @property
+    def complete(self) -> bool:
+        return self.have_count == self.total
+
+    def has(self, index: int) -> bool:
+        return 0 <= index < self.total and self._status[index] == _HAVE
+
+    def stored(self) -> Iterable[int]:
+        return (i for i in range(self.total) if self._status[i] == _HAVE)
+
+    def load(self, indices: Iterable[int]) -> None:
+        """Mark blocks already stored (resume)."""
+        for index in indices:
+            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < self.total:
+                raise EngineUsageError(
+                    f"resume data names block {index!r}, but the file has {self.total} blocks",
+                    hint="the saved state belongs to another file or version; discard it and start afresh",
+                )
+            if self._status[index] != _HAVE:
+                self._status[index] = _HAVE
+                self.have_count += 1
+
+    def fits(self, block: DataBlock) -> bool:
+        """Index inside the file and the exact length its position demands (the last block is the rest)."""
+        index = block.block_index
+        if not 0 <= index < self.total:
+            return False
+        expected = self.block_size if index < self.total - 1 else self._last_length
+        return block.block_length == expected and len(block.payload) == expected
+
+    def store(self, index: int, now: float) -> tuple[InFlight | None, bool]:
+        """Mark a new block stored. Returns the request that asked for it and whether its time is a clean
+        round-trip sample (the request's first block that was asked for only once: Karn's rule)."""
+        self._status[index] = _HAVE
+        self.have_count += 1
+        request = self._owner.pop(index, None)
+        if request is None:
+            return None, False
+        request.outstanding.discard(index)
+        if not request.received:
+            request.first_at = now
+        request.received += 1
+        request.last_activity = now
+        request.sent = True
+        if not request.outstanding:
+            self.in_flight.remove(request)
+        elif index == request.blocks[-1]:
+            request.top_seen = True
+        if request.sampled or self._asked[index] != 1:
+            return request, False
+        request.sampled = True
+        return request, True
+
+    def claim(self, window: int, now: float, seq: int, *, sent: bool) -> InFlight | None:
+        """Claim up to ``window`` of the lowest missing, unclaimed blocks for a new request (None: none left)."""
+        status = self._status
+        first = status.find(_MISSING)
+        if first < 0:
+            return None
+        blocks = [first]
+        index = status.find(_MISSING, first + 1)
+        while 0 <= index < first + MAX_SPAN and len(blocks) < window:
+            blocks.append(index)
+            index = status.find(_MISSING, index + 1)
+        request = InFlight(
+            seq=seq,
+            blocks=tuple(blocks),
+            outstanding=set(blocks),
+            sent_at=now,
+            last_activity=now,
+            repeated=any(self._asked[i] for i in blocks),
+            sent=sent,
+        )
+        for i in blocks:
+            status[i] = _CLAIMED
+            self._owner[i] = request
+            self._asked[i] = min(2, self._asked[i] + 1)
+        self.in_flight.append(request)
+        return request
+
+    def release(self, request: InFlight) -> None:
+        """Give a request's missing blocks back (it timed out or was abandoned)."""
+        for index in request.outstanding:
+            self._status[index] = _MISSING
+            del self._owner[index]
+        self.in_flight.remove(request)
+
+    def release_all(self) -> None:
+        for request in list(self.in_flight):
+            self.release(request)

@@ -1,0 +1,301 @@
+"""The download engine's vocabulary: settings, states, inputs, actions, statistics and errors.
+
+Everything here is a value (frozen, keyword-only, slotted dataclasses and Enums), except ``EngineCounters``, the
+engine's own tally that ``EngineStats`` snapshots. The state machine that uses them is ``device_sim.engine.machine``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+
+from device_sim.protocol.errors import LocalProtocolError
+from device_sim.protocol.limits import (
+    MAX_BLOCK_SIZE,
+    MAX_CLIENT_TOKEN_BYTES,
+    MIN_BLOCK_SIZE,
+    max_blocks_per_request,
+)
+from device_sim.protocol.messages import GetStreamRequest
+
+# --------------------------------------------------------------------------------------------------- errors
+
+
+class EngineUsageError(LocalProtocolError):
+    """The caller used the engine wrongly: bad settings, bad arguments, or time running backwards."""
+
+
+class EngineStateError(EngineUsageError):
+    """An input that the engine's current state does not accept (``input`` and ``state`` say which)."""
+
+    def __init__(self, engine_input: EngineInput, state: EngineState) -> None:
+        super().__init__(
+            f"{engine_input.value} is not allowed in state {state.name}",
+            hint=_STATE_HINTS.get(state, "check engine.state before feeding inputs"),
+        )
+        self.input = engine_input
+        self.state = state
+
+
+# ---------------------------------------------------------------------------------------------- enums
+
+
+class EngineState(Enum):
+    """Where a download stands. COMPLETE and FAILED are terminal."""
+
+    IDLE = "idle"  # created, start() not called yet
+    RUNNING = "running"  # requests in flight
+    BACKOFF = "backoff"  # the service throttled us; waiting before asking again
+    NEEDS_DESCRIBE = "needs_describe"  # VersionMismatch: waiting for restart() after a new DescribeStream
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (EngineState.COMPLETE, EngineState.FAILED)
+
+
+class EngineInput(Enum):
+    """The inputs of the state machine (values are the method names, for error messages)."""
+
+    START = "start"
+    RECEIVE_BLOCK = "receive_block"
+    RECEIVE_REJECTION = "receive_rejection"
+    TIMER = "handle_timer"
+    RESTART = "restart"
+    CANCEL = "cancel"
+    REQUEST_SENT = "request_sent"
+    LINK_RESUMED = "link_resumed"
+
+
+class FailureReason(Enum):
+    """Why a download failed."""
+
+    REJECTED = "rejected"  # the service answered a code that retrying cannot fix (the code is in Failed.code)
+    TIMEOUT = "timeout"  # the abort rule: no new block for max_retries timeout rounds
+    THROTTLED = "throttled"  # the abort rule was reached while the service kept throttling
+    VERSION_MISMATCH = "version_mismatch"  # the stream version kept changing under us
+    CANCELLED = "cancelled"  # the caller called cancel()
+
+
+_STATE_HINTS: Mapping[EngineState, str] = {
+    EngineState.IDLE: "call start(now) first",
+    EngineState.COMPLETE: "the download is complete; create a new engine for another download",
+    EngineState.FAILED: "the download failed; create a new engine to try again",
+    EngineState.NEEDS_DESCRIBE: "describe the stream again and call restart(file_size, stream_version, now)",
+}
+
+# -------------------------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EngineSettings:
+    """How the engine downloads. Validated on construction (EngineUsageError says what to change).
+
+    ``request_timeout=None`` (the default) is the adaptive idle timeout: it starts at ``initial_timeout``,
+    then follows the measured round trip (request sent -> first block of its answer) smoothed like TCP
+    (RFC 6298): SRTT + max(4 * RTTVAR, SRTT / 4), kept within ``min_timeout .. max_timeout``, and doubled for
+    every round of timeouts without a new block past the first two (up to ``max_timeout``). A number fixes the
+    timeout (no adaptation, no doubling). The SRTT/4 slack and the 0.2 s floor keep event-loop jitter and
+    AWS's byte pacing from looking like losses; on a 50 ms link a lost block still costs about 0.2 s, not the
+    FreeRTOS agent's 10 s. A request times out only once the link is quiet: no data block at all (of any
+    request, duplicates included) arrived for the timeout, because answers queue behind earlier answers.
+
+    ``fast_retry``: when the highest block a request asked for arrives while lower ones are missing, those are
+    taken for lost (one MQTT connection delivers an answer in order) and asked again after a short grace (a
+    quarter of SRTT, two gaps between the request's blocks, at least 20 ms) instead of the idle timeout.
+
+    Abort rule: the download fails after ``max_retries`` consecutive rounds of timeouts, back-offs or
+    re-describes without a new block between them. With one request in flight a round is one timed-out
+    request, as in the FreeRTOS OTA agent ("32 requests with no block between them"); with k requests in
+    flight each timed-out request counts 1/k of a round.
+    """
+
+    block_size: int = 4096
+    #: None: the maximum, floor(131072 / block_size).
+    blocks_per_request: int | None = None
+    inflight: int = 1
+    request_timeout: float | None = None
+    initial_timeout: float = 1.0  # RFC 6298's initial RTO
+    min_timeout: float = 0.2
+    max_timeout: float = 10.0
+    max_retries: int = 32
+    send_version: bool = True
+    client_token: str | None = None
+    #: First wait after a throttling-like rejection; doubles per consecutive one, up to backoff_max.
+    backoff_initial: float = 0.5
+    backoff_max: float = 8.0
+    #: After Redescribe, how long to wait for restart() before emitting Redescribe again.
+    describe_timeout: float = 5.0
+    #: Re-request the missing blocks of a request soon after its highest block arrived (see above).
+    fast_retry: bool = True
+    #: The caller reports every request's departure with request_sent(seq, now): once it left after client-side
+    #: flow control, or once its publish failed. A request's idle timer then starts only there (a request never
+    #: reported still times out after max(timeout, max_timeout)). False: the timer starts at emission.
+    report_sends: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("block_size", self.block_size, MIN_BLOCK_SIZE, MAX_BLOCK_SIZE)
+        most = max_blocks_per_request(self.block_size)
+        if self.blocks_per_request is not None:
+            _check_int("blocks_per_request", self.blocks_per_request, 1, most)
+        _check_int("inflight", self.inflight, 1, None)
+        _check_int("max_retries", self.max_retries, 0, None)
+        for flag in ("fast_retry", "report_sends"):
+            if not isinstance(getattr(self, flag), bool):
+                raise EngineUsageError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        for name in (
+            "initial_timeout",
+            "min_timeout",
+            "max_timeout",
+            "backoff_initial",
+            "backoff_max",
+            "describe_timeout",
+        ):
+            _check_positive(name, getattr(self, name))
+        if self.request_timeout is not None:
+            _check_positive("request_timeout", self.request_timeout)
+        if not self.min_timeout <= self.max_timeout:
+            raise EngineUsageError(
+                f"min_timeout {self.min_timeout} is above max_timeout {self.max_timeout}",
+                hint="choose min_timeout <= max_timeout",
+            )
+        if self.backoff_initial > self.backoff_max:
+            raise EngineUsageError(
+                f"backoff_initial {self.backoff_initial} is above backoff_max {self.backoff_max}",
+                hint="choose backoff_initial <= backoff_max",
+            )
+        if self.client_token is not None and len(self.client_token.encode()) > MAX_CLIENT_TOKEN_BYTES:
+            raise EngineUsageError(
+                f"client_token is longer than {MAX_CLIENT_TOKEN_BYTES} bytes",
+                hint="AWS answers such a request without echoing the token; use a shorter token",
+            )
+
+    @property
+    def window(self) -> int:
+        """Blocks asked per request: blocks_per_request, or the maximum that fits one answer."""
+        if self.blocks_per_request is None:
+            return max_blocks_per_request(self.block_size)
+        return self.blocks_per_request
+
+
+def _check_int(name: str, value: int, low: int, high: int | None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise EngineUsageError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        allowed = f"{low}..{high}" if high is not None else f">= {low}"
+        raise EngineUsageError(f"{name} = {value} is out of range", hint=f"use a value in {allowed}")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 or value == float("inf"):
+        raise EngineUsageError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SendRequest:
+    """Publish this GetStream request on ``get/<fmt>``. ``seq`` numbers the requests of an engine (from 1); pass
+    it to ``request_sent(seq, now)`` once the request has actually left (after client-side flow control)."""
+
+    request: GetStreamRequest
+    seq: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WriteBlock:
+    """Store a new, validated block: ``payload`` goes at byte ``offset_bytes`` of the file."""
+
+    index: int
+    offset_bytes: int
+    payload: bytes
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DiscardBlocks:
+    """Forget every block written so far: the file changed (new stream version or size) after a restart."""
+
+    file_size: int
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Redescribe:
+    """Describe the stream again, then call ``restart(file_size, stream_version, now)`` with the answer (or
+    ``cancel`` when the file is gone). Emitted again every ``describe_timeout`` seconds until restart() is
+    called; a caller whose describe is still under way may ignore the repeats."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Complete:
+    """Every block of the file has been written."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Failed:
+    """The download gave up. ``code`` is the service's error code when a rejection caused it."""
+
+    reason: FailureReason
+    code: str | None
+    message: str
+
+
+Action = SendRequest | WriteBlock | DiscardBlocks | Redescribe | Complete | Failed
+
+# ------------------------------------------------------------------------------------------- statistics
+
+
+def _empty_mapping() -> Mapping[str, int]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EngineStats:
+    """A snapshot of the engine's counters (``engine.stats``)."""
+
+    blocks_received: int = 0  # new valid blocks written
+    bytes_received: int = 0
+    duplicates: int = 0  # valid blocks we already had
+    invalid_blocks: int = 0  # wrong file id, index outside the file, wrong length: ignored
+    stale_blocks: int = 0  # valid new blocks ignored while waiting for a re-describe or after failing
+    requests_sent: int = 0
+    re_requests: int = 0  # requests that ask again for a block asked before
+    blocks_requested: int = 0
+    timeouts: int = 0  # requests whose idle timer expired
+    fast_retries: int = 0  # requests whose missing blocks were asked again soon after their highest block came
+    spurious_fast_retries: int = 0  # ... of which a block then arrived twice (it was late, not lost)
+    resends: int = 0  # requests sent again at once because the link resumed (link_resumed)
+    backoffs: int = 0
+    redescribes: int = 0
+    restarts: int = 0
+    rejections: Mapping[str, int] = field(default_factory=_empty_mapping)  # by code, ignored ones included
+    ignored_rejections: int = 0  # another client token, or harmless in the current state
+    srtt: float | None = None  # smoothed round trip (seconds), None before the first sample
+    rttvar: float | None = None
+    timeout: float = 0.0  # the idle timeout the engine would use now (seconds)
+
+
+@dataclass(slots=True)
+class EngineCounters:
+    """The engine's running counters (mutable, the engine's own); ``engine.stats`` copies them into the EngineStats
+    fields of the same names."""
+
+    blocks_received: int = 0
+    bytes_received: int = 0
+    duplicates: int = 0
+    invalid_blocks: int = 0
+    stale_blocks: int = 0
+    requests_sent: int = 0
+    re_requests: int = 0
+    blocks_requested: int = 0
+    timeouts: int = 0
+    fast_retries: int = 0
+    resends: int = 0
+    backoffs: int = 0
+    redescribes: int = 0
+    restarts: int = 0
+    ignored_rejections: int = 0

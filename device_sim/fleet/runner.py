@@ -1,0 +1,419 @@
+"""A fleet: many devices of one manifest downloading one stream at once, in one asyncio process.
+
+How this works: ``run_device(identity, target, download, ...)`` is the whole per-device job, a function of the
+device identity and the settings that returns ``DeviceMetrics`` (the unit a distributed engine will run too).
+``run_fleet`` starts one task per device at a paced time (``i / connect_rate`` plus seeded jitter, below AWS's
+500 connects/s per account; each thing has its own client id, so 1 connect/s per client id holds), shares one
+set of awscrt threads and one S3 source cache among them (the source learns where the stream's files are before
+the first device starts, so boto3's setup is not paid per device), counts progress into a ``FleetProgress`` the
+CLI draws, and stops early on a stop event (Ctrl-C) or a deadline: unfinished devices are cancelled and reported
+as ``cancelled`` with what they had done, so a report is always written. ``FleetRun.memory`` holds the process's
+resident memory when the devices started and its peak until they ended (see ``fleet_resources``).
+``select_identities`` cuts one manifest into disjoint parts (``--shard``/``--offset``/``--devices``) so that
+several processes or machines run one fleet together; ``device-sim report merge`` joins their reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from device_sim.device.device import Device, DownloadSettings
+from device_sim.device.device import _Cancelled as DeviceCancelled
+from device_sim.device.verify import S3Source
+from device_sim.fleet.resources import MemoryMeter, MemoryUse
+from device_sim.protocol.limits import ACCOUNT_CONNECTS_PER_SECOND, DEFAULT_PRICE_PER_MILLION_MESSAGES_USD
+from device_sim.results.metrics import DeviceMetrics, FailureKind, FleetSummary, aggregate, failure_reason
+from device_sim.transport import CrtResources, TransportSettings
+
+__all__ = [
+    "DeviceIdentity",
+    "FleetProgress",
+    "FleetRun",
+    "FleetSettings",
+    "FleetTarget",
+    "MemoryUse",
+    "Shard",
+    "fleet_crt_resources",
+    "fleet_crt_threads",
+    "run_device",
+    "run_fleet",
+    "select_identities",
+    "target_from_manifest",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DeviceIdentity:
+    thing_name: str
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FleetTarget:
+    """Where every device of the fleet connects, and which stream it downloads."""
+
+    endpoint: str
+    port: int
+    stream_id: str
+    ca: Path | None = None
+    no_tls: bool = False
+    aws_endpoint_url: str | None = None
+    region: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FleetSettings:
+    connect_rate: float = 100.0  # connects per second (AWS: 500/s per account)
+    start_jitter: float = 0.0  # seconds of random extra delay per device
+    deadline_s: float | None = None  # stop (and report) after this long
+    seed: int = 0
+    price_per_million: float = DEFAULT_PRICE_PER_MILLION_MESSAGES_USD
+    transport: Mapping[str, Any] | None = None  # protocol, keepalive_s, flow_control, qos (TransportSettings)
+    crt_threads: int | None = None  # awscrt event-loop threads; None: fleet_crt_threads()
+
+    def __post_init__(self) -> None:
+        if not 0 < self.connect_rate <= 100_000:
+            raise ValueError(f"connect rate {self.connect_rate}/s must be > 0")
+        if self.start_jitter < 0:
+            raise ValueError("start jitter must be >= 0 seconds")
+        if self.deadline_s is not None and self.deadline_s <= 0:
+            raise ValueError("deadline must be > 0 seconds")
+        if self.crt_threads is not None and not 1 <= self.crt_threads <= 64:
+            raise ValueError(f"crt threads {self.crt_threads} must be 1..64")
+
+
+def fleet_crt_threads(cores: int | None = None) -> int:
+    """awscrt threads for a fleet: half the cores, 1 to 4. Every message still needs the GIL in the one event loop
+    thread, so more awscrt threads than that only contend for it (and each holds its share of undelivered
+    messages): on 2 cores one thread gave the same or better throughput and ~50 KiB less peak RSS per device."""
+    return max(1, min(4, (cores if cores is not None else os.cpu_count() or 1) // 2))
+
+
+def fleet_crt_resources(threads: int | None = None) -> CrtResources:
+    """The awscrt threads a fleet's connections share (``threads`` None: ``fleet_crt_threads()``)."""
+    return _crt_resources(threads or fleet_crt_threads())
+
+
+@functools.cache
+def _crt_resources(threads: int) -> CrtResources:
+    """One set of awscrt threads per thread count, for the life of the process (like shared_crt_resources)."""
+    return CrtResources.create(threads)
+
+
+class FleetProgress:
+    """Live counters of a fleet run (mutated only in the event loop; read by the progress display)."""
+
+    __slots__ = ("bytes", "connecting", "devices", "downloading", "failed", "started_at", "verified")
+
+    def __init__(self, devices: int = 0) -> None:
+        self.devices = devices
+        self.connecting = 0  # started, no block yet
+        self.downloading = 0  # at least one block
+        self.verified = 0
+        self.failed = 0
+        self.bytes = 0
+        self.started_at = time.monotonic()
+
+    @property
+    def waiting(self) -> int:
+        return self.devices - self.connecting - self.downloading - self.verified - self.failed
+
+    @property
+    def mb_per_s(self) -> float:
+        elapsed = time.monotonic() - self.started_at
+        return self.bytes / 1e6 / elapsed if elapsed > 0 else 0.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FleetRun:
+    records: tuple[DeviceMetrics, ...]
+    summary: FleetSummary
+    wall_s: float
+    interrupted: bool  # stopped by the stop event or the deadline
+    memory: MemoryUse | None = None  # the process's RSS when the devices started and its peak (Linux only)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Shard:
+    """Part ``index`` (1-based) of ``count`` equal, contiguous parts of a manifest's things."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.index <= self.count:
+            raise ValueError(f"shard {self.index}/{self.count}: give I/N with 1 <= I <= N, e.g. 1/4")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        index, sep, count = text.partition("/")
+        try:
+            if not sep:
+                raise ValueError
+            return cls(index=int(index), count=int(count))
+        except ValueError as exc:
+            detail = f": {exc}" if str(exc) else ""
+            raise ValueError(f"shard {text!r} is not I/N (e.g. 2/4){detail}") from None
+
+    def bounds(self, total: int) -> tuple[int, int]:
+        """``[start, end)`` of this part of ``total`` things (part sizes differ by at most one)."""
+        return (self.index - 1) * total // self.count, self.index * total // self.count
+
+
+def select_identities(
+    identities: Sequence[DeviceIdentity], *, shard: Shard | None = None, offset: int = 0, devices: int | None = None
+) -> list[DeviceIdentity]:
+    """The identities one process runs: the shard's part (all without one), then skip ``offset``, then the first
+    ``devices``. Disjoint shards of one manifest never share a thing. ValueError when nothing is left."""
+    chosen = list(identities)
+    if shard is not None:
+        start, end = shard.bounds(len(chosen))
+        chosen = chosen[start:end]
+    if offset < 0:
+        raise ValueError("offset must be >= 0")
+    if offset >= len(chosen):
+        where = f"shard {shard.index}/{shard.count} has" if shard else "the manifest has"
+        raise ValueError(f"offset {offset} skips every device: {where} {len(chosen)} things")
+    chosen = chosen[offset:]
+    if devices is not None:
+        if devices < 1:
+            raise ValueError("devices must be >= 1")
+        if devices > len(chosen):
+            raise ValueError(f"only {len(chosen)} things are left to run after the shard/offset, not {devices}")
+        chosen = chosen[:devices]
+    return chosen
+
+
+def target_from_manifest(manifest: Any, *, no_tls: bool = False) -> tuple[FleetTarget, list[DeviceIdentity]]:
+    """The fleet's target and identities from a ``provisioner.manifest.Manifest``."""
+    if manifest.mqtt is None or manifest.stream is None:
+        raise ValueError("the manifest has no MQTT endpoint or no stream: run `provisioner up` first")
+    port = manifest.mqtt.port
+    if no_tls:
+        if manifest.mqtt.plain_port is None:
+            raise ValueError("--no-tls needs a plain MQTT port in the manifest (local brokers only)")
+        port = manifest.mqtt.plain_port
+    target = FleetTarget(
+        endpoint=manifest.mqtt.host,
+        port=port,
+        stream_id=manifest.stream.stream_id,
+        ca=None if no_tls else manifest.mqtt.ca_path,
+        no_tls=no_tls,
+        aws_endpoint_url=manifest.aws_endpoint_url,
+        region=manifest.region,
+    )
+    identities = [
+        DeviceIdentity(thing_name=t.name, cert=None if no_tls else t.cert_path, key=None if no_tls else t.key_path)
+        for t in manifest.things
+        if no_tls or (t.cert_path is not None and t.key_path is not None)
+    ]
+    return target, identities
+
+
+#: A fleet's connects queue behind each other's TLS handshakes: a connect slower than the transport's default 1 s
+#: is normal there, and a Python TLS probe per slow device would add one more handshake each (see tls_probe).
+FLEET_TLS_PROBE_AFTER_S = 5.0
+
+
+def transport_for(
+    identity: DeviceIdentity, target: FleetTarget, options: Mapping[str, Any] | None
+) -> TransportSettings:
+    return TransportSettings(
+        endpoint=target.endpoint,
+        port=target.port,
+        cert=identity.cert,
+        key=identity.key,
+        ca=target.ca,
+        no_tls=target.no_tls,
+        client_id=identity.thing_name,
+        **{"tls_probe_after_s": FLEET_TLS_PROBE_AFTER_S, **(options or {})},
+    )
+
+
+async def run_device(
+    identity: DeviceIdentity,
+    target: FleetTarget,
+    download: DownloadSettings,
+    *,
+    transport_options: Mapping[str, Any] | None = None,
+    source: S3Source | None = None,
+    resources: CrtResources | None = None,
+    run_started: float | None = None,
+    label: str | None = None,
+    progress: FleetProgress | None = None,
+) -> DeviceMetrics:
+    """One device of a fleet from start to verdict. Cancellation still yields the device's metrics."""
+    first = True
+
+    def on_progress(nbytes: int) -> None:
+        nonlocal first
+        if progress is None:
+            return
+        progress.bytes += nbytes
+        if first:
+            first = False
+            progress.connecting -= 1
+            progress.downloading += 1
+
+    if progress is not None:
+        progress.connecting += 1
+    device = Device(
+        thing_name=identity.thing_name,
+        stream_id=target.stream_id,
+        transport=transport_for(identity, target, transport_options),
+        settings=download,
+        source=source,
+        resources=resources,
+        run_started=run_started,
+        settings_label=label,
+        on_progress=on_progress,
+    )
+    try:
+        result = await device.run()
+    finally:
+        if progress is not None:
+            if first:
+                progress.connecting -= 1
+            else:
+                progress.downloading -= 1
+    if progress is not None:
+        if result.ok:
+            progress.verified += 1
+        else:
+            progress.failed += 1
+    return result.metrics
+
+
+def _never_started(identity: DeviceIdentity, label: str, at: float) -> DeviceMetrics:
+    return DeviceMetrics(
+        thing_name=identity.thing_name,
+        settings=label,
+        verified=False,
+        failure_reason=failure_reason(FailureKind.CANCELLED),
+        failure_message="the run stopped before this device started",
+        started_at=at,
+        ended_at=at,
+    )
+
+
+async def run_fleet(
+    target: FleetTarget,
+    identities: Sequence[DeviceIdentity],
+    download: DownloadSettings,
+    settings: FleetSettings,
+    *,
+    source: S3Source | None = None,
+    progress: FleetProgress | None = None,
+    stop: asyncio.Event | None = None,
+    label: str | None = None,
+) -> FleetRun:
+    """Run every identity's download; returns records in identity order and the summary."""
+    if not identities:
+        raise ValueError("no devices to run")
+    loop = asyncio.get_running_loop()
+    resources = fleet_crt_resources(settings.crt_threads)
+    label = label if label is not None else download.label
+    if source is not None and download.verify_s3 and not download.expect_sha256:
+        await asyncio.to_thread(source.prepare, target.stream_id)  # boto3 clients + file locations, once
+    rng = random.Random(settings.seed)
+    offsets = [i / settings.connect_rate + rng.uniform(0, settings.start_jitter) for i in range(len(identities))]
+    if settings.connect_rate > ACCOUNT_CONNECTS_PER_SECOND:
+        log.warning(
+            "connect rate %.0f/s is above AWS's default %d connects/s per account",
+            settings.connect_rate,
+            ACCOUNT_CONNECTS_PER_SECOND,
+        )
+    meter = MemoryMeter()
+    meter.start()
+    started = loop.time()
+    if progress is not None:
+        progress.devices = len(identities)
+        progress.started_at = time.monotonic()
+
+    async def one(identity: DeviceIdentity, offset: float) -> DeviceMetrics:
+        await asyncio.sleep(max(0.0, started + offset - loop.time()))  # connect pacing, not synchronisation
+        return await run_device(
+            identity,
+            target,
+            download,
+            transport_options=settings.transport,
+            source=source,
+            resources=resources,
+            run_started=started,
+            label=label,
+            progress=progress,
+        )
+
+    tasks = [loop.create_task(one(identity, offset)) for identity, offset in zip(identities, offsets, strict=True)]
+    everything = asyncio.gather(*tasks, return_exceptions=True)
+    waiters: list[asyncio.Future[Any]] = [everything]
+    stop_task = loop.create_task(stop.wait()) if stop is not None else None
+    if stop_task is not None:
+        waiters.append(stop_task)
+    done, _ = await asyncio.wait(waiters, timeout=settings.deadline_s, return_when=asyncio.FIRST_COMPLETED)
+    interrupted = everything not in done
+    if interrupted:
+        log.warning("stopping the fleet: %d devices unfinished", sum(not t.done() for t in tasks))
+        for task in tasks:
+            task.cancel()
+    if stop_task is not None:
+        stop_task.cancel()
+    outcomes = await everything
+    wall_s = loop.time() - started
+    memory = meter.stop(len(identities))
+    records: list[DeviceMetrics] = []
+    for identity, outcome in zip(identities, outcomes, strict=True):
+        if isinstance(outcome, DeviceMetrics):
+            records.append(outcome)
+        elif isinstance(outcome, DeviceCancelled):
+            records.append(outcome.result.metrics)
+        elif isinstance(outcome, asyncio.CancelledError):
+            if progress is not None:
+                progress.failed += 1
+            records.append(_never_started(identity, label, wall_s))
+        else:  # run_device reports its own failures; anything here is a bug, reported on the device
+            log.error("device %s: %r", identity.thing_name, outcome)
+            if progress is not None:
+                progress.failed += 1
+            records.append(
+                DeviceMetrics(
+                    thing_name=identity.thing_name,
+                    settings=label,
+                    verified=False,
+                    failure_reason=failure_reason(FailureKind.ERROR),
+                    failure_message=repr(outcome),
+                    ended_at=wall_s,
+                )
+            )
+    summary = aggregate(
+        records,
+        wall_s=wall_s,
+        settings=settings_dict(download, settings, len(identities)),
+        price_per_million=settings.price_per_million,
+    )
+    return FleetRun(records=tuple(records), summary=summary, wall_s=wall_s, interrupted=interrupted, memory=memory)
+
+
+def settings_dict(download: DownloadSettings, settings: FleetSettings, devices: int) -> dict[str, Any]:
+    return {
+        "devices": devices,
+        "format": download.format.value,
+        "block_size": download.block_size,
+        "blocks_per_request": download.blocks_per_request or "max",
+        "inflight": download.inflight,
+        "connect_rate": settings.connect_rate,
+        "start_jitter": settings.start_jitter,
+        "crt_threads": settings.crt_threads or fleet_crt_threads(),
+    }
