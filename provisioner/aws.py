@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
+import boto3  # type: ignore[import-untyped]  # no stubs: clients are typed Any on purpose (Clients)
+from botocore.config import Config  # type: ignore[import-untyped]
+from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound  # type: ignore[import-untyped]
 
 from .errors import (
     THROTTLING_CODES,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from botocore.exceptions import (
+from botocore.exceptions import (  # type: ignore[import-untyped]  # no stubs: the untyped boundary
     BotoCoreError,
     ClientError,
     EndpointConnectionError,

@@ -492,7 +492,7 @@ def test_read_local_config(tmp_path: Path) -> None:
 def test_every_error_class_has_its_own_click_exception() -> None:
     import click
 
-    from provisioner.cli_support import CLI_ERRORS, to_click
+    from provisioner.cli.support import CLI_ERRORS, to_click
 
     codes = {cls.exit_code for cls in CLI_ERRORS}
     assert len(codes) == len(CLI_ERRORS), "exit codes are unique per error class"

@@ -21,9 +21,9 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .aws import Api, AwsTarget, PlannedCall, open_clients
-from .cleanup import CleanupReport
-from .errors import (
+from ..aws import Api, AwsTarget, PlannedCall, open_clients
+from ..cleanup import CleanupReport
+from ..errors import (
     AccessDenied,
     AlreadyExists,
     AwsError,
@@ -35,12 +35,12 @@ from .errors import (
     ProvisionerError,
     Throttled,
 )
-from .firmware import DEFAULT_KEY_PREFIX
-from .local import LocalConfig, read_local_config
-from .manifest import Manifest, load_manifest
-from .pacing import DEFAULT_TPS
-from .things import ThingProgress
-from .validation import parse_host_port
+from ..firmware import DEFAULT_KEY_PREFIX
+from ..local import LocalConfig, read_local_config
+from ..manifest import Manifest, load_manifest
+from ..pacing import DEFAULT_TPS
+from ..things import ThingProgress
+from ..validation import parse_host_port
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -3,7 +3,7 @@
 Thin click commands over the library modules. Each command builds an ``Api`` from the AWS options
 (``--profile/--region`` through the standard boto3 chain, ``--local DIR`` for local-iot's defaults, ``--tps``),
 runs one library function, and prints the result. ``ProvisionerError``s become ``ProvisionerCliError`` (a
-``click.ClickException``) carrying the error's own exit code. Options and output helpers: ``cli_support``.
+``click.ClickException``) carrying the error's own exit code. Options and output helpers: ``support``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,27 @@ from typing import Any
 
 import click
 
-from .aws import Api
-from .certs import load_ca
-from .cleanup import cleanup_manifest, find_run
-from .cli_support import (
+from ..aws import Api
+from ..certs import load_ca
+from ..cleanup import cleanup_manifest, find_run
+from ..errors import CleanupIncomplete, InputError, ManifestError
+from ..firmware import DEFAULT_KEY_PREFIX, check_bucket_usable, ensure_bucket, inspect_bucket, plan_sources, upload
+from ..manifest import Manifest, ManifestStore, load_manifest
+from ..policy import check_policy_free
+from ..role import check_given_role, create_role, update_role_policy, use_given_role
+from ..streams import (
+    DEFAULT_DESCRIPTION,
+    check_stream_free,
+    create_stream,
+    delete_stream,
+    describe_stream,
+    file_specs,
+    list_streams,
+    update_stream,
+)
+from ..things import resolve_mqtt_endpoint, setup_fleet
+from ..up import UpOptions, check_same_account, open_run, root_ca_source, up
+from .support import (
     AwsOptions,
     ProvisionerCliError,
     bucket_options,
@@ -37,23 +54,6 @@ from .cli_support import (
     thing_progress,
     with_aws_options,
 )
-from .errors import CleanupIncomplete, InputError, ManifestError
-from .firmware import DEFAULT_KEY_PREFIX, check_bucket_usable, ensure_bucket, inspect_bucket, plan_sources, upload
-from .manifest import Manifest, ManifestStore, load_manifest
-from .policy import check_policy_free
-from .role import check_given_role, create_role, update_role_policy, use_given_role
-from .streams import (
-    DEFAULT_DESCRIPTION,
-    check_stream_free,
-    create_stream,
-    delete_stream,
-    describe_stream,
-    file_specs,
-    list_streams,
-    update_stream,
-)
-from .things import resolve_mqtt_endpoint, setup_fleet
-from .up import UpOptions, check_same_account, open_run, root_ca_source, up
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
