@@ -38,7 +38,6 @@ from device_sim.protocol import (
     decode_request,
     encode_answer,
     encode_data_block,
-    highest_bit,
     parse_topic,
 )
 from device_sim.protocol.limits import MAX_DATA_PER_REQUEST, MAX_DEVICE_PAYLOAD
@@ -50,6 +49,10 @@ __all__ = ["AnswerKind", "BlockCache", "Outgoing", "ServiceStats", "StreamServic
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR_MESSAGE = "The service failed to process the request."
+INVALID_CBOR_MESSAGE = "Invalid CBOR message"
+INVALID_JSON_MESSAGE = "Invalid JSON message"
+#: Rejections AWS answers with a fixed message and no client token (captured: docs/protocol.md section 4).
+_UNDECODABLE = {ErrorCode.INVALID_CBOR: INVALID_CBOR_MESSAGE, ErrorCode.INVALID_JSON: INVALID_JSON_MESSAGE}
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
 
 
@@ -215,6 +218,12 @@ class StreamServiceCore:
             return self._get(request_topic, request, now)
         except RequestRejected as rejected:
             reply = request_topic.reply(Operation.REJECTED)
+            fixed = _UNDECODABLE.get(rejected.code)
+            if fixed is not None:
+                # As AWS answers (a captured real answer): no client token even when one was sent, and one fixed
+                # message under both the short and the long keys. The codec's detail goes to the debug log.
+                log.debug("%s on %r: %s", rejected.code, topic, rejected.message)
+                return [self._rejection(reply, rejected.code, fixed, None, now)]
             # the codec's rejections carry the token to echo; ours (stream checks) come after a decoded token
             echo = token if token is not None else rejected.client_token
             return [self._rejection(reply, rejected.code, rejected.message, echo, now)]
@@ -261,7 +270,8 @@ class StreamServiceCore:
         if request.stream_version is not None and request.stream_version != stream.version:
             raise _reject(
                 ErrorCode.VERSION_MISMATCH,
-                f"The stream version {request.stream_version} does not match the current version {stream.version}.",
+                f"The stream version {_show_int(request.stream_version)} does not match the current version "
+                f"{stream.version}.",
             )
         file = stream.file(request.file_id)
         if file is None:
@@ -313,23 +323,30 @@ class StreamServiceCore:
         )
 
 
-def _selected_blocks(request: GetStreamRequest, total: int) -> Iterable[int]:
-    """The absolute block indices to send, in order; raises InvalidRequest when any selected block is past the end.
+def _show_int(value: int) -> str:
+    """An integer for a message: a CBOR bignum can be far past Python's int-to-str digit limit."""
+    return str(value) if value.bit_length() <= 64 else f"<a {value.bit_length()}-bit integer>"
 
-    Without a bitmap: ``n`` (default ``floor(131072 / l)``) consecutive blocks from ``o``. With a bitmap: its set
-    bits (``o + bit``), lowest first. Either way at most ``n`` and at most 128 KiB of blocks are sent.
+
+def _selected_blocks(request: GetStreamRequest, total: int) -> Iterable[int]:
+    """The absolute block indices to send, in order: **select first, then range-check** (docs/protocol.md 4).
+
+    Without a bitmap: ``n`` (default ``floor(131072 / l)``) consecutive blocks from ``o``; ``o + n`` past the end
+    is InvalidRequest. With a bitmap: its set bits (``o + bit``) in block order, stopping at the ``n`` cap and then
+    at the 128 KiB cap; bits beyond the caps are never looked at (AWS's own MQTT file streams library sends a fixed
+    placeholder bitmap with bits up to 29 set and ``n = 1``). InvalidRequest when ``o`` is at or past the end,
+    when a *selected* block is, or when nothing is selected.
     """
     cap = MAX_DATA_PER_REQUEST // request.block_size
     offset, wanted = request.offset, request.number_of_blocks
     bitmap = request.bitmap
+    if offset >= total:
+        raise _reject(ErrorCode.INVALID_REQUEST, OUT_OF_RANGE_MESSAGE)
     if bitmap is None:
         count = cap if wanted is None else wanted
         if offset + count > total:
             raise _reject(ErrorCode.INVALID_REQUEST, OUT_OF_RANGE_MESSAGE)
         return range(offset, offset + min(count, cap))
-    highest = highest_bit(bitmap)
-    if highest is None or offset + highest >= total:
-        raise _reject(ErrorCode.INVALID_REQUEST, OUT_OF_RANGE_MESSAGE)
     limit = cap if wanted is None else min(wanted, cap)
     selected: list[int] = []
     for k, byte in enumerate(bitmap):
@@ -338,7 +355,12 @@ def _selected_blocks(request: GetStreamRequest, total: int) -> Iterable[int]:
         base = offset + 8 * k
         for bit in range(8):
             if byte >> bit & 1:
-                selected.append(base + bit)
+                index = base + bit
+                if index >= total:
+                    raise _reject(ErrorCode.INVALID_REQUEST, OUT_OF_RANGE_MESSAGE)
+                selected.append(index)
                 if len(selected) == limit:
                     return selected
+    if not selected:
+        raise _reject(ErrorCode.INVALID_REQUEST, OUT_OF_RANGE_MESSAGE)
     return selected

@@ -62,9 +62,17 @@ def both(
     ]
 
 
+#: AWS answers these with a fixed message and no client token, even when one was sent (a captured real answer).
+UNDECODABLE = {"InvalidCbor": "Invalid CBOR message", "InvalidJson": "Invalid JSON message"}
+
+
 def raw(id: str, fmt: str, payload: bytes, code: str, token: str | None = None, **extra: Any) -> Case:
+    """One raw request; ``token`` is what the request sent (not echoed by InvalidCbor/InvalidJson answers)."""
     extra.setdefault("suffix", f"get/{fmt}")
     extra.setdefault("reply", fmt)
+    if code in UNDECODABLE:
+        token = None
+        extra.setdefault("message", UNDECODABLE[code])
     return Case(id=id, payload=payload, code=code, token=token, **extra)
 
 

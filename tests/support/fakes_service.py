@@ -99,16 +99,20 @@ class FakeStreamService:
         if content is None:
             return reject(ErrorCode.RESOURCE_NOT_FOUND, f"no file {request.file_id}")
         total = block_count(len(content), size)
+        # Select first, then range-check (docs/protocol.md 4): only the blocks within the n and 128 KiB caps count.
+        if request.offset >= total:
+            return reject(ErrorCode.INVALID_REQUEST, OUT_OF_RANGE_MESSAGE)
         if request.bitmap is None:
             count = n if n is not None else max_blocks_per_request(size)
+            if request.offset + count > total:
+                return reject(ErrorCode.INVALID_REQUEST, OUT_OF_RANGE_MESSAGE)
             selected = list(range(request.offset, request.offset + count))
         else:
             selected = decode_bitmap(request.bitmap, request.offset)
-            if not selected:
-                return reject(ErrorCode.INVALID_REQUEST, "the bitmap selects no block")
-        if selected[-1] >= total:
-            return reject(ErrorCode.INVALID_REQUEST, OUT_OF_RANGE_MESSAGE)
         cap = min(n if n is not None else len(selected), max_blocks_per_request(size))
+        selected = selected[:cap]
+        if not selected or selected[-1] >= total:
+            return reject(ErrorCode.INVALID_REQUEST, OUT_OF_RANGE_MESSAGE)
         return [
             DataBlock(
                 client_token=token,
@@ -117,7 +121,7 @@ class FakeStreamService:
                 block_length=block_length(len(content), size, i),
                 payload=content[i * size : i * size + block_length(len(content), size, i)],
             )
-            for i in selected[:cap]
+            for i in selected
         ]
 
 

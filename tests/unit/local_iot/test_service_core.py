@@ -176,7 +176,7 @@ def test_bitmap_capped_by_n_then_by_128_kib_lowest_first(core: StreamServiceCore
         {"f": 0, "l": 1024, "o": 8, "b": bytes([0x08])},  # bit 3 = block 11
         {"f": 0, "l": 1024, "o": 0, "b": b""},  # empty bitmap
         {"f": 0, "l": 1024, "o": 0, "b": bytes(3)},  # all-zero bitmap
-        {"f": 7, "l": 256, "o": 0, "n": 1, "b": bytes([1]) + bytes(124) + bytes([0x80])},  # bit 1007 past 1000
+        {"f": 7, "l": 256, "o": 0, "n": 2, "b": bytes([1]) + bytes(124) + bytes([0x80])},  # selects 1007 of 1000
     ],
 )
 @FORMATS
