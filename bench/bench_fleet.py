@@ -7,7 +7,7 @@ Run: ``.venv/bin/python bench/bench_fleet.py [--devices 1000] [--size 1MiB] [--b
 How it works: ``local-iot up`` runs as a subprocess (no quotas, no latency), so the emulator does not share a GIL
 with the fleet; ``provisioner up`` creates the stream and N things with certificates (not timed). Every measurement
 is then a fresh child process of this script (``worker ...``), so that its peak RSS is its own:
-- ``fleet``: ``device_sim.fleet.runner.run_fleet`` over the manifest, exactly what ``device-sim fleet`` runs (digest sinks,
+- ``fleet``: ``run_fleet`` over the manifest, exactly what ``device-sim fleet`` runs (digest sinks,
   S3 verification, default flow control); it reports wall time, goodput, and ``FleetRun.memory`` (RSS when the
   devices start, peak RSS until they end, from the kernel's VmHWM);
 - ``bare``: N ``MqttTransport`` connections, each subscribed to its device's three topics, no download: the cost
@@ -44,16 +44,15 @@ TARGET_GOODPUT_RATIO = 0.5
 
 
 def _load(manifest: Path, no_tls: bool, devices: int) -> tuple[Any, list[Any]]:
-    from device_sim.fleet.runner import target_from_manifest
-    from provisioner.manifest import load_manifest
+    from device_sim.fleet.plan import read_target
 
-    target, identities = target_from_manifest(load_manifest(manifest), no_tls=no_tls)
+    target, identities = read_target(manifest, no_tls=no_tls)
     return target, identities[:devices]
 
 
 async def _fleet_worker(args: argparse.Namespace) -> dict[str, Any]:
-    from device_sim.cli.download import make_source
     from device_sim.device.device import DownloadSettings, SinkKind
+    from device_sim.fleet.plan import s3_source
     from device_sim.fleet.resources import drop_system_trust_env, ensure_open_files
     from device_sim.fleet.runner import FleetProgress, FleetSettings, run_fleet
     from device_sim.transport import FlowControl
@@ -68,7 +67,7 @@ async def _fleet_worker(args: argparse.Namespace) -> dict[str, Any]:
         transport={"flow_control": FlowControl(args.flow_control)},
         crt_threads=args.crt_threads,
     )
-    source = make_source(target.aws_endpoint_url, target.region)
+    source = s3_source(target)
     cpu0 = os.times()
     run = await run_fleet(target, identities, download, fleet, source=source, progress=FleetProgress())
     cpu1 = os.times()

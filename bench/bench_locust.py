@@ -1,5 +1,5 @@
 """One process vs Locust: the same fleet (default 2000 devices x 256 KiB) through ``device-sim fleet`` (asyncio, one
-process) and ``device-sim locust-fleet --processes 2`` (a Locust master, 2 workers, 2 device hosts), side by side.
+process) and ``device-sim fleet --engine locust --processes 2`` (a Locust master, 2 workers, 2 device hosts), side by side.
 
 Run: ``.venv/bin/python bench/bench_locust.py [--devices 2000] [--size 256KiB] [--block-sizes 4KiB,64KiB]
 [--connect-rate 200] [--processes 2] [--rounds 1] [--json out.json]``.
@@ -149,7 +149,7 @@ def main() -> None:
                     f"asyncio, 1 process{tag}", asyncio_args, env, work / f"asyncio-{block_size}-{n}", emulator
                 )
                 results.append({**result, "block_size": block_size})
-                locust_args = ["locust-fleet", *common, "--processes", str(opts.processes)]
+                locust_args = ["fleet", "--engine", "locust", *common, "--processes", str(opts.processes)]
                 name = f"locust, {opts.processes} processes{tag}"
                 result = run_fleet(name, locust_args, env, work / f"locust-{block_size}-{n}", emulator)
                 results.append({**result, "block_size": block_size})

@@ -32,6 +32,4 @@ from device_sim.cli.report import report_group  # noqa: E402
 
 main.add_command(report_group, "report")
 
-from device_sim.cli.locust import locust_fleet_command  # noqa: E402
 
-main.add_command(locust_fleet_command, "locust-fleet")

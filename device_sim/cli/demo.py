@@ -19,10 +19,10 @@ from typing import Any
 
 import click
 
+from device_sim.cli.fleet import print_summary, run_with_display
 from device_sim.cli.options import SizeType
 from device_sim.device.device import DownloadSettings, SinkKind
-from device_sim.device.verify import S3Source
-from device_sim.fleet.runner import FleetSettings, target_from_manifest
+from device_sim.fleet.plan import FleetPlan, FleetSettings, s3_source
 from device_sim.protocol import Format
 from device_sim.results.files import ReportWriteError, write_reports
 from device_sim.transport import FlowControl
@@ -154,26 +154,16 @@ def demo_command(
                 ],
             )
             manifest = load_manifest(manifest_path)
-            target, identities = target_from_manifest(manifest)
             download = DownloadSettings(format=Format(fmt), block_size=block_size, sink=SinkKind.DIGEST)
             fleet = FleetSettings(
                 connect_rate=100.0, start_jitter=0.5, seed=seed, transport={"flow_control": FlowControl.AWS}
             )
+            plan = FleetPlan.load(manifest_path, download=download, fleet=fleet, report_dir=report_dir)
+            assert plan.target is not None
             click.echo(f"$ device-sim fleet --manifest {manifest_path} --report-dir {report_dir}", err=True)
-            from device_sim.cli.fleet import _print_summary, run_with_display
-
-            run = asyncio.run(
-                run_with_display(
-                    target,
-                    identities,
-                    download,
-                    fleet,
-                    S3Source(),
-                    quiet=False,
-                    title=f"demo fleet of {len(identities)}",
-                )
-            )
-            _print_summary(run)
+            title = f"demo fleet of {len(plan.identities)}"
+            run = asyncio.run(run_with_display(plan, s3_source(plan.target), quiet=False, title=title))
+            print_summary(run)
             try:
                 paths = write_reports(report_dir, run.summary, list(run.records))
             except ReportWriteError as exc:

@@ -20,6 +20,7 @@ import click
 from device_sim.cli.options import build_download_settings, download_options, pem_file, transport_choices
 from device_sim.device.device import NO_SUCH_FILE, Device, DeviceResult, SinkKind
 from device_sim.device.verify import S3Source
+from device_sim.fleet.plan import PlanError, device_from_manifest, s3_source
 from device_sim.results.metrics import FailureKind
 from device_sim.transport import InvalidSettings, TransportSettings
 
@@ -66,54 +67,21 @@ class OneLineErrors(click.Command):
 
 
 def resolve_from_manifest(manifest_path: Path, thing: str | None) -> dict[str, Any]:
-    """Endpoint, port, certificates, stream and AWS endpoint for ``thing`` from a provisioner manifest."""
-    from provisioner.errors import ProvisionerError
-    from provisioner.manifest import load_manifest
-
+    """Endpoint, port, certificates and stream for ``thing`` from a provisioner manifest (option name -> value)."""
     try:
-        manifest = load_manifest(manifest_path)
-    except ProvisionerError as exc:
+        chosen = device_from_manifest(manifest_path, thing)
+    except PlanError as exc:
         raise ManifestProblem(str(exc)) from exc
-    if manifest.mqtt is None:
-        raise ManifestProblem(f"{manifest_path} has no MQTT endpoint: run `provisioner up` with --mqtt-endpoint")
-    if manifest.stream is None:
-        raise ManifestProblem(f"{manifest_path} records no stream: run `provisioner up` first")
-    things = {t.name: t for t in manifest.things}
-    if not things:
-        raise ManifestProblem(f"{manifest_path} records no things: run `provisioner up --things N`")
-    record = things.get(thing) if thing else next(iter(things.values()))
-    if record is None:
-        raise ManifestProblem(f"thing {thing!r} is not in {manifest_path} (it has {', '.join(list(things)[:5])}...)")
-    if record.cert_path is None or record.key_path is None:
-        raise ManifestProblem(f"thing {record.name} has no certificate files in {manifest_path}")
     return {
-        "endpoint": manifest.mqtt.host,
-        "port": manifest.mqtt.port,
-        "ca": manifest.mqtt.ca_path,
-        "cert": record.cert_path,
-        "key": record.key_path,
-        "thing": record.name,
-        "stream": manifest.stream.stream_id,
-        "aws_endpoint_url": manifest.aws_endpoint_url,
-        "region": manifest.region,
+        "endpoint": chosen.target.endpoint,
+        "port": chosen.target.port,
+        "ca": chosen.target.ca,
+        "cert": chosen.identity.cert,
+        "key": chosen.identity.key,
+        "thing": chosen.identity.thing_name,
+        "stream": chosen.target.stream_id,
+        "target": chosen.target,
     }
-
-
-def make_source(aws_endpoint_url: str | None, region: str | None) -> S3Source:
-    """An S3Source on the standard boto3 chain; the manifest's endpoint (local_iot) when the env sets none."""
-    import os
-
-    import boto3
-
-    if aws_endpoint_url and "AWS_ENDPOINT_URL" not in os.environ:
-        os.environ["AWS_ENDPOINT_URL"] = aws_endpoint_url
-    region = region or os.environ.get("AWS_REGION") or None
-    session = boto3.Session(region_name=region)
-    if aws_endpoint_url and session.get_credentials() is None:
-        # The manifest was made against a custom endpoint (local_iot), which takes any credentials; a real
-        # account's manifest has no endpoint URL, so real credentials are never replaced by these.
-        session = boto3.Session(region_name=region, aws_access_key_id="testing", aws_secret_access_key="testing")
-    return S3Source(session)
 
 
 @click.command("download", cls=OneLineErrors)
@@ -194,7 +162,8 @@ def download_command(**params: Any) -> None:
         raise click.UsageError(str(exc)) from None
     source = None
     if settings.verify_s3 and settings.expect_sha256 is None:
-        source = make_source(resolved.get("aws_endpoint_url"), resolved.get("region"))
+        target = resolved.get("target")
+        source = s3_source(target) if target is not None else S3Source.connect()
     else:
         settings = replace(settings, verify_s3=False)
 

@@ -19,20 +19,13 @@ from typing import Any
 
 import click
 
-from device_sim.cli.download import make_source
-from device_sim.cli.locust_options import locust_options, locust_topology_given
+from device_sim.cli.locust import locust_options, locust_topology_given, run_locust
 from device_sim.cli.options import SizeListType, build_download_settings, download_options, transport_choices
 from device_sim.device.device import DownloadSettings, SinkKind
+from device_sim.device.verify import S3Source
+from device_sim.fleet.plan import FleetPlan, FleetSettings, PlanError, Shard, s3_source
 from device_sim.fleet.resources import OpenFilesLimit, ensure_open_files, system_trust_env_dropped
-from device_sim.fleet.runner import (
-    FleetProgress,
-    FleetRun,
-    FleetSettings,
-    Shard,
-    run_fleet,
-    select_identities,
-    target_from_manifest,
-)
+from device_sim.fleet.runner import FleetProgress, FleetRun, run_fleet
 from device_sim.protocol.limits import DEFAULT_PRICE_PER_MILLION_MESSAGES_USD
 from device_sim.results.files import ReportWriteError, write_reports
 from device_sim.results.metrics import DeviceMetrics, aggregate
@@ -135,40 +128,41 @@ def fleet_options(func: Any) -> Any:
     return func
 
 
-def _prepare(params: dict[str, Any]) -> tuple[Any, list[Any], FleetSettings, Any]:
-    from provisioner.errors import ProvisionerError
-    from provisioner.manifest import load_manifest
-
+def build_plan(params: dict[str, Any], *, manifest: Path | None = None) -> FleetPlan:
+    """The fleet plan from the parsed options (click errors naming the option); ``manifest`` replaces --manifest."""
+    download = build_download_settings(params, sink=SinkKind.DIGEST)
     try:
-        manifest = load_manifest(params["manifest"])
-        target, identities = target_from_manifest(manifest, no_tls=params["no_tls"])
-    except (ProvisionerError, ValueError) as exc:
-        raise click.UsageError(str(exc)) from None
-    if not identities:
-        raise click.UsageError(f"{params['manifest']} has no things with certificates: run `provisioner up --things N`")
-    try:
-        identities = select_identities(
-            identities, shard=params["shard"], offset=params["offset"], devices=params["devices"]
+        fleet = FleetSettings(
+            connect_rate=params["connect_rate"],
+            start_jitter=params["start_jitter"],
+            deadline_s=params["deadline"],
+            seed=params["seed"],
+            price_per_million=params["price_per_million"],
+            transport=transport_choices(params),
+            crt_threads=params["crt_threads"],
         )
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--shard/--offset/--devices") from None
+        return FleetPlan.load(
+            manifest or params["manifest"],
+            no_tls=params["no_tls"],
+            shard=params["shard"],
+            offset=params["offset"],
+            devices=params["devices"],
+            download=download,
+            fleet=fleet,
+            report_dir=params["report_dir"],
+        )
+    except (PlanError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _prepare(params: dict[str, Any]) -> tuple[FleetPlan, S3Source | None]:
+    plan = build_plan(params)
     try:
-        ensure_open_files(len(identities))
+        ensure_open_files(len(plan.identities))
     except OpenFilesLimit as exc:
         raise TooFewOpenFiles(str(exc)) from None
-    fleet = FleetSettings(
-        connect_rate=params["connect_rate"],
-        start_jitter=params["start_jitter"],
-        deadline_s=params["deadline"],
-        seed=params["seed"],
-        price_per_million=params["price_per_million"],
-        transport=transport_choices(params),
-        crt_threads=params["crt_threads"],
-    )
-    source = None
-    if params["verify_s3"] and params["expect_sha256"] is None:
-        source = make_source(target.aws_endpoint_url, target.region)
-    return target, identities, fleet, source
+    assert plan.target is not None
+    return plan, s3_source(plan.target) if plan.verify_with_s3 else None
 
 
 @contextlib.contextmanager
@@ -183,14 +177,7 @@ def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> It
 
 
 async def run_with_display(
-    target: Any,
-    identities: list[Any],
-    download: DownloadSettings,
-    fleet: FleetSettings,
-    source: Any,
-    *,
-    quiet: bool,
-    title: str,
+    plan: FleetPlan, source: S3Source | None, *, quiet: bool, title: str, download: DownloadSettings | None = None
 ) -> FleetRun:
     """run_fleet with Ctrl-C handling and, on a terminal, a live progress line.
 
@@ -199,6 +186,9 @@ async def run_with_display(
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    target, identities, fleet = plan.target, plan.identities, plan.fleet
+    assert target is not None
+    download = download or plan.download
     progress = FleetProgress(len(identities))
     own_ca = not target.no_tls and target.ca is not None
     with _stop_on_signals(loop, stop), system_trust_env_dropped(own_ca):
@@ -220,7 +210,7 @@ async def run_with_display(
             return await run_fleet(target, identities, download, fleet, source=source, progress=progress, stop=stop)
 
 
-def _print_summary(run: FleetRun) -> None:
+def print_summary(run: FleetRun) -> None:
     from rich.console import Console
 
     from device_sim.cli.rich_tables import rich_summary_table
@@ -259,19 +249,13 @@ def _write(report_dir: Path, summary: Any, records: list[DeviceMetrics], sweep: 
 def fleet_command(**params: Any) -> None:
     """Run many devices from a manifest at once, verify every one, write reports."""
     if params["engine"] == "locust":
-        from device_sim.cli.locust import run_locust  # lazily: cli_locust imports this module
-
-        sys.exit(run_locust(params))
+        sys.exit(run_locust(params, build_plan))
     if locust_topology_given(params):
         raise click.UsageError("--processes/--master/--worker/--web-ui/--locust-arg need --engine locust")
-    target, identities, fleet, source = _prepare(params)
-    download = build_download_settings(params, sink=SinkKind.DIGEST)
-    run = asyncio.run(
-        run_with_display(
-            target, identities, download, fleet, source, quiet=params["quiet"], title=f"fleet of {len(identities)}"
-        )
-    )
-    _print_summary(run)
+    plan, source = _prepare(params)
+    title = f"fleet of {len(plan.identities)}"
+    run = asyncio.run(run_with_display(plan, source, quiet=params["quiet"], title=title))
+    print_summary(run)
     _write(params["report_dir"], run.summary, list(run.records), None)
     if not run.summary.all_verified or run.interrupted:
         sys.exit(1)
@@ -300,8 +284,8 @@ def sweep_command(**params: Any) -> None:
     Against local_iot, start it with --latency-ms and --quotas aws: without AWS's per-connection limits
     (100 publishes/s, 512 KiB/s) small blocks look far better than they are on AWS.
     """
-    target, identities, fleet, source = _prepare(params)
-    base = build_download_settings(params, sink=SinkKind.DIGEST)
+    plan, source = _prepare(params)
+    base, fleet = plan.download, plan.fleet
     bprs = _int_list(params["bpr_list"], "--blocks-per-request-list") or [None]
     inflights = _int_list(params["inflight_list"], "--inflight-list") or [None]
     combos = list(itertools.product(params["block_sizes"], bprs, inflights))
@@ -318,9 +302,7 @@ def sweep_command(**params: Any) -> None:
             block_size=block_size, blocks_per_request=bpr, inflight=inflight, summary=aggregate([], wall_s=0)
         ).label
         title = f"[{n}/{len(combos)}] {point_label}"
-        run = asyncio.run(
-            run_with_display(target, identities, settings, fleet, source, quiet=params["quiet"], title=title)
-        )
+        run = asyncio.run(run_with_display(plan, source, quiet=params["quiet"], title=title, download=settings))
         relabelled = [replace(r, settings=point_label) for r in run.records]
         records.extend(relabelled)
         points.append(SweepPoint(block_size=block_size, blocks_per_request=bpr, inflight=inflight, summary=run.summary))

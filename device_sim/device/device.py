@@ -1,6 +1,7 @@
 """One simulated device: connect, DescribeStream, download each file, verify, report.
 
-How this works: ``Device.run()`` opens an ``MqttTransport`` whose ``on_message`` runs in the event loop (the CRT
+How this works: ``Device.run()`` opens a transport (``transport_factory``: ``MqttTransport`` over awscrt unless
+a caller passes another, e.g. an in-memory link in tests) whose ``on_message`` runs in the event loop (the CRT
 thread only hops). It subscribes to ``description``, ``data`` and ``rejected`` before publishing anything, sends
 DescribeStream (re-sent after ``describe_timeout``, a bounded number of times), then downloads the chosen files
 one after the other, each with a ``FileDownload`` (engine + sink + timer, see ``device_download``) to which it
@@ -15,12 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from device_sim.device.download import FileDownload
-from device_sim.device.meters import MessageMeter, ProgressSampler
+from device_sim.device.meters import MessageMeter, ProgressSampler, metrics_counts
 from device_sim.device.types import DeviceFailure, DeviceResult, DownloadSettings, FileResult, SinkKind
 from device_sim.device.verify import S3Source
 from device_sim.engine.types import EngineStats
@@ -47,7 +47,9 @@ from device_sim.transport import (
     MqttTransport,
     PublishError,
     SubscribeRejected,
+    Transport,
     TransportError,
+    TransportFactory,
     TransportSettings,
 )
 
@@ -68,31 +70,6 @@ log = logging.getLogger(__name__)
 NO_SUCH_FILE = "no-such-file"
 
 
-@dataclass
-class _Totals:
-    """Counters summed over the files of one run (engines are per file)."""
-
-    blocks: int = 0
-    bytes: int = 0
-    duplicates: int = 0
-    invalid: int = 0
-    re_requests: int = 0
-    requests: int = 0
-    timeouts: int = 0
-    rejections: dict[str, int] = field(default_factory=dict)
-
-    def add(self, stats: EngineStats) -> None:
-        self.blocks += stats.blocks_received
-        self.bytes += stats.bytes_received
-        self.duplicates += stats.duplicates
-        self.invalid += stats.invalid_blocks
-        self.re_requests += stats.re_requests
-        self.requests += stats.requests_sent
-        self.timeouts += stats.timeouts
-        for code, n in stats.rejections.items():
-            self.rejections[code] = self.rejections.get(code, 0) + n
-
-
 class Device:
     """One thing downloading one stream. ``await Device(...).run()`` returns a ``DeviceResult``; never raises
     for a failed download (the failure is in the result). Cancelled, it raises ``DeviceCancelled`` carrying the
@@ -110,8 +87,10 @@ class Device:
         run_started: float | None = None,
         settings_label: str | None = None,
         on_progress: Callable[[int], None] | None = None,
+        transport_factory: TransportFactory = MqttTransport,
     ) -> None:
         self.thing_name = thing_name
+        self._transport_factory = transport_factory
         self.stream_id = stream_id
         self.transport_settings = transport
         self.settings = settings
@@ -127,7 +106,7 @@ class Device:
         self._topic_describe = build_topic(thing_name, stream_id, Operation.DESCRIBE, fmt)
         self._topic_get = build_topic(thing_name, stream_id, Operation.GET, fmt)
         self._token_seq = 0
-        self._mqtt: MqttTransport | None = None
+        self._mqtt: Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._current: FileDownload | None = None
         self._describe_waiter: asyncio.Future[StreamDescription | Rejection] | None = None
@@ -136,7 +115,7 @@ class Device:
         self._tasks: set[asyncio.Task[None]] = set()
         self._meter = MessageMeter()
         self._progress = ProgressSampler()
-        self._totals = _Totals()
+        self._totals = EngineStats()  # summed over the files of this run (engines are per file)
         self._disconnects = 0
         self._first_block_at: float | None = None
         self._started_at = 0.0
@@ -180,7 +159,7 @@ class Device:
         if self._source is not None:
             warm_up = asyncio.ensure_future(asyncio.to_thread(self._source.prepare, self.stream_id))
         try:
-            self._mqtt = MqttTransport(
+            self._mqtt = self._transport_factory(
                 self.transport_settings,
                 on_message=self._on_message,
                 on_connection_event=self._on_connection_event,
@@ -210,7 +189,6 @@ class Device:
         self, files: list[FileResult], failure: DeviceFailure | None, timing: dict[str, float], run_started: float
     ) -> DeviceResult:
         loop_now = self._loop.time() if self._loop else self._started_at
-        t = self._totals
         first_block_s = self._first_block_at - self._started_at if self._first_block_at is not None else None
         metrics = DeviceMetrics(
             thing_name=self.thing_name,
@@ -218,14 +196,7 @@ class Device:
             connect_s=timing.get("connect"),
             first_block_s=first_block_s,
             download_s=timing.get("download") if failure is None else None,
-            bytes=t.bytes,
-            blocks=t.blocks,
-            duplicates=t.duplicates,
-            invalid_blocks=t.invalid,
-            re_requests=t.re_requests,
-            requests=t.requests,
-            timeouts=t.timeouts,
-            rejections=tuple(sorted(t.rejections.items())),
+            **metrics_counts(self._totals),
             disconnects=self._disconnects,
             verified=failure is None,
             failure_reason=failure.reason if failure else None,
@@ -511,6 +482,3 @@ class DeviceCancelled(asyncio.CancelledError):
     def __init__(self, result: DeviceResult) -> None:
         super().__init__("device cancelled")
         self.result = result
-
-
-_Cancelled = DeviceCancelled  # the name device_sim.fleet.runner imports

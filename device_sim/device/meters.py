@@ -5,10 +5,27 @@ Not thread-safe by design: each device's task (on the event loop) is the only wr
 
 from __future__ import annotations
 
+from typing import Any
+
+from device_sim.engine.types import EngineStats
 from device_sim.protocol.limits import metered_messages
 from device_sim.results.metrics import MAX_PROGRESS_SAMPLES, thin_samples
 
-__all__ = ["MessageMeter", "ProgressSampler"]
+__all__ = ["MessageMeter", "ProgressSampler", "metrics_counts"]
+
+
+def metrics_counts(stats: EngineStats) -> dict[str, Any]:
+    """The ``DeviceMetrics`` fields that come from the download counters: the one place they are mapped."""
+    return {
+        "bytes": stats.bytes_received,
+        "blocks": stats.blocks_received,
+        "duplicates": stats.duplicates,
+        "invalid_blocks": stats.invalid_blocks,
+        "re_requests": stats.re_requests,
+        "requests": stats.requests_sent,
+        "timeouts": stats.timeouts,
+        "rejections": tuple(sorted(stats.rejections.items())),
+    }
 
 
 class MessageMeter:

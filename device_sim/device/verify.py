@@ -94,10 +94,13 @@ def compare(
 class S3Source:
     """The S3 objects behind a stream, through boto3 (a real account or ``AWS_ENDPOINT_URL``)."""
 
-    def __init__(self, session: Any | None = None, *, region: str | None = None) -> None:
+    def __init__(
+        self, session: Any | None = None, *, region: str | None = None, endpoint_url: str | None = None
+    ) -> None:
         import boto3  # deferred: importing boto3 costs ~0.3 s and only verification needs it
 
         self._session = session or boto3.Session(region_name=region)
+        self._endpoint_url = endpoint_url  # None: boto3's own choice (AWS_ENDPOINT_URL or the real service)
         self._iot: Any = None
         self._s3: Any = None
         self._lock = threading.Lock()
@@ -106,15 +109,33 @@ class S3Source:
         self._locations: dict[tuple[str, int], S3Location] = {}
         self._crcs: dict[tuple[S3Location, int], list[int]] = {}
 
+    @classmethod
+    def connect(cls, *, endpoint_url: str | None = None, region: str | None = None) -> S3Source:
+        """A source on the standard boto3 credential chain, talking to ``endpoint_url`` when given.
+
+        A manifest made against a custom endpoint (local_iot, which takes any credentials) may be verified from a
+        shell with no AWS credentials: then placeholder keys are used for that endpoint only. A real account's
+        manifest has no endpoint URL, so real credentials are never replaced.
+        """
+        import os
+
+        import boto3
+
+        region = region or os.environ.get("AWS_REGION") or None  # read, never written
+        session = boto3.Session(region_name=region)
+        if endpoint_url and session.get_credentials() is None:
+            session = boto3.Session(region_name=region, aws_access_key_id="testing", aws_secret_access_key="testing")
+        return cls(session, endpoint_url=endpoint_url)
+
     def prepare(self, stream_id: str) -> None:
         """Create the boto3 clients and learn where the stream's files come from, ahead of ``locate``/``fetch``
         (a device calls it in a thread while it downloads). Never raises: ``locate`` reports the errors."""
         try:
             with self._lock:
                 if self._iot is None:
-                    self._iot = self._session.client("iot")
+                    self._iot = self._session.client("iot", endpoint_url=self._endpoint_url)
                 if self._s3 is None:
-                    self._s3 = self._session.client("s3")
+                    self._s3 = self._session.client("s3", endpoint_url=self._endpoint_url)
                 if any(key[0] == stream_id for key in self._locations):
                     return
             info = self._iot.describe_stream(streamId=stream_id)["streamInfo"]
@@ -134,7 +155,7 @@ class S3Source:
             if key in self._locations:
                 return self._locations[key]
             if self._iot is None:
-                self._iot = self._session.client("iot")
+                self._iot = self._session.client("iot", endpoint_url=self._endpoint_url)
         try:
             info = self._iot.describe_stream(streamId=stream_id)["streamInfo"]
         except (ClientError, BotoCoreError) as exc:
@@ -159,7 +180,7 @@ class S3Source:
                 return found
             lock = self._object_locks.setdefault(location, threading.Lock())
             if self._s3 is None:
-                self._s3 = self._session.client("s3")
+                self._s3 = self._session.client("s3", endpoint_url=self._endpoint_url)
         with lock:
             with self._lock:
                 found = self._objects.get(location)

@@ -33,10 +33,8 @@ for the pair is a bug and raises AssertionError.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable, Iterable
 from fractions import Fraction
-from types import MappingProxyType
 
 from device_sim.engine.blocks import BlockLedger, InFlight
 from device_sim.engine.rtt import ReorderWindow, RttEstimator
@@ -45,7 +43,6 @@ from device_sim.engine.types import (
     Action,
     Complete,
     DiscardBlocks,
-    EngineCounters,
     EngineInput,
     EngineSettings,
     EngineState,
@@ -108,8 +105,7 @@ class DownloadEngine:
         self._now = now
         self._created_at = now
         self._actions: list[Action] = []
-        self._counters = EngineCounters()
-        self._rejections: Counter[str] = Counter()
+        self._counters = EngineStats()
         self._rtt = RttEstimator(
             initial=self.settings.initial_timeout,
             minimum=self.settings.min_timeout,
@@ -170,15 +166,10 @@ class DownloadEngine:
 
     @property
     def stats(self) -> EngineStats:
-        c = self._counters
-        return EngineStats(
-            **{name: getattr(c, name) for name in EngineCounters.__slots__},
-            rejections=MappingProxyType(dict(self._rejections)),
-            srtt=self._rtt.srtt,
-            rttvar=self._rtt.rttvar,
-            timeout=self._timeout(),
-            spurious_fast_retries=self._reorder.spurious,
-        )
+        stats = self._counters.copy()
+        stats.srtt, stats.rttvar, stats.timeout = self._rtt.srtt, self._rtt.rttvar, self._timeout()
+        stats.spurious_fast_retries = self._reorder.spurious
+        return stats
 
     def next_actions(self) -> list[Action]:
         """The actions produced since the last call, in order. Carry them out in that order."""
@@ -297,7 +288,8 @@ class DownloadEngine:
 
     def _on_rejection(self, rejection: Rejection) -> EngineState:
         state = self._state
-        self._rejections[rejection.code] += 1
+        rejections = self._counters.rejections
+        rejections[rejection.code] = rejections.get(rejection.code, 0) + 1
         token = self.settings.client_token
         if (token is not None and rejection.client_token != token) or state.terminal:
             self._counters.ignored_rejections += 1

@@ -7,9 +7,8 @@ engine's own tally that ``EngineStats`` snapshots. The state machine that uses t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
-from types import MappingProxyType
 
 from device_sim.protocol.errors import LocalProtocolError
 from device_sim.protocol.limits import (
@@ -249,13 +248,34 @@ Action = SendRequest | WriteBlock | DiscardBlocks | Redescribe | Complete | Fail
 # ------------------------------------------------------------------------------------------- statistics
 
 
-def _empty_mapping() -> Mapping[str, int]:
-    return MappingProxyType({})
+#: The counters of ``EngineStats`` that add up across files and devices (all but the round-trip fields).
+COUNTER_FIELDS = (
+    "blocks_received",
+    "bytes_received",
+    "duplicates",
+    "invalid_blocks",
+    "stale_blocks",
+    "requests_sent",
+    "re_requests",
+    "blocks_requested",
+    "timeouts",
+    "fast_retries",
+    "spurious_fast_retries",
+    "resends",
+    "backoffs",
+    "redescribes",
+    "restarts",
+    "ignored_rejections",
+)
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(kw_only=True, slots=True)
 class EngineStats:
-    """A snapshot of the engine's counters (``engine.stats``)."""
+    """The download counters: the engine's own running counts, and what ``engine.stats`` hands out (a copy).
+
+    The one counter type of a download: a device adds the stats of its files (``add``) and maps the sum into its
+    ``DeviceMetrics`` with one function (``device.meters.metrics_counts``).
+    """
 
     blocks_received: int = 0  # new valid blocks written
     bytes_received: int = 0
@@ -272,30 +292,18 @@ class EngineStats:
     backoffs: int = 0
     redescribes: int = 0
     restarts: int = 0
-    rejections: Mapping[str, int] = field(default_factory=_empty_mapping)  # by code, ignored ones included
+    rejections: dict[str, int] = field(default_factory=dict)  # by code, ignored ones included
     ignored_rejections: int = 0  # another client token, or harmless in the current state
     srtt: float | None = None  # smoothed round trip (seconds), None before the first sample
     rttvar: float | None = None
     timeout: float = 0.0  # the idle timeout the engine would use now (seconds)
 
+    def add(self, other: EngineStats) -> None:
+        """Add ``other``'s counters to these (the round-trip fields are not summed)."""
+        for name in COUNTER_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for code, n in other.rejections.items():
+            self.rejections[code] = self.rejections.get(code, 0) + n
 
-@dataclass(slots=True)
-class EngineCounters:
-    """The engine's running counters (mutable, the engine's own); ``engine.stats`` copies them into the EngineStats
-    fields of the same names."""
-
-    blocks_received: int = 0
-    bytes_received: int = 0
-    duplicates: int = 0
-    invalid_blocks: int = 0
-    stale_blocks: int = 0
-    requests_sent: int = 0
-    re_requests: int = 0
-    blocks_requested: int = 0
-    timeouts: int = 0
-    fast_retries: int = 0
-    resends: int = 0
-    backoffs: int = 0
-    redescribes: int = 0
-    restarts: int = 0
-    ignored_rejections: int = 0
+    def copy(self) -> EngineStats:
+        return replace(self, rejections=dict(self.rejections))

@@ -23,14 +23,13 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from device_sim.device.device import Device, DownloadSettings
-from device_sim.device.device import _Cancelled as DeviceCancelled
+from device_sim.device.device import Device, DeviceCancelled, DownloadSettings
 from device_sim.device.verify import S3Source
+from device_sim.fleet.plan import DeviceIdentity, FleetSettings, FleetTarget
 from device_sim.fleet.resources import MemoryMeter, MemoryUse
-from device_sim.protocol.limits import ACCOUNT_CONNECTS_PER_SECOND, DEFAULT_PRICE_PER_MILLION_MESSAGES_USD
+from device_sim.protocol.limits import ACCOUNT_CONNECTS_PER_SECOND
 from device_sim.results.metrics import DeviceMetrics, FailureKind, FleetSummary, aggregate, failure_reason
 from device_sim.transport import CrtResources, TransportSettings
 
@@ -41,57 +40,14 @@ __all__ = [
     "FleetSettings",
     "FleetTarget",
     "MemoryUse",
-    "Shard",
     "fleet_crt_resources",
     "fleet_crt_threads",
     "run_device",
     "run_fleet",
-    "select_identities",
-    "target_from_manifest",
+    "settings_dict",
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class DeviceIdentity:
-    thing_name: str
-    cert: Path | None = None
-    key: Path | None = None
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class FleetTarget:
-    """Where every device of the fleet connects, and which stream it downloads."""
-
-    endpoint: str
-    port: int
-    stream_id: str
-    ca: Path | None = None
-    no_tls: bool = False
-    aws_endpoint_url: str | None = None
-    region: str | None = None
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class FleetSettings:
-    connect_rate: float = 100.0  # connects per second (AWS: 500/s per account)
-    start_jitter: float = 0.0  # seconds of random extra delay per device
-    deadline_s: float | None = None  # stop (and report) after this long
-    seed: int = 0
-    price_per_million: float = DEFAULT_PRICE_PER_MILLION_MESSAGES_USD
-    transport: Mapping[str, Any] | None = None  # protocol, keepalive_s, flow_control, qos (TransportSettings)
-    crt_threads: int | None = None  # awscrt event-loop threads; None: fleet_crt_threads()
-
-    def __post_init__(self) -> None:
-        if not 0 < self.connect_rate <= 100_000:
-            raise ValueError(f"connect rate {self.connect_rate}/s must be > 0")
-        if self.start_jitter < 0:
-            raise ValueError("start jitter must be >= 0 seconds")
-        if self.deadline_s is not None and self.deadline_s <= 0:
-            raise ValueError("deadline must be > 0 seconds")
-        if self.crt_threads is not None and not 1 <= self.crt_threads <= 64:
-            raise ValueError(f"crt threads {self.crt_threads} must be 1..64")
 
 
 def fleet_crt_threads(cores: int | None = None) -> int:
@@ -143,83 +99,6 @@ class FleetRun:
     wall_s: float
     interrupted: bool  # stopped by the stop event or the deadline
     memory: MemoryUse | None = None  # the process's RSS when the devices started and its peak (Linux only)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Shard:
-    """Part ``index`` (1-based) of ``count`` equal, contiguous parts of a manifest's things."""
-
-    index: int
-    count: int
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.index <= self.count:
-            raise ValueError(f"shard {self.index}/{self.count}: give I/N with 1 <= I <= N, e.g. 1/4")
-
-    @classmethod
-    def parse(cls, text: str) -> Shard:
-        index, sep, count = text.partition("/")
-        try:
-            if not sep:
-                raise ValueError
-            return cls(index=int(index), count=int(count))
-        except ValueError as exc:
-            detail = f": {exc}" if str(exc) else ""
-            raise ValueError(f"shard {text!r} is not I/N (e.g. 2/4){detail}") from None
-
-    def bounds(self, total: int) -> tuple[int, int]:
-        """``[start, end)`` of this part of ``total`` things (part sizes differ by at most one)."""
-        return (self.index - 1) * total // self.count, self.index * total // self.count
-
-
-def select_identities(
-    identities: Sequence[DeviceIdentity], *, shard: Shard | None = None, offset: int = 0, devices: int | None = None
-) -> list[DeviceIdentity]:
-    """The identities one process runs: the shard's part (all without one), then skip ``offset``, then the first
-    ``devices``. Disjoint shards of one manifest never share a thing. ValueError when nothing is left."""
-    chosen = list(identities)
-    if shard is not None:
-        start, end = shard.bounds(len(chosen))
-        chosen = chosen[start:end]
-    if offset < 0:
-        raise ValueError("offset must be >= 0")
-    if offset >= len(chosen):
-        where = f"shard {shard.index}/{shard.count} has" if shard else "the manifest has"
-        raise ValueError(f"offset {offset} skips every device: {where} {len(chosen)} things")
-    chosen = chosen[offset:]
-    if devices is not None:
-        if devices < 1:
-            raise ValueError("devices must be >= 1")
-        if devices > len(chosen):
-            raise ValueError(f"only {len(chosen)} things are left to run after the shard/offset, not {devices}")
-        chosen = chosen[:devices]
-    return chosen
-
-
-def target_from_manifest(manifest: Any, *, no_tls: bool = False) -> tuple[FleetTarget, list[DeviceIdentity]]:
-    """The fleet's target and identities from a ``provisioner.manifest.Manifest``."""
-    if manifest.mqtt is None or manifest.stream is None:
-        raise ValueError("the manifest has no MQTT endpoint or no stream: run `provisioner up` first")
-    port = manifest.mqtt.port
-    if no_tls:
-        if manifest.mqtt.plain_port is None:
-            raise ValueError("--no-tls needs a plain MQTT port in the manifest (local brokers only)")
-        port = manifest.mqtt.plain_port
-    target = FleetTarget(
-        endpoint=manifest.mqtt.host,
-        port=port,
-        stream_id=manifest.stream.stream_id,
-        ca=None if no_tls else manifest.mqtt.ca_path,
-        no_tls=no_tls,
-        aws_endpoint_url=manifest.aws_endpoint_url,
-        region=manifest.region,
-    )
-    identities = [
-        DeviceIdentity(thing_name=t.name, cert=None if no_tls else t.cert_path, key=None if no_tls else t.key_path)
-        for t in manifest.things
-        if no_tls or (t.cert_path is not None and t.key_path is not None)
-    ]
-    return target, identities
 
 
 #: A fleet's connects queue behind each other's TLS handshakes: a connect slower than the transport's default 1 s

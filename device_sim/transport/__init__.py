@@ -8,6 +8,7 @@
 See docs/transport.md.
 """
 
+from device_sim.transport.base import Transport, TransportFactory
 from device_sim.transport.client import MqttTransport
 from device_sim.transport.crt import CrtResources, shared_crt_resources
 from device_sim.transport.errors import (
@@ -50,8 +51,10 @@ __all__ = [
     "PublishError",
     "QoS",
     "SubscribeRejected",
+    "Transport",
     "TransportClosed",
     "TransportError",
+    "TransportFactory",
     "TransportSettings",
     "TransportState",
     "TransportUsageError",

@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from device_sim.cli import main as device_sim
 from device_sim.device.device import DownloadSettings, SinkKind
 from device_sim.device.verify import S3Source
-from device_sim.fleet.runner import FleetProgress, FleetSettings, run_fleet, target_from_manifest
+from device_sim.fleet.plan import FleetSettings, read_target
+from device_sim.fleet.runner import FleetProgress, run_fleet
 from device_sim.results.files import read_devices_jsonl
 from device_sim.transport import FlowControl
 from local_iot.runner import LocalIot
-from provisioner.manifest import load_manifest
 from tests.e2e.test_fleet import provision
 
 pytestmark = pytest.mark.e2e
@@ -28,7 +28,7 @@ def test_two_hundred_devices_verify_and_report_their_memory(
     local_iot: LocalIot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manifest = provision(local_iot, tmp_path, monkeypatch, things=200, stream="scale200", size="64KiB")
-    target, identities = target_from_manifest(load_manifest(manifest))
+    target, identities = read_target(manifest)
     progress = FleetProgress()
     run = asyncio.run(
         run_fleet(

@@ -1,4 +1,4 @@
-"""The fleet on Locust end to end: local_iot (200 ms service latency), `provisioner up`, `device-sim locust-fleet`.
+"""The fleet on Locust end to end: local_iot (200 ms service latency), `provisioner up`, `device-sim fleet --engine locust`.
 
 Locust runs in its own processes (it monkey-patches whatever imports it), started by the command under test.
 """
@@ -58,10 +58,10 @@ def rows(reports: Path) -> list[dict[str, str]]:
 
 
 class Run:
-    """``device-sim locust-fleet`` (or another command) as a child process; a thread reads its output lines."""
+    """``device-sim fleet --engine locust`` (or another command) as a child process; a thread reads its output lines."""
 
     def __init__(
-        self, args: list[str], env: dict[str, str], command: tuple[str, ...] = ("device_sim", "locust-fleet")
+        self, args: list[str], env: dict[str, str], command: tuple[str, ...] = ("device_sim", "fleet", "--engine", "locust")
     ) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", *command, *args],
@@ -135,7 +135,7 @@ def test_two_processes_verify_every_device_with_the_reports_of_one_process(
     locust_reports, asyncio_reports = tmp_path / "locust", tmp_path / "asyncio"
     common = ["--manifest", str(manifest), "--quiet", "--block-size", "8KiB"]
     result = CliRunner().invoke(
-        device_sim, ["locust-fleet", *common, "--processes", "2", "--report-dir", str(locust_reports)]
+        device_sim, ["fleet", "--engine", "locust", *common, "--processes", "2", "--report-dir", str(locust_reports)]
     )
     assert result.exit_code == 0, result.output
     assert "all 100 devices verified" in result.output
@@ -263,7 +263,8 @@ def test_master_and_workers_a_worker_without_the_manifest_quits_and_fails_the_ru
     runs.append(master)
     good = ["--manifest", str(manifest), "--worker", "--master-host", "127.0.0.1", "--master-port", port]
     runs.append(Run(good, env))
-    bad = ["-f", str(ENGINE_PATH), "--worker", "--master-port", port, "--manifest", str(tmp_path / "missing.json")]
+    bad = ["-f", str(ENGINE_PATH), "--worker", "--master-port", port]
+    bad += ["--device-sim-manifest", str(tmp_path / "missing.json")]
     runs.append(Run(bad, env, command=("locust",)))  # plain Locust: the wrapper would refuse a missing manifest
     code, output = master.finish()
     assert code == 1, output  # a worker failed ...
@@ -290,7 +291,7 @@ def test_bad_arguments_exit_2_before_locust_starts(
 ) -> None:
     _, manifest = fleet
     filled = [a.format(missing=tmp_path / "none.json", manifest=manifest) for a in args]
-    result = CliRunner().invoke(device_sim, ["locust-fleet", *filled, "--report-dir", str(tmp_path / "r")])
+    result = CliRunner().invoke(device_sim, ["fleet", "--engine", "locust", *filled, "--report-dir", str(tmp_path / "r")])
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (tmp_path / "r").exists()

@@ -3,8 +3,8 @@
 How this works: a Locust worker is a gevent process whose standard library is monkey-patched; gevent's patched
 locks deadlock when two native threads contend for them (awscrt's callback threads, an asyncio thread and
 ``asyncio.to_thread`` all would), so the devices do not run inside it. Each worker starts one device host and
-talks to it in JSON lines (``messages``): the host reads ``Config`` (the fleet's device options, parsed with the
-same click options as ``device-sim fleet``), then ``Run`` per device, and runs each with ``fleet.run_device``,
+talks to it in JSON lines (``messages``): the host reads ``Config`` (the fleet plan as data, resolved against
+this machine's manifest), then ``Run`` per device, and runs each with ``fleet.run_device``,
 the very coroutine the single-process fleet runs, with the fleet's awscrt threads (``fleet_crt_resources``) and
 one S3 source cache.
 Every device ends in exactly one ``Finished`` line carrying its ``DeviceMetrics``, also when it is stopped:
@@ -26,8 +26,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import click
-
 from device_sim.device.device import DeviceCancelled
 from device_sim.device.verify import S3Source
 from device_sim.fleet.locust.messages import (
@@ -43,7 +41,7 @@ from device_sim.fleet.locust.messages import (
     decode_host_line,
     encode_host_line,
 )
-from device_sim.fleet.locust.options import RunPlan, build_plan, parse_device_args
+from device_sim.fleet.plan import FleetPlan, PlanError, s3_source
 from device_sim.fleet.resources import OpenFilesLimit, drop_system_trust_env, ensure_open_files
 from device_sim.fleet.runner import DeviceIdentity, FleetProgress, fleet_crt_resources, run_device
 from device_sim.results.metrics import DeviceMetrics, FailureKind, failure_reason
@@ -62,7 +60,7 @@ class DeviceHost:
 
     def __init__(self, send: Callable[[HostMessage], None]) -> None:
         self._send = send
-        self._plan: RunPlan | None = None
+        self._plan: FleetPlan | None = None
         self._resources: CrtResources | None = None
         self._identities: dict[str, DeviceIdentity] = {}
         self._source: S3Source | None = None
@@ -75,21 +73,19 @@ class DeviceHost:
     async def configure(self, config: Config) -> bool:
         """Parse the device options and get ready; False (and a ``HostFailed`` sent) if this host cannot run."""
         try:
-            params = parse_device_args(config.args)
-            plan = build_plan(params, manifest=Path(config.manifest) if config.manifest else None)
-        except click.ClickException as exc:
-            self._send(HostFailed(message=f"device options: {exc.format_message()}"))
+            plan = FleetPlan.from_json(config.plan, manifest=Path(config.manifest) if config.manifest else None)
+        except PlanError as exc:
+            self._send(HostFailed(message=f"fleet plan: {exc}"))
             return False
+        assert plan.target is not None
         self._plan = plan
         self._resources = fleet_crt_resources(plan.fleet.crt_threads)
         if not plan.target.no_tls and plan.target.ca is not None:
             drop_system_trust_env()  # every connection brings its CA: spare awscrt parsing the system bundle
-        self._manifest = config.manifest or str(params["manifest"])
+        self._manifest = str(plan.manifest)
         self._identities = {identity.thing_name: identity for identity in plan.identities}
         if plan.verify_with_s3:
-            from device_sim.cli.download import make_source
-
-            source = make_source(plan.target.aws_endpoint_url, plan.target.region)
+            source = s3_source(plan.target)
             await asyncio.to_thread(source.prepare, plan.target.stream_id)  # boto3 clients + file locations, once
             self._source = source
         self._send(Ready(pid=os.getpid(), identities=len(plan.identities)))

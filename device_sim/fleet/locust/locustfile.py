@@ -9,9 +9,11 @@ same reports as ``device-sim fleet``; each worker (``locust_fleet.worker``) runs
 Locust request events ("connect", "first block", "download") so Locust's statistics and web UI show the run.
 A user runs its device once and then parks: a user that returned would be re-spawned by Locust.
 
-Every option of ``device-sim fleet`` is accepted (``--block-size``, ``--connect-rate``, ``--deadline``,
-``--report-dir`` ...); Locust's own options choose the topology (``--processes N``, ``--master``, ``--worker
---master-host H``). ``device-sim locust-fleet`` wraps this file. Importing it monkey-patches the process with
+The run comes as data: ``--device-sim-plan`` carries the ``FleetPlan`` JSON that ``device-sim fleet --engine
+locust`` built from its options (Locust passes the master's options to its workers), and a worker on another
+machine names its own copy of the manifest with ``--device-sim-manifest``. Locust's own options choose the
+topology (``--processes N``, ``--master``, ``--worker --master-host H``). ``device-sim fleet --engine locust``
+is the way in; it runs ``locust -f`` on this file. Importing it monkey-patches the process with
 gevent (Locust does): only Locust imports it.
 """
 
@@ -22,14 +24,13 @@ import sys
 import weakref
 from typing import Any
 
-import click
 from gevent.event import Event
 from locust import User, constant, events, task
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 
 from device_sim.fleet.locust.master import MasterAgent
-from device_sim.fleet.locust.options import add_to_argparse, args_from_namespace, build_plan, parse_device_args
 from device_sim.fleet.locust.worker import WorkerAgent
+from device_sim.fleet.plan import FleetPlan, PlanError
 
 log = logging.getLogger("device_sim.locust")
 
@@ -42,17 +43,22 @@ EXIT_BAD_ARGUMENTS = 2
 
 @events.init_command_line_parser.add_listener
 def _add_options(parser: Any, **_: Any) -> None:
-    add_to_argparse(parser)
+    group = parser.add_argument_group("device-sim", "Set by `device-sim fleet --engine locust`.")
+    group.add_argument("--device-sim-plan", default=None, help="The fleet plan (JSON).")
+    group.add_argument("--device-sim-manifest", default=None, help="This machine's copy of the manifest.")
 
 
 @events.init.add_listener
 def _on_init(environment: Any, runner: Any, **_: Any) -> None:
     options = environment.parsed_options
     if isinstance(runner, MasterRunner | LocalRunner):
+        if not options.device_sim_plan:
+            log.error("device-sim: no fleet plan: run `device-sim fleet --engine locust --manifest M ...`")
+            sys.exit(EXIT_BAD_ARGUMENTS)
         try:
-            plan = build_plan(parse_device_args(args_from_namespace(options)))
-        except click.ClickException as exc:
-            log.error("device-sim: %s", exc.format_message())
+            plan = FleetPlan.from_json(options.device_sim_plan)
+        except PlanError as exc:
+            log.error("device-sim: %s", exc)
             sys.exit(EXIT_BAD_ARGUMENTS)
         _MASTERS[environment] = MasterAgent(environment, plan)
         _one_user_per_device(options, len(plan.identities), plan.fleet.connect_rate)
@@ -85,7 +91,7 @@ def _on_test_start(environment: Any, **_: Any) -> None:
         master.test_started()
     worker = _WORKERS.get(environment)
     if worker is not None:
-        worker.configure(args_from_namespace(environment.parsed_options))
+        worker.configure(environment.parsed_options.device_sim_plan)
 
 
 def _on_quitting(environment: Any, **_: Any) -> None:

@@ -37,8 +37,9 @@ from device_sim.fleet.locust.messages import (
     Stop,
     WireError,
 )
-from device_sim.fleet.locust.options import RunPlan
 from device_sim.fleet.locust.worker import DeviceFailed
+from device_sim.fleet.plan import FleetPlan
+from device_sim.fleet.runner import settings_dict
 from device_sim.results.files import ReportWriteError, write_reports
 from device_sim.results.metrics import FleetSummary, aggregate
 
@@ -55,7 +56,7 @@ STRANDED_AFTER_S = 3.0
 
 
 class MasterAgent:
-    def __init__(self, environment: Any, plan: RunPlan) -> None:
+    def __init__(self, environment: Any, plan: FleetPlan) -> None:
         self._env = environment
         self._runner = environment.runner
         self._plan = plan
@@ -282,7 +283,11 @@ class MasterAgent:
         summary = aggregate(
             records,
             wall_s=wall_s,
-            settings=self._plan.settings_dict(workers=len(self.ledger.workers)),
+            settings={
+                **settings_dict(self._plan.download, self._plan.fleet, len(self._plan.identities)),
+                "engine": "locust",
+                "workers": len(self.ledger.workers),
+            },
             price_per_million=self._plan.fleet.price_per_million,
         )
         self.summary = summary

@@ -209,7 +209,7 @@ class Stop:
 
 
 class HostOp(StrEnum):
-    CONFIG = "config"  # -> host: the device arguments (parsed with click there)
+    CONFIG = "config"  # -> host: the fleet plan (FleetPlan.to_json) and this machine's manifest
     RUN = "run"  # -> host: start one device
     STOP = "stop"  # -> host: cancel every device (each still reports)
     READY = "ready"  # <- host: configured; how many identities its manifest has
@@ -220,7 +220,7 @@ class HostOp(StrEnum):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Config:
-    args: tuple[str, ...]
+    plan: str  # FleetPlan.to_json()
     manifest: str | None = None  # this machine's copy of the manifest, when not at the master's path
 
 
@@ -255,8 +255,8 @@ HostMessage = Config | Run | Stop | Ready | HostFailed | Finished | Progress
 def encode_host_line(message: HostMessage) -> bytes:
     """One message as a JSON line."""
     match message:
-        case Config(args=args, manifest=manifest):
-            body: dict[str, Any] = {"op": HostOp.CONFIG, "args": list(args), "manifest": manifest}
+        case Config(plan=plan, manifest=manifest):
+            body: dict[str, Any] = {"op": HostOp.CONFIG, "plan": plan, "manifest": manifest}
         case Run():
             body = {
                 "op": HostOp.RUN,
@@ -290,13 +290,13 @@ def decode_host_line(line: bytes) -> HostMessage:
         raise WireError(f"unknown op {data.get('op')!r}") from None
     match op:
         case HostOp.CONFIG:
-            args = data.get("args")
-            if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-                raise WireError(f"args must be a list of text, got {args!r}")
+            plan = data.get("plan")
+            if not isinstance(plan, str):
+                raise WireError(f"plan must be text, got {plan!r}")
             manifest = data.get("manifest")
             if manifest is not None and not isinstance(manifest, str):
                 raise WireError(f"manifest must be text, got {manifest!r}")
-            return Config(args=tuple(args), manifest=manifest)
+            return Config(plan=plan, manifest=manifest)
         case HostOp.RUN:
             return Run(
                 index=_int(data, "index"),

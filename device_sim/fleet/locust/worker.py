@@ -160,9 +160,9 @@ class WorkerAgent:
         self._host.start(level)
         self._flusher = gevent.spawn(self._flush_forever)
 
-    def configure(self, args: list[str]) -> None:
-        """The run starts: give the host the device options (the master's, from Locust's spawn message)."""
-        self._host.send(Config(args=tuple(args), manifest=self._local_manifest))
+    def configure(self, plan: str) -> None:
+        """The run starts: give the host the fleet plan (the master's, from Locust's spawn message)."""
+        self._host.send(Config(plan=plan, manifest=self._local_manifest))
 
     def run_one(self) -> DeviceMetrics | None:
         """Claim one device and wait until it has finished (called by a user). None: no device was left, or

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from device_sim.cli import main as device_sim
 from device_sim.cli.report import MergeError, ReportPart, merge_parts, read_part
-from device_sim.fleet.runner import DeviceIdentity, Shard, select_identities
+from device_sim.fleet.plan import DeviceIdentity, Shard, select_identities
 from device_sim.results.files import read_devices_jsonl, write_reports
 from device_sim.results.metrics import DeviceMetrics, aggregate
 from device_sim.results.sweep import SweepPoint

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from typing import Any
 
-import click
 import pytest
 
 from device_sim.fleet.locust.ledger import LOST, UNREPORTED, FleetLedger, WorkerInfo, start_delay
@@ -25,12 +23,6 @@ from device_sim.fleet.locust.messages import (
     WireError,
     decode_host_line,
     encode_host_line,
-)
-from device_sim.fleet.locust.options import (
-    add_to_argparse,
-    args_from_namespace,
-    params_to_args,
-    parse_device_args,
 )
 from device_sim.results.metrics import DeviceMetrics
 
@@ -168,8 +160,8 @@ def test_locust_messages_round_trip() -> None:
 @pytest.mark.parametrize(
     "message",
     [
-        Config(args=("--manifest", "m.json"), manifest=None),
-        Config(args=(), manifest="/copy/run.json"),
+        Config(plan='{"manifest": "m.json"}', manifest=None),
+        Config(plan="{}", manifest="/copy/run.json"),
         Run(index=3, thing_name="t3", delay_s=0.5, epoch=1.7e9),
         Stop(reason="deadline"),
         Ready(pid=77, identities=100),
@@ -192,7 +184,7 @@ def test_host_lines_round_trip(message: Any) -> None:
         b'{"op": "dance"}\n',
         b'{"op": "run", "index": -1, "thing": "t", "delay": 0, "epoch": 0}\n',
         b'{"op": "run", "index": 1, "thing": "t", "delay": "soon", "epoch": 0}\n',
-        b'{"op": "config", "args": ["a", 3]}\n',
+        b'{"op": "config", "plan": ["a", 3]}\n',
         b'{"op": "finished", "index": 1, "record": []}\n',
         b'{"op": "progress", "verified": true}\n',
     ],
@@ -217,46 +209,3 @@ def test_bad_host_lines_are_wire_errors(line: bytes) -> None:
 def test_bad_locust_messages_are_wire_errors(cls: Any, data: Any) -> None:
     with pytest.raises(WireError):
         cls.from_wire(data)
-
-
-# ------------------------------------------------------------------------------------------------------ options
-
-ARGS = [
-    "--manifest",
-    "run.json",
-    "--devices",
-    "7",
-    "--connect-rate",
-    "20",
-    "--deadline",
-    "30",
-    "--block-size",
-    "8KiB",
-    "--no-verify-s3",
-    "--file-id",
-    "0",
-    "--file-id",
-    "2",
-    "--protocol",
-    "mqtt311",
-    "--no-tls",
-]
-
-
-def test_device_options_round_trip_through_click_and_argparse() -> None:
-    params = parse_device_args(ARGS)
-    assert params["block_size"] == 8192 and params["file_ids"] == (0, 2) and params["verify_s3"] is False
-    again = parse_device_args(params_to_args(params))
-    assert again == params
-    parser = argparse.ArgumentParser()
-    add_to_argparse(parser)
-    namespace = parser.parse_args(params_to_args(params))
-    assert parse_device_args(args_from_namespace(namespace)) == params
-    assert args_from_namespace(parser.parse_args([])) == []  # nothing given: nothing passed on
-
-
-def test_device_options_are_checked_with_the_fleet_messages() -> None:
-    with pytest.raises(click.BadParameter, match="is not a size"):
-        parse_device_args(["--manifest", "m.json", "--block-size", "3 parsecs"])
-    with pytest.raises(click.MissingParameter):
-        parse_device_args(["--block-size", "4KiB"])
