@@ -8,6 +8,8 @@ bound client method (``api.read(api.iot.describe_stream, streamId=...)``) and
 * pace the call through a token bucket (below AWS IoT's ~15 TPS),
 * retry throttling answers with bounded backoff,
 * translate botocore exceptions into ``provisioner.errors`` (the one boundary, ``raise ... from``),
+* stop with ``Interrupted``/``Terminated`` before the call when SIGINT/SIGTERM arrived (``Api.stop``), so every
+  answered call is recorded before the run ends,
 * for ``write`` in dry-run mode: record a ``PlannedCall`` and return the caller's ``dry_result`` instead of calling.
 
 botocore's own retries are switched off so that throttling is retried (and counted) in exactly one place.
@@ -35,6 +37,7 @@ from .errors import (
     translate_botocore_error,
     translate_client_error,
 )
+from .interrupts import StopSignal
 from .pacing import DEFAULT_TPS, THROTTLE_BACKOFF, Backoff, Sleep, TokenBucket
 
 log = logging.getLogger(__name__)
@@ -136,9 +139,14 @@ class Api:
         clock: Callable[[], float] = time.monotonic,
         sleep: Sleep = time.sleep,
         throttle_backoff: Backoff = THROTTLE_BACKOFF,
+        stop: StopSignal | None = None,
     ) -> None:
         self.clients = clients
         self.dry_run = dry_run
+        #: Set by SIGINT/SIGTERM (``interrupts.catch_signals``): checked before every call and between chunks.
+        self.stop = stop
+        if stop is not None and sleep is time.sleep:
+            sleep = stop.sleep
         self.sleep = sleep
         self.planned: list[PlannedCall] = []
         self._bucket = TokenBucket(tps, clock=clock, sleep=sleep)
@@ -175,10 +183,16 @@ class Api:
     def write(self, method: Callable[..., Any], *, dry_result: dict[str, Any] | None = None, **params: Any) -> Any:
         """Call a mutating API; in dry-run mode record it and return ``dry_result`` (default ``{}``)."""
         if self.dry_run:
+            self.checkpoint()
             service, operation, _ = _describe(method)
             self.planned.append(PlannedCall(service=service, operation=operation, params=params))
             return dict(dry_result or {})
         return self._call(method, params)
+
+    def checkpoint(self) -> None:
+        """Raise ``Interrupted``/``Terminated`` when a signal asked the run to stop (a safe point: all recorded)."""
+        if self.stop is not None:
+            self.stop.check()
 
     def plan_local(self, operation: str, **params: Any) -> None:
         """Record a local side effect (a file write or delete) of a dry run."""
@@ -208,7 +222,9 @@ class Api:
         service, operation, api_name = _describe(method)
         delays = self._throttle_backoff.delays()
         while True:
+            self.checkpoint()
             self._bucket.acquire()
+            self.checkpoint()
             try:
                 log.debug("calling %s.%s", service, operation)
                 answer: dict[str, Any] = method(**params)

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .errors import InputError
+from .errors import InputError, OutputError
 
 AMAZON_ROOT_CA1_NAME = "AmazonRootCA1.pem"
 AMAZON_ROOT_CA1_URL = "https://www.amazontrust.com/repository/AmazonRootCA1.pem"
@@ -131,9 +131,12 @@ def write_public_file(path: Path, data: bytes) -> None:
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except OSError as e:
+        raise _write_error(path, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -141,9 +144,19 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, mode)  # in case the umask removed bits from a public file; never widens a private one
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, e) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _write_error(path: Path, e: OSError) -> OutputError:
+    return OutputError(
+        f"cannot write {path}: {e.strerror or e}",
+        hint="fix --certs-dir (writable, space left), then run the same command again (it resumes)",
+    )
 
 
 def amazon_root_ca1() -> bytes:

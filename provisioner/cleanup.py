@@ -4,7 +4,9 @@ Order: the stream; per thing: detach the device policy from each certificate, de
 thing, set it INACTIVE, delete it, delete the thing (and its local key/cert files); the device policy; the role's
 inline policy and the role (only when the run created it); every object version under the run's key prefix; the
 bucket (only when the run created it). "Not found" counts as already gone, so running cleanup twice is safe.
-Anything that cannot be removed is reported with the reason, and cleanup carries on with the rest.
+Anything that cannot be removed is reported with the reason, and cleanup carries on with the rest. Local files are
+deleted only when they are files the run wrote: the exact names, directly in the run's certificates directory
+(resolved; no ``..``, no symlinks out); anything else a manifest names is kept and reported as refused.
 
 ``find_run`` rebuilds a manifest from the account for ``cleanup --run-id``: streams whose description carries
 ``[iot-stream-sim:run-id=<id>]``, things with the attribute ``iot-stream-sim:run-id=<id>`` and their certificates,
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .aws import Api
+from .certs import AMAZON_ROOT_CA1_NAME, LOCAL_ROOT_CA_NAME, device_paths
 from .errors import AccessDenied, NotFound, ProvisionerError
 from .manifest import (
     RUN_ID_KEY,
@@ -46,6 +49,9 @@ class CleanupReport:
     already_gone: tuple[str, ...]
     failed: tuple[tuple[str, str], ...]
     dry_run: bool = False
+    #: Local files the manifest names but cleanup did not write (outside the certificates directory, a symlink,
+    #: ``..``, another name): kept, with the reason. Not a failure: they were never the run's to remove.
+    refused: tuple[tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -59,6 +65,7 @@ class Tally:
     removed: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)
 
     def step(self, label: str, action: Callable[[], object]) -> bool:
         """Run one removal; True when the resource is gone afterwards (removed now or before)."""
@@ -76,7 +83,11 @@ class Tally:
 
     def report(self, dry_run: bool) -> CleanupReport:
         return CleanupReport(
-            removed=tuple(self.removed), already_gone=tuple(self.gone), failed=tuple(self.failed), dry_run=dry_run
+            removed=tuple(self.removed),
+            already_gone=tuple(self.gone),
+            failed=tuple(self.failed),
+            dry_run=dry_run,
+            refused=tuple(self.refused),
         )
 
 
@@ -88,7 +99,7 @@ def cleanup_manifest(api: Api, manifest: Manifest, *, delete_local_files: bool =
         tally.step(f"stream {stream_id}", lambda: api.write(api.iot.delete_stream, streamId=stream_id))
     policy = manifest.policy.name if manifest.policy is not None else policy_name(manifest.run_id)
     for thing in manifest.things:
-        remove_thing(api, tally, thing, policy, delete_local_files=delete_local_files)
+        remove_thing(api, tally, thing, policy, delete_local_files=delete_local_files, certs_dir=manifest.certs_dir)
     if manifest.policy is not None and manifest.policy.created:
         tally.step(f"policy {policy}", lambda: api.write(api.iot.delete_policy, policyName=policy))
     if manifest.role is not None and manifest.role.created:
@@ -103,7 +114,7 @@ def cleanup_manifest(api: Api, manifest: Manifest, *, delete_local_files: bool =
     if delete_local_files and manifest.mqtt is not None and manifest.mqtt.ca_path is not None:
         ca_path = manifest.mqtt.ca_path
         if manifest.certs_dir is not None and ca_path.parent == manifest.certs_dir:
-            _remove_file(api, tally, ca_path)
+            _remove_own_file(api, tally, ca_path, manifest.certs_dir, {AMAZON_ROOT_CA1_NAME, LOCAL_ROOT_CA_NAME})
     if delete_local_files and manifest.certs_dir is not None and not api.dry_run:
         with contextlib.suppress(OSError):  # only when empty: never removes a file we did not write
             manifest.certs_dir.rmdir()
@@ -111,7 +122,13 @@ def cleanup_manifest(api: Api, manifest: Manifest, *, delete_local_files: bool =
 
 
 def remove_thing(
-    api: Api, tally: Tally, thing: ThingRecord, policy: str | None, *, delete_local_files: bool = True
+    api: Api,
+    tally: Tally,
+    thing: ThingRecord,
+    policy: str | None,
+    *,
+    delete_local_files: bool = True,
+    certs_dir: Path | None = None,
 ) -> None:
     """Detach, deactivate and delete the thing's certificates (recorded and attached ones), then the thing."""
     name = thing.name
@@ -127,9 +144,10 @@ def remove_thing(
         remove_certificate(api, tally, thing_name=name, certificate_arn=arn, policy=policy)
     tally.step(f"thing {name}", lambda: api.write(api.iot.delete_thing, thingName=name))
     if delete_local_files:
+        names = {p.name for p in device_paths(Path("."), name)}
         for path in (thing.cert_path, thing.key_path):
             if path is not None:
-                _remove_file(api, tally, path)
+                _remove_own_file(api, tally, path, certs_dir, names)
 
 
 def remove_certificate(
@@ -191,6 +209,36 @@ def _object_versions(api: Api, bucket: str, prefix: str) -> Iterator[tuple[str, 
         if not page.get("IsTruncated"):
             return
         params = {**params, "KeyMarker": page.get("NextKeyMarker"), "VersionIdMarker": page.get("NextVersionIdMarker")}
+
+
+def refusal(path: Path, certs_dir: Path | None, names: set[str]) -> str | None:
+    """Why cleanup must not delete ``path`` (None: it is a file the run wrote, directly in its certificates dir).
+
+    The manifest is only a file: an edited ``key_path`` must not make cleanup delete something else. Allowed are
+    exactly the names the provisioner writes, directly inside the run's certificates directory, after resolving
+    symlinks, with no ``..`` in the recorded path, and not a symlink itself.
+    """
+    if certs_dir is None:
+        return "the manifest records no certificates directory"
+    if ".." in path.parts or ".." in certs_dir.parts:
+        return "the recorded path contains '..'"
+    if path.name not in names:
+        return f"not a file the provisioner writes (expected one of {', '.join(sorted(names))})"
+    if path.is_symlink():
+        return "it is a symbolic link"
+    real_dir = certs_dir.resolve()
+    if path.parent.resolve() != real_dir or path.resolve().parent != real_dir:
+        return f"outside the run's certificates directory {certs_dir}"
+    return None
+
+
+def _remove_own_file(api: Api, tally: Tally, path: Path, certs_dir: Path | None, names: set[str]) -> None:
+    why = refusal(path, certs_dir, names)
+    if why is not None:
+        log.warning("not removing %s: %s", path, why)
+        tally.refused.append((f"file {path}", why))
+        return
+    _remove_file(api, tally, path)
 
 
 def _remove_file(api: Api, tally: Tally, path: Path) -> None:

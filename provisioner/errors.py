@@ -3,7 +3,9 @@
 ``ProvisionerError`` is the base; every error has a one-line message that says what to do and an ``exit_code``
 the CLI uses. Two families, like h11's Local/Remote split:
 
-* the caller did it: ``InputError`` (bad arguments, caught before any AWS call), ``ManifestError``;
+* the caller did it: ``InputError`` (bad arguments, caught before any AWS call), ``ManifestError``,
+  ``OutputError`` (an output location is not writable), ``ManifestLocked`` (another run holds the manifest);
+* stopped by a signal: ``Interrupted`` (SIGINT, exit 130) and ``Terminated`` (SIGTERM, exit 143);
 * AWS said no: ``AwsError`` and its subclasses ``AlreadyExists``, ``NotFound``, ``AccessDenied``, ``Throttled``,
   ``CredentialsError``; they carry the AWS ``code``, the ``operation`` and a ``hint``.
 
@@ -104,6 +106,30 @@ class CleanupIncomplete(ProvisionerError):
     """Cleanup ran to the end but some resources could not be removed (listed in the report)."""
 
     exit_code = 10
+
+
+class OutputError(ProvisionerError):
+    """An output location (--manifest, --certs-dir) is missing, not a directory or not writable."""
+
+    exit_code = 11
+
+
+class ManifestLocked(ProvisionerError):
+    """Another process runs a command on the same manifest (its lock file names the pid)."""
+
+    exit_code = 12
+
+
+class Interrupted(ProvisionerError):
+    """SIGINT (Ctrl-C) stopped the command between two calls; the manifest records everything made so far."""
+
+    exit_code = 130  # 128 + SIGINT, the shell's convention
+
+
+class Terminated(Interrupted):
+    """SIGTERM stopped the command between two calls; the manifest records everything made so far."""
+
+    exit_code = 143  # 128 + SIGTERM
 
 
 # --- the boundary --------------------------------------------------------------------------------------------------

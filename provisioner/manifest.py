@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import ManifestError
+from .errors import ManifestError, OutputError
 
 SCHEMA_VERSION = 1
 #: Tag key (streams, roles, policies, buckets) and thing attribute name that carry the run id.
@@ -259,101 +259,187 @@ def _thing_to_json(t: ThingRecord, base: Path) -> dict[str, Any]:
     }
 
 
-def _thing_from_json(t: dict[str, Any], base: Path) -> ThingRecord:
+class _Malformed(Exception):
+    """A missing or bad field at ``where`` (e.g. ``things[2].name``)."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"{where} {problem}")
+        self.where = where
+        self.problem = problem
+
+
+class _Fields:
+    """Typed access to one JSON object of the manifest that names the field in every complaint."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, dict):
+            raise _Malformed(where or "the manifest", f"is {type(data).__name__}, not an object")
+        self.data: dict[str, Any] = data
+        self.where = where
+
+    def _name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def required(self, key: str) -> Any:
+        if key not in self.data:
+            raise _Malformed(f"field {self._name(key)!r}", "is missing")
+        return self.data[key]
+
+    def text(self, key: str, default: str | None = None) -> str:
+        value = self.required(key) if default is None else self.data.get(key, default)
+        if value is None and default is not None:
+            return default
+        if not isinstance(value, str | int | float):
+            raise _Malformed(f"field {self._name(key)!r}", f"is {type(value).__name__}, not a string")
+        return str(value)
+
+    def opt_text(self, key: str) -> str | None:
+        value = self.data.get(key)
+        return None if value is None else self.text(key)
+
+    def number(self, key: str) -> int:
+        value = self.required(key)
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise _Malformed(f"field {self._name(key)!r}", f"is {value!r}, not an integer")
+        try:
+            return int(value)
+        except ValueError:
+            raise _Malformed(f"field {self._name(key)!r}", f"is {value!r}, not an integer") from None
+
+    def opt_number(self, key: str) -> int | None:
+        return None if self.data.get(key) is None else self.number(key)
+
+    def flag(self, key: str, default: bool | None = None) -> bool:
+        value = self.required(key) if default is None else self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise _Malformed(f"field {self._name(key)!r}", f"is {value!r}, not true/false")
+        return value
+
+    def obj(self, key: str) -> _Fields | None:
+        value = self.data.get(key)
+        return None if value is None else _Fields(value, self._name(key))
+
+    def objs(self, key: str) -> list[_Fields]:
+        value = self.data.get(key) or []
+        if not isinstance(value, list):
+            raise _Malformed(f"field {self._name(key)!r}", f"is {type(value).__name__}, not a list")
+        return [_Fields(item, f"{self._name(key)}[{i}]") for i, item in enumerate(value)]
+
+
+def _thing_from_fields(t: _Fields, base: Path) -> ThingRecord:
     return ThingRecord(
-        name=str(t["name"]),
-        arn=t.get("arn"),
-        certificate_id=t.get("certificate_id"),
-        certificate_arn=t.get("certificate_arn"),
-        cert_path=_path_in(t.get("cert_path"), base),
-        key_path=_path_in(t.get("key_path"), base),
-        policy_attached=bool(t.get("policy_attached", False)),
-        principal_attached=bool(t.get("principal_attached", False)),
+        name=t.text("name"),
+        arn=t.opt_text("arn"),
+        certificate_id=t.opt_text("certificate_id"),
+        certificate_arn=t.opt_text("certificate_arn"),
+        cert_path=_path_in(t.opt_text("cert_path"), base),
+        key_path=_path_in(t.opt_text("key_path"), base),
+        policy_attached=t.flag("policy_attached", False),
+        principal_attached=t.flag("principal_attached", False),
     )
 
 
-def manifest_from_json(data: dict[str, Any], base: Path) -> Manifest:
-    """Parse the JSON object; raises ManifestError for another schema version or missing/bad fields."""
-    version = data.get("schema_version")
+def _thing_from_json(t: dict[str, Any], base: Path) -> ThingRecord:
+    return _thing_from_fields(_Fields(t, "thing"), base)
+
+
+def manifest_from_json(data: dict[str, Any], base: Path, *, name: str = "manifest") -> Manifest:
+    """Parse the JSON object; raises ManifestError naming the missing or bad field (or another schema version)."""
+    version = data.get("schema_version") if isinstance(data, dict) else None
     if version != SCHEMA_VERSION:
+        if isinstance(data, dict) and "schema_version" not in data:
+            raise ManifestError(
+                f"{name} has no schema_version: it is not a provisioner manifest",
+                hint="pass the file `provisioner up --manifest` wrote, or remove a run with "
+                "`provisioner cleanup --run-id RUN_ID`",
+            )
         raise ManifestError(
-            f"manifest schema version {version!r} is not supported",
+            f"{name} has schema version {version!r}, which is not supported",
             hint=f"this provisioner reads version {SCHEMA_VERSION}; use the matching iot-stream-sim release",
         )
+    run_id = data.get("run_id")
     try:
-        mqtt = data.get("mqtt")
-        stream = data.get("stream")
-        role = data.get("role")
-        policy = data.get("policy")
-        bucket = data.get("bucket")
+        d = _Fields(data, "")
+        mqtt = d.obj("mqtt")
+        stream = d.obj("stream")
+        role = d.obj("role")
+        policy = d.obj("policy")
+        bucket = d.obj("bucket")
         return Manifest(
-            schema_version=version,
-            run_id=str(data["run_id"]),
-            created_at=str(data["created_at"]),
-            region=str(data["region"]),
-            account_id=str(data["account_id"]),
-            partition=str(data.get("partition") or "aws"),
-            aws_endpoint_url=data.get("aws_endpoint_url"),
+            schema_version=SCHEMA_VERSION,
+            run_id=d.text("run_id"),
+            created_at=d.text("created_at"),
+            region=d.text("region"),
+            account_id=d.text("account_id"),
+            partition=d.text("partition", "aws") or "aws",
+            aws_endpoint_url=d.opt_text("aws_endpoint_url"),
             mqtt=None
             if mqtt is None
             else MqttEndpoint(
-                host=str(mqtt["host"]),
-                port=int(mqtt["port"]),
-                ca_path=_path_in(mqtt.get("ca_path"), base),
-                plain_port=None if mqtt.get("plain_port") is None else int(mqtt["plain_port"]),
+                host=mqtt.text("host"),
+                port=mqtt.number("port"),
+                ca_path=_path_in(mqtt.opt_text("ca_path"), base),
+                plain_port=mqtt.opt_number("plain_port"),
             ),
-            certs_dir=_path_in(data.get("certs_dir"), base),
+            certs_dir=_path_in(d.opt_text("certs_dir"), base),
             bucket=None
             if bucket is None
             else BucketRecord(
-                name=str(bucket["name"]), created=bool(bucket["created"]), object_prefix=str(bucket["object_prefix"])
+                name=bucket.text("name"), created=bucket.flag("created"), object_prefix=bucket.text("object_prefix")
             ),
             firmware=tuple(
                 FirmwareObject(
-                    file_id=int(f["file_id"]),
-                    bucket=str(f["bucket"]),
-                    key=str(f["key"]),
-                    version_id=f.get("version_id"),
-                    size=int(f["size"]),
-                    sha256=str(f["sha256"]),
-                    etag=str(f["etag"]),
-                    source=str(f.get("source", "")),
+                    file_id=f.number("file_id"),
+                    bucket=f.text("bucket"),
+                    key=f.text("key"),
+                    version_id=f.opt_text("version_id"),
+                    size=f.number("size"),
+                    sha256=f.text("sha256"),
+                    etag=f.text("etag"),
+                    source=f.text("source", ""),
                 )
-                for f in data.get("firmware", [])
+                for f in d.objs("firmware")
             ),
             role=None
             if role is None
             else RoleRecord(
-                name=str(role["name"]),
-                arn=str(role["arn"]),
-                created=bool(role["created"]),
-                inline_policy_name=role.get("inline_policy_name"),
+                name=role.text("name"),
+                arn=role.text("arn"),
+                created=role.flag("created"),
+                inline_policy_name=role.opt_text("inline_policy_name"),
             ),
             stream=None
             if stream is None
             else StreamRecord(
-                stream_id=str(stream["stream_id"]),
-                stream_arn=str(stream["stream_arn"]),
-                version=int(stream["version"]),
-                description=str(stream.get("description", "")),
-                role_arn=str(stream["role_arn"]),
+                stream_id=stream.text("stream_id"),
+                stream_arn=stream.text("stream_arn"),
+                version=stream.number("version"),
+                description=stream.text("description", ""),
+                role_arn=stream.text("role_arn"),
                 files=tuple(
                     StreamFileRecord(
-                        file_id=int(f["file_id"]),
-                        bucket=str(f["bucket"]),
-                        key=str(f["key"]),
-                        version_id=f.get("version_id"),
+                        file_id=f.number("file_id"),
+                        bucket=f.text("bucket"),
+                        key=f.text("key"),
+                        version_id=f.opt_text("version_id"),
                     )
-                    for f in stream.get("files", [])
+                    for f in stream.objs("files")
                 ),
             ),
             policy=None
             if policy is None
-            else PolicyRecord(name=str(policy["name"]), arn=str(policy["arn"]), created=bool(policy["created"])),
-            things=tuple(_thing_from_json(t, base) for t in data.get("things", [])),
+            else PolicyRecord(name=policy.text("name"), arn=policy.text("arn"), created=policy.flag("created")),
+            things=tuple(_thing_from_fields(t, base) for t in d.objs("things")),
         )
-    except (KeyError, TypeError, ValueError) as e:
-        raise ManifestError(f"manifest is malformed ({type(e).__name__}: {e})") from e
+    except _Malformed as e:
+        if isinstance(run_id, str) and run_id:
+            hint = f"restore the field, or remove the run without the manifest: `provisioner cleanup --run-id {run_id}`"
+        else:
+            hint = "this is not a provisioner manifest; remove a run without it: `provisioner cleanup --run-id RUN_ID`"
+        raise ManifestError(f"{name} is malformed: {e}", hint=hint) from e
 
 
 def load_manifest(path: str | os.PathLike[str]) -> Manifest:
@@ -370,7 +456,7 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
     if not isinstance(data, dict):
         raise ManifestError(f"manifest {p} is not a JSON object")
     base = p.resolve().parent
-    return _replay_journal(manifest_from_json(data, base), journal_path(p), base)
+    return _replay_journal(manifest_from_json(data, base, name=f"manifest {p}"), journal_path(p), base)
 
 
 def journal_path(path: str | os.PathLike[str]) -> Path:
@@ -390,7 +476,7 @@ def _replay_journal(manifest: Manifest, journal: Path, base: Path) -> Manifest:
     for number, line in enumerate(lines, 1):
         try:
             record = _thing_from_json(json.loads(line), base)
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, _Malformed) as e:
             if number == len(lines):  # the last line of a killed run may be half written: it recorded nothing new
                 break
             raise ManifestError(f"manifest journal {journal} line {number} is malformed ({e})") from e
@@ -399,11 +485,14 @@ def _replay_journal(manifest: Manifest, journal: Path, base: Path) -> Manifest:
 
 
 def save_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> None:
-    """Write atomically: a reader (or a crash) never sees half a manifest."""
+    """Write atomically: a reader (or a crash) never sees half a manifest. OutputError when it cannot be written."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(manifest_to_json(manifest, p.resolve().parent), indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    except OSError as e:
+        raise _write_error(p, e) from e
     try:
         os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -411,10 +500,20 @@ def save_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(p, e) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     journal_path(p).unlink(missing_ok=True)  # everything it held is in the manifest now
+
+
+def _write_error(path: Path, e: OSError) -> OutputError:
+    return OutputError(
+        f"cannot write the manifest {path}: {e.strerror or e}",
+        hint="free space or fix the permissions, then run the same command again (it resumes)",
+    )
 
 
 class ManifestStore:
@@ -458,8 +557,11 @@ class ManifestStore:
         if time.monotonic() - self._last_full_save >= self.full_save_every:
             return self.update(self.manifest)
         line = json.dumps(_thing_to_json(record, self.path.resolve().parent)) + "\n"
-        with open(journal_path(self.path), "a", encoding="utf-8") as journal:
-            journal.write(line)
+        try:
+            with open(journal_path(self.path), "a", encoding="utf-8") as journal:
+                journal.write(line)
+        except OSError as e:
+            raise _write_error(journal_path(self.path), e) from e
         self._journal_dirty = True
         return self.manifest
 

@@ -16,10 +16,11 @@ from typing import Any
 import click
 
 from ..aws import Api
-from ..certs import load_ca
+from ..certs import IssuingCA, load_ca
 from ..cleanup import cleanup_manifest, find_run
 from ..errors import CleanupIncomplete, InputError, ManifestError
 from ..firmware import DEFAULT_KEY_PREFIX, check_bucket_usable, ensure_bucket, inspect_bucket, plan_sources, upload
+from ..interrupts import StopSignal, catch_signals
 from ..manifest import Manifest, ManifestStore, load_manifest
 from ..policy import check_policy_free
 from ..role import check_given_role, create_role, update_role_policy, use_given_role
@@ -38,6 +39,7 @@ from ..up import UpOptions, check_same_account, open_run, root_ca_source, up
 from .support import (
     AwsOptions,
     ProvisionerCliError,
+    RecordingGroup,
     bucket_options,
     dry_run_option,
     errors_to_click,
@@ -47,6 +49,7 @@ from .support import (
     local_defaults,
     make_api,
     manifest_option,
+    manifest_run,
     print_plan,
     print_report,
     setup_logging,
@@ -56,7 +59,7 @@ from .support import (
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=RecordingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="iot-stream-sim")
 @click.option("-v", "--verbose", count=True, help="-v: steps, -vv: every call, -vvv: botocore too.")
 def main(verbose: int) -> None:
@@ -105,13 +108,15 @@ def up_command(aws: AwsOptions, manifest_path: Path, run_id: str | None, dry_run
         mqtt_endpoint=mqtt_endpoint,
         mqtt_plain_port=plain_port,
     )
-    api = make_api(aws, manifest=existing_manifest(manifest_path), dry_run=dry_run)
-    store = open_run(api, manifest_path, run_id=run_id, dry_run=dry_run)
-    if options.things and not dry_run:
-        with thing_progress(options.things) as progress:
-            manifest = up(api, store, options, on_progress=progress)
-    else:
-        manifest = up(api, store, options)
+    certs_dir = options.certs_dir if options.things else None
+    with manifest_run(manifest_path, aws, command="up", dry_run=dry_run, certs_dir=certs_dir) as stop:
+        api = make_api(aws, manifest=existing_manifest(manifest_path), dry_run=dry_run, stop=stop)
+        store = open_run(api, manifest_path, run_id=run_id, dry_run=dry_run)
+        if options.things and not dry_run:
+            with thing_progress(options.things) as progress:
+                manifest = up(api, store, options, on_progress=progress)
+        else:
+            manifest = up(api, store, options)
     if dry_run:
         print_plan(api.planned)
     else:
@@ -147,15 +152,16 @@ def firmware_upload(
 ) -> None:
     """Upload files to a (versioned) bucket and record bucket, key, version, size and SHA-256."""
     sources = plan_sources(list(files), list(generate), seed)
-    api = make_api(aws, manifest=existing_manifest(manifest_path), dry_run=dry_run)
-    store = open_run(api, manifest_path, dry_run=dry_run)
-    if store.manifest.bucket is not None and store.manifest.bucket.name != bucket:
-        raise InputError(f"this run uses bucket {store.manifest.bucket.name}", hint="use another --manifest")
-    state = inspect_bucket(api, bucket)
-    created = store.manifest.bucket is not None and store.manifest.bucket.created
-    check_bucket_usable(state, create=create_bucket, force_unversioned=force_unversioned, created_by_run=created)
-    ensure_bucket(api, store, state, key_prefix=key_prefix)
-    upload(api, store, sources)
+    with manifest_run(manifest_path, aws, command="firmware upload", dry_run=dry_run) as stop:
+        api = make_api(aws, manifest=existing_manifest(manifest_path), dry_run=dry_run, stop=stop)
+        store = open_run(api, manifest_path, dry_run=dry_run)
+        if store.manifest.bucket is not None and store.manifest.bucket.name != bucket:
+            raise InputError(f"this run uses bucket {store.manifest.bucket.name}", hint="use another --manifest")
+        state = inspect_bucket(api, bucket)
+        created = store.manifest.bucket is not None and store.manifest.bucket.created
+        check_bucket_usable(state, create=create_bucket, force_unversioned=force_unversioned, created_by_run=created)
+        ensure_bucket(api, store, state, key_prefix=key_prefix)
+        upload(api, store, sources)
     _finish(api, store, manifest_path)
 
 
@@ -193,28 +199,29 @@ def stream_create(
     make_role: bool,
 ) -> None:
     """Create a stream over the firmware recorded in --manifest (from `firmware upload`)."""
-    manifest = _required_manifest(manifest_path)
-    if not manifest.firmware:
-        raise InputError("the manifest records no firmware", hint="run `provisioner firmware upload` first")
-    if (role_arn is None) != make_role:
-        raise InputError("the stream needs exactly one of --role-arn and --create-role")
-    api = make_api(aws, manifest=manifest, dry_run=dry_run)
-    check_same_account(api, manifest)
-    store = ManifestStore(manifest, manifest_path, dry_run=dry_run)
-    if role_arn is not None:
-        check_given_role(api, role_arn)
-    check_stream_free(api, stream_id)
-    objects = list(manifest.firmware)
-    role = use_given_role(store, role_arn) if role_arn is not None else create_role(api, store, objects)
-    record = create_stream(
-        api,
-        store,
-        stream_id=stream_id,
-        description=description,
-        files=file_specs(objects),
-        role_arn=role.arn,
-        retry_role=role.created,
-    )
+    with manifest_run(manifest_path, aws, command="stream create", dry_run=dry_run) as stop:
+        manifest = _required_manifest(manifest_path)
+        if not manifest.firmware:
+            raise InputError("the manifest records no firmware", hint="run `provisioner firmware upload` first")
+        if (role_arn is None) != make_role:
+            raise InputError("the stream needs exactly one of --role-arn and --create-role")
+        api = make_api(aws, manifest=manifest, dry_run=dry_run, stop=stop)
+        check_same_account(api, manifest)
+        store = ManifestStore(manifest, manifest_path, dry_run=dry_run)
+        if role_arn is not None:
+            check_given_role(api, role_arn)
+        check_stream_free(api, stream_id)
+        objects = list(manifest.firmware)
+        role = use_given_role(store, role_arn) if role_arn is not None else create_role(api, store, objects)
+        record = create_stream(
+            api,
+            store,
+            stream_id=stream_id,
+            description=description,
+            files=file_specs(objects),
+            role_arn=role.arn,
+            retry_role=role.created,
+        )
     if dry_run:
         print_plan(api.planned)
     else:
@@ -238,22 +245,23 @@ def stream_update(
     description: str | None,
 ) -> None:
     """Upload new files and/or change the description: the stream version goes up by one (printed)."""
-    manifest = _required_manifest(manifest_path)
-    if manifest.stream is None or manifest.bucket is None:
-        raise InputError("the manifest records no stream", hint="run `provisioner up` or `stream create` first")
-    if not files and not generate and description is None:
-        raise InputError("nothing to update", hint="pass --file/--generate and/or --description")
-    sources = plan_sources(list(files), list(generate), seed) if files or generate else None
-    api = make_api(aws, manifest=manifest, dry_run=dry_run)
-    check_same_account(api, manifest)
-    store = ManifestStore(manifest, manifest_path, dry_run=dry_run)
-    specs = None
-    if sources is not None:
-        objects = upload(api, store, sources)
-        store.change(firmware=tuple(objects))
-        update_role_policy(api, store, objects)
-        specs = file_specs(objects)
-    change = update_stream(api, store, files=specs, description=description)
+    with manifest_run(manifest_path, aws, command="stream update", dry_run=dry_run) as stop:
+        manifest = _required_manifest(manifest_path)
+        if manifest.stream is None or manifest.bucket is None:
+            raise InputError("the manifest records no stream", hint="run `provisioner up` or `stream create` first")
+        if not files and not generate and description is None:
+            raise InputError("nothing to update", hint="pass --file/--generate and/or --description")
+        sources = plan_sources(list(files), list(generate), seed) if files or generate else None
+        api = make_api(aws, manifest=manifest, dry_run=dry_run, stop=stop)
+        check_same_account(api, manifest)
+        store = ManifestStore(manifest, manifest_path, dry_run=dry_run)
+        specs = None
+        if sources is not None:
+            objects = upload(api, store, sources)
+            store.change(firmware=tuple(objects))
+            update_role_policy(api, store, objects)
+            specs = file_specs(objects)
+        change = update_stream(api, store, files=specs, description=description)
     if dry_run:
         print_plan(api.planned)
     else:
@@ -342,7 +350,24 @@ def things_create(aws: AwsOptions, manifest_path: Path, dry_run: bool, count: in
     if (kwargs["ca_cert"] is None) != (kwargs["ca_key"] is None):
         raise InputError("--ca-cert and --ca-key go together", hint="pass both or neither")
     ca = load_ca(kwargs["ca_cert"], kwargs["ca_key"]) if kwargs["ca_cert"] else None
-    api = make_api(aws, manifest=existing_manifest(manifest_path), dry_run=dry_run)
+    with manifest_run(
+        manifest_path, aws, command="things create", dry_run=dry_run, certs_dir=kwargs["certs_dir"]
+    ) as stop:
+        _things_create(aws, manifest_path, dry_run, count, ca, mqtt_endpoint, plain_port, stop, kwargs)
+
+
+def _things_create(
+    aws: AwsOptions,
+    manifest_path: Path,
+    dry_run: bool,
+    count: int,
+    ca: IssuingCA | None,
+    mqtt_endpoint: tuple[str, int] | None,
+    plain_port: int | None,
+    stop: StopSignal,
+    kwargs: dict[str, Any],
+) -> None:
+    api = make_api(aws, manifest=existing_manifest(manifest_path), dry_run=dry_run, stop=stop)
     store = open_run(api, manifest_path, dry_run=dry_run)
     check_policy_free(api, store)
     mqtt = resolve_mqtt_endpoint(api, mqtt_endpoint, plain_port=plain_port)
@@ -397,14 +422,18 @@ def cleanup_command(
     if (manifest_path is None) == (run_id is None):
         raise InputError("pass exactly one of --manifest and --run-id")
     if manifest_path is not None:
-        manifest = _required_manifest(manifest_path)
-        api = make_api(aws, manifest=manifest, dry_run=dry_run)
-        check_same_account(api, manifest)
+        with manifest_run(manifest_path, aws, command="cleanup", dry_run=dry_run, writes_manifest=False) as stop:
+            manifest = _required_manifest(manifest_path)
+            api = make_api(aws, manifest=manifest, dry_run=dry_run, stop=stop)
+            check_same_account(api, manifest)
+            report = cleanup_manifest(api, manifest, delete_local_files=not keep_files)
     else:
         assert run_id is not None
-        api = make_api(aws, dry_run=dry_run)
-        manifest = find_run(api, run_id, buckets=buckets, key_prefix=key_prefix)
-    report = cleanup_manifest(api, manifest, delete_local_files=not keep_files and manifest_path is not None)
+        stop = StopSignal()
+        with catch_signals(stop):
+            api = make_api(aws, dry_run=dry_run, stop=stop)
+            manifest = find_run(api, run_id, buckets=buckets, key_prefix=key_prefix)
+            report = cleanup_manifest(api, manifest, delete_local_files=False)
     print_report(report, api)
     if not report.ok:
         raise CleanupIncomplete(

@@ -6,8 +6,10 @@ Data (summaries, plans, stream lists) is printed with ``click.echo`` so that it 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import shlex
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,18 +32,26 @@ from ..errors import (
     CleanupIncomplete,
     CredentialsError,
     InputError,
+    Interrupted,
     ManifestError,
+    ManifestLocked,
     NotFound,
+    OutputError,
     ProvisionerError,
+    Terminated,
     Throttled,
 )
 from ..firmware import DEFAULT_KEY_PREFIX
+from ..interrupts import StopSignal, catch_signals
 from ..local import LocalConfig, read_local_config
+from ..lock import ManifestLock
 from ..manifest import Manifest, load_manifest
+from ..outputs import check_outputs
 from ..pacing import DEFAULT_TPS
 from ..things import ThingProgress
 from ..validation import parse_host_port
 
+log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 console = Console()
@@ -75,6 +85,10 @@ CLI_ERRORS: dict[type[ProvisionerError], type[ProvisionerCliError]] = {
         Throttled,
         CredentialsError,
         CleanupIncomplete,
+        OutputError,
+        ManifestLocked,
+        Interrupted,
+        Terminated,
     )
 }
 
@@ -92,6 +106,8 @@ def errors_to_click(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except ProvisionerError as e:
             raise to_click(e) from e
+        except MemoryError as e:
+            raise click.ClickException("out of memory (MemoryError): run it with fewer or smaller files") from e
 
     return wrapper
 
@@ -102,6 +118,7 @@ class AwsOptions:
     region: str | None
     local: LocalConfig | None
     tps: float
+    local_dir: Path | None = None
 
 
 def with_aws_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -124,12 +141,14 @@ def with_aws_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             local = read_local_config(local_dir) if local_dir is not None else None
         except ProvisionerError as e:
             raise to_click(e) from e
-        return fn(aws=AwsOptions(profile=profile, region=region, local=local, tps=tps), **kwargs)
+        return fn(aws=AwsOptions(profile=profile, region=region, local=local, tps=tps, local_dir=local_dir), **kwargs)
 
     return wrapper
 
 
-def make_api(aws: AwsOptions, *, manifest: Manifest | None = None, dry_run: bool = False) -> Api:
+def make_api(
+    aws: AwsOptions, *, manifest: Manifest | None = None, dry_run: bool = False, stop: StopSignal | None = None
+) -> Api:
     """An Api for the options; a manifest supplies region and endpoint when the options do not."""
     if aws.local is not None:
         target = AwsTarget(
@@ -144,7 +163,98 @@ def make_api(aws: AwsOptions, *, manifest: Manifest | None = None, dry_run: bool
             region=aws.region or (manifest.region if manifest else None),
             endpoint_url=manifest.aws_endpoint_url if manifest else None,
         )
-    return Api(open_clients(target), dry_run=dry_run, tps=aws.tps)
+    return Api(open_clients(target), dry_run=dry_run, tps=aws.tps, stop=stop)
+
+
+class RecordingGroup(click.Group):
+    """A group that keeps the words of the command line (``ctx.meta["argv"]``) for resume hints."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+def command_line() -> str:
+    """The command line as typed (``provisioner up ...``), shell-quoted; ``provisioner`` when unknown."""
+    ctx = click.get_current_context(silent=True)
+    argv = ctx.meta.get("argv") if ctx is not None else None
+    return shlex.join(["provisioner", *argv]) if isinstance(argv, list) else "provisioner"
+
+
+def cleanup_command_line(manifest_path: Path, aws: AwsOptions) -> str:
+    """``provisioner cleanup --manifest M`` (with ``--local DIR``/``--profile`` when the run used them)."""
+    words = ["provisioner", "cleanup", "--manifest", str(manifest_path)]
+    if aws.local_dir is not None:
+        words += ["--local", str(aws.local_dir)]
+    elif aws.profile:
+        words += ["--profile", aws.profile]
+    return shlex.join(words)
+
+
+@contextmanager
+def manifest_run(
+    manifest_path: Path,
+    aws: AwsOptions,
+    *,
+    command: str,
+    dry_run: bool = False,
+    certs_dir: Path | None = None,
+    writes_manifest: bool = True,
+) -> Iterator[StopSignal]:
+    """The frame of every command that writes a manifest, in this order, before any AWS call:
+
+    1. output locations (``--manifest``'s directory, ``--certs-dir`` when given: the command writes certificates)
+       are checked (``OutputError``, exit 11);
+    2. the manifest's lock is taken for the whole command (``ManifestLocked``, exit 12; not in a dry run);
+    3. SIGINT/SIGTERM stop the command at the next call (``Interrupted`` 130 / ``Terminated`` 143), and the error
+       then says what the manifest holds and the exact commands to resume or to clean up.
+    """
+    if writes_manifest:
+        if certs_dir is not None:  # a resumed run keeps the certificates directory it recorded
+            recorded = existing_manifest(manifest_path)
+            certs_dir = (recorded.certs_dir if recorded is not None else None) or certs_dir
+        check_outputs(manifest_path, certs_dir)
+    stop = StopSignal()
+    lock: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+    if not dry_run:
+        lock = ManifestLock(manifest_path, command=f"provisioner {command}")
+    with _held(lock, required=writes_manifest), catch_signals(stop):
+        try:
+            yield stop
+        except Interrupted as e:
+            raise _interrupted(e, manifest_path, aws, writes_manifest=writes_manifest) from e
+
+
+@contextmanager
+def _held(lock: contextlib.AbstractContextManager[object], *, required: bool) -> Iterator[None]:
+    """Hold ``lock``; when it is not ``required`` (cleanup only reads the manifest), an unwritable place is no bar."""
+    try:
+        lock.__enter__()
+    except OutputError as e:
+        if required:
+            raise
+        log.warning("running without the manifest lock: %s", e)
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _interrupted(e: Interrupted, manifest_path: Path, aws: AwsOptions, *, writes_manifest: bool) -> Interrupted:
+    if not writes_manifest:  # cleanup: what it removed is gone, the rest is still in the manifest
+        return type(e)(f"{e.message}; cleanup stopped part way", hint=f"run `{command_line()}` again to finish")
+    try:
+        manifest = load_manifest(manifest_path) if manifest_path.exists() else None
+    except ProvisionerError:
+        manifest = None
+    if manifest is None:
+        return type(e)(f"{e.message} before anything was recorded in {manifest_path}", hint="nothing to clean up")
+    return type(e)(
+        f"{e.message}; run {manifest.run_id} is recorded in {manifest_path} up to its last completed call",
+        hint=f"resume with `{command_line()}`, or remove it with `{cleanup_command_line(manifest_path, aws)}`",
+    )
 
 
 def existing_manifest(path: Path | None) -> Manifest | None:
@@ -308,6 +418,11 @@ def print_report(report: CleanupReport, api: Api) -> None:
         console.print(f"[dim]already gone[/dim]  {escape(label)}", highlight=False, soft_wrap=True)
     for label, reason in report.failed:
         console.print(f"[red]NOT removed[/red]   {escape(label)}: {escape(reason)}", highlight=False, soft_wrap=True)
+    for label, reason in report.refused:
+        line = f"[yellow]refused[/yellow]       {escape(label)}: {escape(reason)}"
+        console.print(line, highlight=False, soft_wrap=True)
+    refused = f", {len(report.refused)} refused (not the run's files)" if report.refused else ""
     click.echo(
         f"{len(report.removed)} removed, {len(report.already_gone)} already gone, {len(report.failed)} not removed"
+        + refused
     )
