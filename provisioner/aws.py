@@ -145,13 +145,18 @@ class Api:
         self.dry_run = dry_run
         #: Set by SIGINT/SIGTERM (``interrupts.catch_signals``): checked before every call and between chunks.
         self.stop = stop
-        if stop is not None and sleep is time.sleep:
-            sleep = stop.sleep
-        self.sleep = sleep
+        self._plain_sleep = sleep
         self.planned: list[PlannedCall] = []
-        self._bucket = TokenBucket(tps, clock=clock, sleep=sleep)
+        self._bucket = TokenBucket(tps, clock=clock, sleep=self.sleep)
         self._throttle_backoff = throttle_backoff
         self._identity: Identity | None = None
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep; with a real clock and a ``stop``, wake up and raise at once on SIGINT/SIGTERM."""
+        if self.stop is not None and self._plain_sleep is time.sleep:
+            self.stop.sleep(seconds)
+        else:
+            self._plain_sleep(seconds)
 
     @property
     def s3(self) -> Any:
@@ -188,6 +193,14 @@ class Api:
             self.planned.append(PlannedCall(service=service, operation=operation, params=params))
             return dict(dry_result or {})
         return self._call(method, params)
+
+    def call_now(self, method: Callable[..., Any], **params: Any) -> dict[str, Any]:
+        """A call that must be made even after SIGINT/SIGTERM (undoing a half step, e.g. aborting an upload)."""
+        stop, self.stop = self.stop, None
+        try:
+            return self._call(method, params)
+        finally:
+            self.stop = stop
 
     def checkpoint(self) -> None:
         """Raise ``Interrupted``/``Terminated`` when a signal asked the run to stop (a safe point: all recorded)."""

@@ -15,8 +15,8 @@ Bad input stops in phase 1 or 2, so it creates nothing. With ``dry_run`` the cha
 from __future__ import annotations
 
 import datetime
-import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,7 +108,9 @@ def root_ca_source(options: UpOptions) -> Path | None:
     return None
 
 
-def _check_locally(store: ManifestStore, options: UpOptions) -> tuple[list[FirmwareSource], IssuingCA | None]:
+def _check_locally(
+    store: ManifestStore, options: UpOptions, checkpoint: Callable[[], None]
+) -> tuple[list[FirmwareSource], IssuingCA | None]:
     check_stream_id(options.stream_id)
     stream_description(options.description, store.manifest.run_id)
     check_bucket(options.bucket)
@@ -141,7 +143,7 @@ def _check_locally(store: ManifestStore, options: UpOptions) -> tuple[list[Firmw
         )
     if manifest.stream is not None:
         recorded = {(f.file_id, f.sha256) for f in manifest.firmware}
-        planned = {(s.file_id, hashlib.sha256(s.read()).hexdigest()) for s in sources}
+        planned = {(s.file_id, s.sha256(checkpoint)) for s in sources}
         if recorded != planned:
             raise InputError(
                 f"stream {manifest.stream.stream_id} of this run already serves other firmware",
@@ -159,7 +161,7 @@ def up(
     role_backoff: Backoff = ROLE_PROPAGATION_BACKOFF,
 ) -> Manifest:
     """Run the three phases (see the module docstring). Returns the final manifest."""
-    sources, ca = _check_locally(store, options)
+    sources, ca = _check_locally(store, options, api.checkpoint)
 
     # Phase 2: read-only checks.
     state = inspect_bucket(api, options.bucket)

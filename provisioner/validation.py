@@ -5,18 +5,35 @@ Every function raises ``InputError`` with a message that names the bad value and
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from device_sim.protocol.limits import MAX_FILE_ID, MAX_FILES_PER_STREAM, MIN_FILE_ID
+from device_sim.protocol.limits import (
+    DOCUMENTED_MAX_FILE_SIZE,
+    MAX_BLOCK_SIZE,
+    MAX_FILE_ID,
+    MAX_FILES_PER_STREAM,
+    MAX_OFFSET,
+    MIN_FILE_ID,
+)
 from device_sim.protocol.topics import valid_stream_id, valid_thing_name
 
 from .errors import InputError
 
+log = logging.getLogger(__name__)
+
 MAX_DESCRIPTION = 2028
+#: The largest file a device can fetch from a stream. A GetStream request names its first block with the offset
+#: ``o`` in 0..MAX_OFFSET (98304) and asks for blocks of ``l`` <= MAX_BLOCK_SIZE (128 KiB) bytes; a block past
+#: offset 98304 is unreachable (``o`` out of range -> OffsetOutOfBounds; a bitmap or ``n`` past it only reaches
+#: blocks from the same ``o``, and one answer carries at most 128 KiB). So the last reachable block is block
+#: 98304: 98305 blocks of 128 KiB = 12,885,032,960 bytes (12 GiB + 128 KiB). With smaller blocks the limit is lower
+#: (98305 x l); AWS documents 98304 blocks of 256 bytes (DOCUMENTED_MAX_FILE_SIZE, 24 MiB) as always reachable.
+MAX_STREAM_FILE_SIZE = (MAX_OFFSET + 1) * MAX_BLOCK_SIZE
 MIN_ROLE_ARN = 20
 MAX_ROLE_ARN = 2048
 MAX_TAG_KEY = 128
@@ -141,6 +158,20 @@ def parse_size(text: str) -> int:
     size = int(float(number) * _SIZE_UNITS[unit])
     if size <= 0:
         raise InputError(f"size {text!r} is not positive")
+    return size
+
+
+def check_stream_file_size(size: int, what: str) -> int:
+    """``size`` when a device can fetch a file of that many bytes from a stream (see ``MAX_STREAM_FILE_SIZE``)."""
+    if size > MAX_STREAM_FILE_SIZE:
+        raise InputError(
+            f"{what} is {size} bytes, more than a stream can deliver",
+            hint=f"at most {MAX_STREAM_FILE_SIZE} bytes ({MAX_OFFSET + 1} blocks of {MAX_BLOCK_SIZE} bytes, "
+            "GetStream offsets 0..98304)",
+        )
+    if size > DOCUMENTED_MAX_FILE_SIZE:
+        blocks = -(-size // (MAX_OFFSET + 1))
+        log.info("%s: devices need a block size of at least %d bytes to reach its end", what, blocks)
     return size
 
 
