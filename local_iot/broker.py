@@ -8,18 +8,28 @@ other failure raises ``BrokerStartError`` with the tail of the log. ``stop()`` s
 sends SIGKILL after a timeout.
 
 The configuration (see docs/broker.md for the why of each line):
-- ``per_listener_settings true``: the ACL applies to the TLS listener only, so the plain listener (the stream
-  service, benches) may use every topic, ``$aws/...`` included.
-- TLS listener: ``require_certificate``, ``use_identity_as_username`` (username = certificate CN = thing name) and
-  ``pattern readwrite $aws/things/%u/streams/#``: each device may only touch its own thing's stream topics.
-- ``set_tcp_nodelay true``; ``max_queued_messages 0`` and ``max_queued_bytes 0`` (no limit: the default 1000
-  silently drops a QoS 0 download burst); ``persistence false``; ``user root`` when run as root (otherwise
-  mosquitto switches to user ``mosquitto`` and cannot read the key files in our state directory).
+- ``per_listener_settings true``: the device policy applies to the TLS listener only, so the plain listener (the
+  stream service, benches; loopback only) may use every topic, ``$aws/...`` included.
+- TLS listener: ``require_certificate`` and local_iot's plugin (``local_iot/plugin/local_iot_plugin.c``, built by
+  ``local_iot.plugin_build``): the client id must be a thing attached to a registered ACTIVE certificate (or, without
+  a registry, the certificate's CN), a device may only use its own thing's stream topics, and a SUBSCRIBE outside
+  them is refused in the SUBACK. ``plugin=False`` falls back to the ACL file
+  (``pattern readwrite $aws/things/%u/streams/#``, granted SUBACKs, any client id).
+- ``set_tcp_nodelay true``; ``max_queued_messages 1000``: at most 1000 messages wait for one client (a client that
+  stops reading cannot grow the broker without bound; a download asks for at most 512 blocks per request);
+  ``persistence false``; ``user root`` when run as root (otherwise mosquitto switches to user ``mosquitto`` and
+  cannot read the key files in our state directory).
+
+The child dies with us: it is started with ``PR_SET_PDEATHSIG`` = SIGKILL, so even a SIGKILL of this process does
+not leave a mosquitto behind. (Linux ties the death signal to the *thread* that started the child: start and
+restart the broker from a thread that lives as long as the broker, as ``LocalIot`` does.) ``restart()`` starts it
+again on the same ports after it died.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import re
@@ -29,11 +39,14 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 from .ca import LocalCA
+from .files import private_dir, write_private
+from .plugin_build import PluginBuildError, plugin_path
 from .ports import free_ports
 
 log = logging.getLogger(__name__)
@@ -44,6 +57,10 @@ LOG_NAME = "mosquitto.log"
 STDERR_NAME = "mosquitto.stderr"
 #: The ACL rule that mirrors the AWS device policy: a certificate may only use its own thing's stream topics.
 DEVICE_ACL_PATTERN = "pattern readwrite $aws/things/%u/streams/#"
+#: What a device may use with the plugin (%c = its client id = its thing name): the AWS device policy for streams.
+DEVICE_TOPIC_PREFIXES = ("$aws/things/%c/streams/",)
+SOCKET_NAME = "mqtt.sock"
+DEFAULT_MAX_QUEUED_MESSAGES = 1000
 _FALLBACK_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 _IN_USE_MARKER = "Address already in use"
 _OPENING = re.compile(r"Opening ipv[46] listen socket on port (\d+)")
@@ -76,15 +93,26 @@ class BrokerStartError(BrokerError):
 class BrokerConfig:
     """Where and how to run mosquitto.
 
-    Ports 0 mean "pick a free one". ``tls_port=None`` runs no TLS listener. When the three certificate paths are
-    None and TLS is on, a local CA is created (or reused) in ``state_dir/ca`` with a server certificate for
+    Ports 0 mean "pick a free one". ``tls_port=None`` runs no TLS listener. ``mqtt_port=None`` runs no plain TCP
+    listener: the plain (anonymous, every topic) listener is then a Unix socket ``state_dir/mqtt.sock`` (mode 0700
+    directory), for the stream service only. ``host`` is the plain listener's address (keep it on loopback);
+    ``tls_host`` (default: ``host``) is the TLS listener's, the one devices dial. When the three certificate paths
+    are None and TLS is on, a local CA is created (or reused) in ``state_dir/ca`` with a server certificate for
     ``localhost`` and ``127.0.0.1``; ``MosquittoBroker.ca`` then issues device certificates.
+
+    ``plugin`` (default on) puts local_iot's plugin on the TLS listener; ``registry`` is the certificate registry
+    file it follows (written by ``local_iot.registry``); without one, the client id must equal the certificate's CN.
     """
 
     state_dir: Path
     host: str = "127.0.0.1"
-    mqtt_port: int = 0
+    mqtt_port: int | None = 0
     tls_port: int | None = 0
+    tls_host: str | None = None
+    plugin: bool = True
+    registry: Path | None = None
+    allow_topics: tuple[str, ...] = DEVICE_TOPIC_PREFIXES
+    max_queued_messages: int = DEFAULT_MAX_QUEUED_MESSAGES
     ca_cert: Path | None = None
     server_cert: Path | None = None
     server_key: Path | None = None
@@ -101,6 +129,10 @@ class BrokerConfig:
         for port in (self.mqtt_port, self.tls_port):
             if port is not None and not 0 <= port <= 65535:
                 raise ValueError(f"port {port} is out of range 0..65535")
+        if self.mqtt_port is None and self.tls_port is None:
+            raise ValueError("a broker needs a plain or a TLS listener")
+        if self.max_queued_messages < 0:
+            raise ValueError("max_queued_messages must be >= 0 (0: no limit)")
         if self.max_packet_size < 140_000:
             raise ValueError("max_packet_size must be at least 140000 to carry a 128 KiB block with its topic")
 
@@ -133,44 +165,64 @@ def _check_conf_value(value: str) -> str:
 def render_config(
     config: BrokerConfig,
     *,
-    mqtt_port: int,
+    mqtt_port: int | None,
     tls_port: int | None,
     tls_files: tuple[Path, Path, Path] | None,
     acl_path: Path,
     log_path: Path,
     run_as_root: bool,
+    plugin: Path | None = None,
+    socket_path: Path | None = None,
 ) -> str:
     """The text of mosquitto.conf for these concrete ports and files."""
     host = _check_conf_value(config.host)
+    tls_host = _check_conf_value(config.tls_host or config.host)
     lines = [
         "# Generated by local_iot.broker; rewritten on every start.",
-        "per_listener_settings true",
+        # With the plugin: one global plugin (mosquitto 2.0 runs TICK callbacks only for global plugins) that lets
+        # clients without a certificate (the plain listener) through and applies the device policy to the others.
+        f"per_listener_settings {'false' if plugin is not None else 'true'}",
         "persistence false",
         f"log_dest file {_check_conf_value(str(log_path))}",
         "log_timestamp_format %Y-%m-%dT%H:%M:%S",
         "set_tcp_nodelay true",
-        "max_queued_messages 0",
+        f"max_queued_messages {config.max_queued_messages}",
         "max_queued_bytes 0",
         f"max_inflight_messages {config.max_inflight_messages}",
         f"max_packet_size {config.max_packet_size}",
     ]
     if run_as_root:
         lines.append("user root")
-    lines += ["", f"listener {mqtt_port} {host}", "allow_anonymous true"]
+    if plugin is not None:
+        lines += ["allow_anonymous true", f"plugin {_check_conf_value(str(plugin))}"]
+        if config.registry is not None:
+            lines.append(f"plugin_opt_registry {_check_conf_value(str(config.registry))}")
+        lines.append(f"plugin_opt_allow {_check_conf_value(','.join(config.allow_topics))}")
+    if mqtt_port is not None:
+        lines += ["", f"listener {mqtt_port} {host}"]
+    else:
+        if socket_path is None:
+            raise ValueError("without a plain port the broker needs a socket path")
+        lines += ["", f"listener 0 {_check_conf_value(str(socket_path))}"]
+    if plugin is None:
+        lines.append("allow_anonymous true")
     if tls_port is not None and tls_files is not None:
         ca_cert, server_cert, server_key = (_check_conf_value(str(p)) for p in tls_files)
         lines += [
             "",
-            f"listener {tls_port} {host}",
-            "allow_anonymous false",
+            f"listener {tls_port} {tls_host}",
             f"cafile {ca_cert}",
             f"certfile {server_cert}",
             f"keyfile {server_key}",
             "tls_version tlsv1.2",
             "require_certificate true",
-            "use_identity_as_username true",
-            f"acl_file {_check_conf_value(str(acl_path))}",
         ]
+        if plugin is None:
+            lines += [
+                "allow_anonymous false",
+                "use_identity_as_username true",
+                f"acl_file {_check_conf_value(str(acl_path))}",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -190,6 +242,9 @@ class MosquittoBroker:
         self._tls_port: int | None = None
         self._ca: LocalCA | None = None
         self._tls_files: tuple[Path, Path, Path] | None = None
+        self._plugin: Path | None = None
+        self._binary: str | None = None
+        self.restarts = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -197,9 +252,15 @@ class MosquittoBroker:
         if self._proc is not None:
             raise BrokerUsageError("this broker is already started; stop() it first")
         binary = find_mosquitto(self._config.mosquitto_path)
-        self._state_dir.mkdir(parents=True, exist_ok=True)
+        self._binary = binary
+        private_dir(self._state_dir)
+        if self._config.plugin and self._config.tls_port is not None:
+            try:
+                self._plugin = plugin_path()
+            except PluginBuildError as exc:
+                raise BrokerStartError(str(exc)) from exc
         self._prepare_tls()
-        self.acl_path.write_text(render_acl())
+        write_private(self.acl_path, render_acl())
         fixed = {p for p in (self._config.mqtt_port, self._config.tls_port) if p}
         for attempt in range(1, _START_ATTEMPTS + 1):
             mqtt_port, tls_port = self._choose_ports()
@@ -220,6 +281,28 @@ class MosquittoBroker:
                         f"mosquitto could not bind free ports after {_START_ATTEMPTS} attempts", log_tail=e.log_tail
                     ) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def restart(self) -> None:
+        """Start mosquitto again on the same ports and files after it died (or stop it first). A port taken in the
+        meantime raises BrokerStartError."""
+        if self._binary is None or (self._mqtt_port is None and self._tls_port is None):
+            raise BrokerUsageError("restart() needs a broker that was started before")
+        mqtt_port, tls_port = self._mqtt_port, self._tls_port
+        self.stop()
+        previous = self.log_path.with_suffix(".log.1")
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.log_path, previous)
+        try:
+            self._launch(self._binary, mqtt_port, tls_port)
+        except _PortInUse as e:
+            raise BrokerStartError(
+                f"port {e.port} on {self.host} was taken while the broker was down", log_tail=e.log_tail
+            ) from None
+        self.restarts += 1
+
+    def exited(self) -> int | None:
+        """The exit code when the mosquitto process ended (without stop()), else None."""
+        return None if self._proc is None else self._proc.poll()
 
     def stop(self) -> None:
         """SIGTERM the mosquitto PID, wait, SIGKILL after ``stop_timeout``. Idempotent."""
@@ -254,7 +337,24 @@ class MosquittoBroker:
 
     @property
     def mqtt_port(self) -> int:
+        if self._config.mqtt_port is None:
+            raise BrokerUsageError(
+                "this broker has no plain TCP port (BrokerConfig.mqtt_port is None): use socket_path"
+            )
         return self._require(self._mqtt_port, "mqtt_port")
+
+    @property
+    def has_plain_port(self) -> bool:
+        return self._config.mqtt_port is not None
+
+    @property
+    def socket_path(self) -> Path:
+        """The Unix socket of the plain listener when there is no plain TCP port."""
+        return self._state_dir / SOCKET_NAME
+
+    @property
+    def tls_host(self) -> str:
+        return self._config.tls_host or self._config.host
 
     @property
     def tls_port(self) -> int:
@@ -327,20 +427,24 @@ class MosquittoBroker:
         if c.ca_cert is not None and c.server_cert is not None and c.server_key is not None:
             self._tls_files = (Path(c.ca_cert).resolve(), Path(c.server_cert).resolve(), Path(c.server_key).resolve())
             return
-        ca_dir = self._state_dir / "ca"
+        ca_dir = private_dir(self._state_dir / "ca")
         self._ca = LocalCA.create(ca_dir)
-        hosts = list(dict.fromkeys(["localhost", "127.0.0.1", c.host]))
+        hosts = list(dict.fromkeys(["localhost", "127.0.0.1", c.host, c.tls_host or c.host]))
         server_cert, server_key = self._ca.issue_server_cert(ca_dir, hosts)
         self._tls_files = (self._ca.cert_path.resolve(), server_cert, server_key)
 
-    def _choose_ports(self) -> tuple[int, int | None]:
+    def _choose_ports(self) -> tuple[int | None, int | None]:
         c = self._config
-        fresh = iter(free_ports(2, c.host))
-        mqtt_port = c.mqtt_port or next(fresh)
-        tls_port = None if c.tls_port is None else (c.tls_port or next(fresh))
-        return mqtt_port, tls_port
+        plain = None if c.mqtt_port is None else (c.mqtt_port or free_ports(1, c.host)[0])
+        tls_host = c.tls_host or c.host
+        tls = None if c.tls_port is None else (c.tls_port or free_ports(1, tls_host)[0])
+        if plain is not None and plain == tls:  # two hosts may hand out the same free port
+            tls = free_ports(1, tls_host)[0] if not c.tls_port else tls
+        return plain, tls
 
-    def _launch(self, binary: str, mqtt_port: int, tls_port: int | None) -> None:
+    def _launch(self, binary: str, mqtt_port: int | None, tls_port: int | None) -> None:
+        if mqtt_port is None:
+            self.socket_path.unlink(missing_ok=True)
         config_text = render_config(
             self._config,
             mqtt_port=mqtt_port,
@@ -349,37 +453,42 @@ class MosquittoBroker:
             acl_path=self.acl_path,
             log_path=self.log_path,
             run_as_root=os.geteuid() == 0,
+            plugin=self._plugin,
+            socket_path=self.socket_path,
         )
-        self.config_path.write_text(config_text)
+        write_private(self.config_path, config_text)
         self.log_path.unlink(missing_ok=True)
         stderr_path = self._state_dir / STDERR_NAME
-        with stderr_path.open("wb") as stderr:
+        fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as stderr:
             proc = subprocess.Popen(
                 [binary, "-c", str(self.config_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=stderr,
                 stderr=stderr,
-                start_new_session=True,  # our stop() ends it; a Ctrl-C in the terminal does not race us
+                preexec_fn=_die_with_parent(os.getpid()),  # new session + PR_SET_PDEATHSIG(SIGKILL)
             )
         self._proc = proc
         _raise_open_files_limit(proc.pid)
         self._mqtt_port, self._tls_port = mqtt_port, tls_port
-        ports = [p for p in (mqtt_port, tls_port) if p is not None]
+        ports = [(self.host, p) for p in (mqtt_port,) if p is not None]
+        ports += [(self.tls_host, p) for p in (tls_port,) if p is not None]
         try:
             self._wait_ready(proc, ports)
         except BaseException:
             self.stop()
             raise
         log.info(
-            "mosquitto pid %d running on %s: plain %d, tls %s (state %s)",
+            "mosquitto pid %d running: plain %s:%s, tls %s:%s (state %s)",
             proc.pid,
             self.host,
-            mqtt_port,
+            mqtt_port if mqtt_port is not None else self.socket_path,
+            self.tls_host,
             tls_port,
             self._state_dir,
         )
 
-    def _wait_ready(self, proc: subprocess.Popen[bytes], ports: list[int]) -> None:
+    def _wait_ready(self, proc: subprocess.Popen[bytes], ports: list[tuple[str, int]]) -> None:
         deadline = time.monotonic() + self._config.start_timeout
         logged_running = False
         pending = list(ports)
@@ -393,12 +502,13 @@ class MosquittoBroker:
             if not logged_running:
                 logged_running = self._log_says_running()
             if logged_running:
-                pending = [p for p in pending if not _accepts(self.host, p)]
-                if not pending:
+                pending = [(h, p) for h, p in pending if not _accepts(h, p)]
+                if not pending and (self._mqtt_port is not None or self.socket_path.exists()):
                     return
             if time.monotonic() > deadline:
                 raise BrokerStartError(
-                    f"mosquitto did not accept connections on {ports} within {self._config.start_timeout} s",
+                    f"mosquitto did not accept connections on {[p for _, p in ports]} within "
+                    f"{self._config.start_timeout} s",
                     log_tail=self.log_tail(),
                 )
             with contextlib.suppress(subprocess.TimeoutExpired):  # wait a little, but wake at once if it exits
@@ -418,6 +528,24 @@ class _PortInUse(BrokerStartError):
     def __init__(self, port: int | None, *, log_tail: str) -> None:
         super().__init__(f"port {port} is in use", log_tail=log_tail)
         self.port = port
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A preexec_fn: a new session (a Ctrl-C in the terminal does not race our stop()), and SIGKILL when the
+    thread that started the child dies (PR_SET_PDEATHSIG), even when this process is SIGKILLed."""
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork
+    prctl = libc.prctl
+
+    def preexec() -> None:
+        os.setsid()
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl: do not outlive it
+            os._exit(1)
+
+    return preexec
 
 
 def _raise_open_files_limit(pid: int) -> None:
