@@ -26,13 +26,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from device_sim.fileio import atomic_write
 from device_sim.protocol.limits import block_count, block_length
 
 log = logging.getLogger(__name__)
@@ -203,22 +203,6 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temp file in the same directory, fsync, rename, fsync the directory."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _unlink(path: Path) -> None:
@@ -431,7 +415,7 @@ class FileSink:
         if self._state_dir is not None:
             assert self.meta_path is not None and self.bitmap_path is not None
             _unlink(self.bitmap_path)  # the metadata never describes an older bitmap
-            _atomic_write(self.meta_path, json.dumps(self._metadata(), sort_keys=True).encode())
+            atomic_write(self.meta_path, json.dumps(self._metadata(), sort_keys=True).encode(), mode=0o600)
         return fd
 
     def _load_state(self) -> _Bits | None:
@@ -503,7 +487,7 @@ class FileSink:
         assert self.bitmap_path is not None
         with _storage("persist the download state of", self.part_path):
             os.fsync(self._fd)
-            _atomic_write(self.bitmap_path, bytes(self._bits.raw))
+            atomic_write(self.bitmap_path, bytes(self._bits.raw), mode=0o600)
         self._dirty = 0
         self._last_flush = now
 

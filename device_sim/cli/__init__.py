@@ -31,5 +31,3 @@ main.add_command(demo_command, "demo")
 from device_sim.cli.report import report_group  # noqa: E402
 
 main.add_command(report_group, "report")
-
-

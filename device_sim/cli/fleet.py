@@ -20,20 +20,23 @@ from typing import Any
 import click
 
 from device_sim.cli.locust import locust_options, locust_topology_given, run_locust
-from device_sim.cli.options import SizeListType, build_download_settings, download_options, transport_choices
+from device_sim.cli.options import (
+    ReportFailed,
+    SizeListType,
+    build_download_settings,
+    download_options,
+    transport_choices,
+)
+from device_sim.cli.rich_tables import print_summary_table, print_sweep_table
 from device_sim.device.device import DownloadSettings, SinkKind
 from device_sim.device.verify import S3Source
 from device_sim.fleet.plan import FleetPlan, FleetSettings, PlanError, Shard, s3_source
 from device_sim.fleet.resources import OpenFilesLimit, ensure_open_files, system_trust_env_dropped
-from device_sim.fleet.runner import FleetProgress, FleetRun, run_fleet
+from device_sim.fleet.runner import FleetProgress, FleetRun, run_plan
 from device_sim.protocol.limits import DEFAULT_PRICE_PER_MILLION_MESSAGES_USD
 from device_sim.results.files import ReportWriteError, write_reports
 from device_sim.results.metrics import DeviceMetrics, aggregate
 from device_sim.results.sweep import SweepPoint
-
-
-class ReportFailed(click.ClickException):
-    exit_code = 6
 
 
 class TooFewOpenFiles(click.ClickException):
@@ -186,14 +189,13 @@ async def run_with_display(
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    target, identities, fleet = plan.target, plan.identities, plan.fleet
+    target = plan.target
     assert target is not None
-    download = download or plan.download
-    progress = FleetProgress(len(identities))
+    progress = FleetProgress(len(plan.identities))
     own_ca = not target.no_tls and target.ca is not None
     with _stop_on_signals(loop, stop), system_trust_env_dropped(own_ca):
         if quiet or not sys.stderr.isatty():
-            return await run_fleet(target, identities, download, fleet, source=source, progress=progress, stop=stop)
+            return await run_plan(plan, source=source, progress=progress, stop=stop, download=download)
         from rich.console import Console
         from rich.live import Live
 
@@ -207,15 +209,11 @@ async def run_with_display(
                 )
 
         with Live(View(), console=Console(stderr=True), refresh_per_second=4, transient=True):
-            return await run_fleet(target, identities, download, fleet, source=source, progress=progress, stop=stop)
+            return await run_plan(plan, source=source, progress=progress, stop=stop, download=download)
 
 
 def print_summary(run: FleetRun) -> None:
-    from rich.console import Console
-
-    from device_sim.cli.rich_tables import rich_summary_table
-
-    Console().print(rich_summary_table(run.summary))
+    print_summary_table(run.summary)
     if run.memory is not None:
         m = run.memory
         click.echo(
@@ -310,11 +308,7 @@ def sweep_command(**params: Any) -> None:
         if run.interrupted:
             interrupted = True
             break
-    from rich.console import Console
-
-    from device_sim.cli.rich_tables import rich_sweep_table
-
-    Console().print(rich_sweep_table(points))
+    print_sweep_table(points)
     overall = aggregate(
         records,
         wall_s=sum(p.summary.wall_s for p in points),

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import click
 
+from device_sim.cli.rich_tables import print_summary_table
 from device_sim.fleet.plan import FleetPlan
 
 __all__ = ["ENGINE_PATH", "locust_argv", "locust_options", "locust_topology_given", "run_locust"]
@@ -205,11 +206,11 @@ def run_locust(params: Mapping[str, Any], build_plan: Callable[[dict[str, Any]],
     with _forward_signals(proc):
         code = proc.wait()
     if not params.get("worker"):
-        _print_summary(Path(params["report_dir"]), started)
+        _print_report_summary(Path(params["report_dir"]), started)
     return code
 
 
-def _print_summary(report_dir: Path, started: float) -> None:
+def _print_report_summary(report_dir: Path, started: float) -> None:
     from device_sim.results.metrics import FleetSummary, MetricsFormatError
 
     path = report_dir / "summary.json"
@@ -221,9 +222,5 @@ def _print_summary(report_dir: Path, started: float) -> None:
         summary = FleetSummary.from_dict(json.loads(path.read_text())["summary"])
     except (OSError, ValueError, KeyError, MetricsFormatError):
         return
-    from rich.console import Console
-
-    from device_sim.cli.rich_tables import rich_summary_table
-
-    Console().print(rich_summary_table(summary))
+    print_summary_table(summary)
     click.echo(f"reports: {report_dir}")

@@ -11,34 +11,17 @@ import click
 
 from device_sim.device.device import DownloadSettings
 from device_sim.engine.types import EngineUsageError
+from device_sim.fileio import parse_size
 from device_sim.protocol import Format
 from device_sim.transport import FlowControl, MqttProtocol, QoS
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "kib": 1024,
-    "m": 10**6,
-    "mb": 10**6,
-    "mib": 1024**2,
-    "g": 10**9,
-    "gb": 10**9,
-    "gib": 1024**3,
-}
-_SIZE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
 
+class ReportFailed(click.ClickException):
+    """The reports could not be written (exit code 6)."""
 
-def parse_size(text: str) -> int:
-    """``4096``, ``4KiB``, ``1MiB``, ``1MB`` -> bytes. ValueError with a hint otherwise."""
-    m = _SIZE.match(text)
-    unit = m.group(2).lower() if m else None
-    if m is None or unit not in _UNITS:
-        raise ValueError(f"{text!r} is not a size: use bytes or a unit like 4KiB, 1MiB, 500KB")
-    return int(m.group(1)) * _UNITS[unit]
+    exit_code = 6
 
 
 class SizeType(click.ParamType):  # type: ignore[type-arg]

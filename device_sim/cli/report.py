@@ -22,6 +22,8 @@ from pathlib import Path
 
 import click
 
+from device_sim.cli.options import ReportFailed
+from device_sim.cli.rich_tables import print_summary_table, print_sweep_table
 from device_sim.results.files import read_devices_jsonl, write_reports
 from device_sim.results.metrics import DeviceMetrics, FleetSummary, MetricsFormatError, SettingValue, aggregate
 from device_sim.results.sweep import SweepPoint
@@ -170,10 +172,6 @@ class MergeFailed(click.ClickException):
     exit_code = 2
 
 
-class ReportFailed(click.ClickException):
-    exit_code = 6
-
-
 @click.group("report")
 def report_group() -> None:
     """Work with the reports of earlier runs."""
@@ -210,12 +208,10 @@ def merge_command(parts: tuple[Path, ...], report_dir: Path, price_per_million: 
         paths = write_reports(report_dir, merged.summary, merged.records, sweep=merged.sweep)
     except ReportWriteError as exc:
         raise ReportFailed(str(exc)) from exc
-    from rich.console import Console
-
-    from device_sim.cli.rich_tables import rich_summary_table, rich_sweep_table
-
-    console = Console()
-    console.print(rich_sweep_table(merged.sweep) if merged.sweep else rich_summary_table(merged.summary))
+    if merged.sweep:
+        print_sweep_table(merged.sweep)
+    else:
+        print_summary_table(merged.summary)
     click.echo(f"merged {len(parts)} reports: {', '.join(str(p) for p in paths.values())}")
     if not merged.summary.all_verified:
         sys.exit(1)

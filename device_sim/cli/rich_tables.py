@@ -12,7 +12,20 @@ from device_sim.results.metrics import FleetSummary
 from device_sim.results.sweep import SweepPoint, best_by_cost, best_by_time
 from device_sim.results.tables import SWEEP_COLUMNS, summary_rows, sweep_best_lines, sweep_rows
 
-__all__ = ["rich_summary_table", "rich_sweep_table"]
+__all__ = ["print_summary_table", "print_sweep_table", "rich_summary_table", "rich_sweep_table"]
+
+
+def print_summary_table(summary: FleetSummary) -> None:
+    """Print the fleet summary table on stdout (every command that ends a fleet prints it this way)."""
+    from rich.console import Console
+
+    Console().print(rich_summary_table(summary))
+
+
+def print_sweep_table(points: Sequence[SweepPoint]) -> None:
+    from rich.console import Console
+
+    Console().print(rich_sweep_table(points))
 
 
 def rich_summary_table(summary: FleetSummary) -> Table:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class S3Source:
     def __init__(
         self, session: Any | None = None, *, region: str | None = None, endpoint_url: str | None = None
     ) -> None:
-        import boto3  # deferred: importing boto3 costs ~0.3 s and only verification needs it
+        import boto3  # type: ignore[import-untyped]  # deferred: ~0.3 s, only verification needs it
 
         self._session = session or boto3.Session(region_name=region)
         self._endpoint_url = endpoint_url  # None: boto3's own choice (AWS_ENDPOINT_URL or the real service)

@@ -1,0 +1,45 @@
+"""The sans-IO download engine (layer 2): one file of one stream as a state machine with time passed in.
+
+``DownloadEngine`` (``machine``) with its settings, inputs, actions and counters (``types``), the transition table
+(``rules``), the block ledger (``blocks``) and the round-trip estimator (``rtt``). See docs/engine.md.
+"""
+
+from device_sim.engine.machine import (
+    TRANSITIONS,
+    Action,
+    Complete,
+    DiscardBlocks,
+    DownloadEngine,
+    EngineInput,
+    EngineSettings,
+    EngineState,
+    EngineStateError,
+    EngineStats,
+    EngineUsageError,
+    Failed,
+    FailureReason,
+    Redescribe,
+    SendRequest,
+    WriteBlock,
+    classify_rejection,
+)
+
+__all__ = [
+    "TRANSITIONS",
+    "Action",
+    "Complete",
+    "DiscardBlocks",
+    "DownloadEngine",
+    "EngineInput",
+    "EngineSettings",
+    "EngineState",
+    "EngineStateError",
+    "EngineStats",
+    "EngineUsageError",
+    "Failed",
+    "FailureReason",
+    "Redescribe",
+    "SendRequest",
+    "WriteBlock",
+    "classify_rejection",
+]

@@ -27,7 +27,7 @@ from typing import Any
 
 from device_sim.device.device import Device, DeviceCancelled, DownloadSettings
 from device_sim.device.verify import S3Source
-from device_sim.fleet.plan import DeviceIdentity, FleetSettings, FleetTarget
+from device_sim.fleet.plan import DeviceIdentity, FleetPlan, FleetSettings, FleetTarget
 from device_sim.fleet.resources import MemoryMeter, MemoryUse
 from device_sim.protocol.limits import ACCOUNT_CONNECTS_PER_SECOND
 from device_sim.results.metrics import DeviceMetrics, FailureKind, FleetSummary, aggregate, failure_reason
@@ -44,6 +44,7 @@ __all__ = [
     "fleet_crt_threads",
     "run_device",
     "run_fleet",
+    "run_plan",
     "settings_dict",
 ]
 
@@ -296,3 +297,25 @@ def settings_dict(download: DownloadSettings, settings: FleetSettings, devices: 
         "start_jitter": settings.start_jitter,
         "crt_threads": settings.crt_threads or fleet_crt_threads(),
     }
+
+
+async def run_plan(
+    plan: FleetPlan,
+    *,
+    source: S3Source | None = None,
+    progress: FleetProgress | None = None,
+    stop: asyncio.Event | None = None,
+    download: DownloadSettings | None = None,
+) -> FleetRun:
+    """``run_fleet`` over a resolved plan (``FleetPlan.load``); ``download`` overrides the plan's (a sweep point)."""
+    if plan.target is None:
+        raise ValueError("the plan is not resolved: use FleetPlan.load(manifest, ...)")
+    return await run_fleet(
+        plan.target,
+        plan.identities,
+        download or plan.download,
+        plan.fleet,
+        source=source,
+        progress=progress,
+        stop=stop,
+    )

@@ -8,19 +8,17 @@ the report is complete. OSError is translated once, into ``ReportWriteError``.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import logging
-import os
 import re
-import secrets
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
+from device_sim import fileio
 from device_sim.results.html import render_html
 from device_sim.results.metrics import DeviceMetrics, FleetSummary, MetricsFormatError
 from device_sim.results.sweep import SweepPoint, best_by_cost, best_by_time
@@ -86,27 +84,21 @@ class ReportWriteError(Exception):
 
 
 def atomic_write(path: Path, write: Callable[[TextIO], None]) -> None:
-    """Create or replace ``path`` with what ``write`` writes, all or nothing, even on KeyboardInterrupt.
+    """Create or replace ``path`` with the UTF-8 text ``write`` writes (no newline translation), all or nothing.
 
-    The text is UTF-8 and written as is (no newline translation).
+    ReportWriteError names the file and what to check.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+    def text(binary: BinaryIO) -> None:
+        f = io.TextIOWrapper(binary, encoding="utf-8", newline="", write_through=True)
+        write(f)
+        f.flush()
+        f.detach()  # leave the binary file open: fileio.atomic_write syncs and closes it
+
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies, like a normal file
+        fileio.atomic_write(path, text)
     except OSError as exc:
         raise ReportWriteError(f"cannot create {path}: {exc.strerror}; check that the directory is writable") from exc
-    try:
-        with open(fd, "w", encoding="utf-8", newline="") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise ReportWriteError(f"cannot write {path}: {exc.strerror}; check free space and permissions") from exc
-        raise
 
 
 def _xml_safe(text: str) -> str:

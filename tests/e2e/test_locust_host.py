@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from device_sim.device.types import DownloadSettings
 from device_sim.fleet.locust.messages import (
     Config,
     Finished,
@@ -25,6 +26,7 @@ from device_sim.fleet.locust.messages import (
     decode_host_line,
     encode_host_line,
 )
+from device_sim.fleet.plan import FleetPlan
 from device_sim.results.metrics import DeviceMetrics
 from local_iot.runner import LocalIot
 
@@ -108,7 +110,8 @@ def host(local_iot: LocalIot) -> Iterator[Host]:
 
 def test_host_runs_each_device_once_and_exits_at_end_of_input(host: Host, manifest: Path) -> None:
     epoch = time.time()
-    host.send(Config(args=("--manifest", str(manifest), "--block-size", "2KiB")))
+    plan = FleetPlan(manifest=manifest, download=DownloadSettings(block_size=2048))
+    host.send(Config(plan=plan.to_json()))
     ready = host.next(Ready, HostFailed)
     assert isinstance(ready, Ready) and ready.identities == 3 and ready.pid == host.proc.pid
     for index in range(3):
@@ -126,7 +129,8 @@ def test_host_runs_each_device_once_and_exits_at_end_of_input(host: Host, manife
 
 
 def test_stop_reports_waiting_devices_as_cancelled(host: Host, manifest: Path) -> None:
-    host.send(Config(args=("--manifest", str(manifest), "--expect-sha256", "0" * 64)))
+    plan = FleetPlan(manifest=manifest, download=DownloadSettings(expect_sha256="0" * 64))
+    host.send(Config(plan=plan.to_json()))
     assert isinstance(host.next(Ready, HostFailed), Ready)
     host.send(Run(index=5, thing_name="hoststream-1", delay_s=3600.0, epoch=time.time()))
     host.send(Run(index=6, thing_name="not-in-the-manifest", delay_s=0.0, epoch=time.time()))
@@ -146,8 +150,8 @@ def test_stop_reports_waiting_devices_as_cancelled(host: Host, manifest: Path) -
     assert host.close() == 0
 
 
-def test_bad_options_fail_the_host_with_the_fleet_message(host: Host, tmp_path: Path) -> None:
-    host.send(Config(args=("--manifest", str(tmp_path / "missing.json"))))
+def test_a_plan_the_host_cannot_resolve_fails_it_with_the_reason(host: Host, tmp_path: Path) -> None:
+    host.send(Config(plan=FleetPlan(manifest=tmp_path / "missing.json").to_json()))
     failed = host.next(Ready, HostFailed)
     assert isinstance(failed, HostFailed) and "missing.json" in failed.message
     host.send(Run(index=0, thing_name="t", delay_s=0.0, epoch=time.time()))  # ignored: not configured

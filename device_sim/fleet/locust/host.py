@@ -134,6 +134,7 @@ class DeviceHost:
             self._progress.failed += 1
             self._finish(run, self._failed(run, None, _NOT_STARTED, loop, run_started))
             return
+        assert plan.target is not None  # a configured host's plan is resolved
         try:
             record = await run_device(
                 identity,

@@ -263,7 +263,8 @@ class MasterAgent:
         if self.finished:
             return
         self._quitting = True
-        if self.ledger.outstanding() and getattr(self._runner, "worker_count", 0):
+        workers: Any = getattr(self._runner, "worker_count", 0)
+        if self.ledger.outstanding() and workers:
             if self._stop_sent_at is None:
                 self._stop("the run was interrupted", self.elapsed())
             deadline = time.monotonic() + STOP_GRACE_S

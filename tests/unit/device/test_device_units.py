@@ -15,13 +15,13 @@ from device_sim.cli.options import (
     SizeType,
     build_download_settings,
     download_options,
-    parse_size,
     transport_choices,
 )
 from device_sim.device.device import NO_SUCH_FILE, DeviceFailure, DeviceResult, DownloadSettings, FileResult, SinkKind
 from device_sim.device.download import engine_failure
 from device_sim.device.verify import block_crcs, compare
 from device_sim.engine.types import Failed, FailureReason
+from device_sim.fileio import parse_size
 from device_sim.protocol import Format
 from device_sim.results.metrics import DeviceMetrics, FailureKind
 from device_sim.transport import FlowControl, MqttProtocol, QoS
@@ -29,15 +29,30 @@ from device_sim.transport import FlowControl, MqttProtocol, QoS
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("4096", 4096), ("4KiB", 4096), ("4 kib", 4096), ("1MiB", 1 << 20), ("1MB", 10**6), ("500KB", 500_000)],
+    [
+        ("4096", 4096),
+        ("4KiB", 4096),
+        ("4 kib", 4096),
+        ("1MiB", 1 << 20),
+        ("1MB", 10**6),
+        ("500KB", 500_000),
+        ("1.5KiB", 1536),
+        ("1.5MB", 1_500_000),
+    ],
 )
 def test_parse_size(text: str, value: int) -> None:
     assert parse_size(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "4 bananas", "-1", "1.5KiB", "KiB"])
+@pytest.mark.parametrize("text", ["", "4 bananas", "-1", "KiB", "1e3"])
 def test_parse_size_rejects_with_a_hint(text: str) -> None:
     with pytest.raises(ValueError, match="use bytes or a unit like 4KiB"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("text", ["0", "0KiB", "1.3", "0.5B"])
+def test_parse_size_wants_a_positive_whole_number_of_bytes(text: str) -> None:
+    with pytest.raises(ValueError, match="positive whole number of bytes"):
         parse_size(text)
 
 
