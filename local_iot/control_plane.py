@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 import urllib.request
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -63,6 +65,33 @@ def _check_profile() -> None:
         ) from exc
 
 
+_SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/[^/,\s]+/([^/,\s]+)/aws4_request")
+ChangeListener = Callable[[str], None]
+
+
+class _Guard:
+    """WSGI middleware: one request at a time (so a state snapshot never sees half a change), and after every
+    request that may change state (not GET/HEAD) the listeners are told which service it was for ("" unknown)."""
+
+    def __init__(self, app: Any, lock: threading.RLock, listeners: list[ChangeListener]) -> None:
+        self._app = app
+        self._lock = lock
+        self._listeners = listeners
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        with self._lock:
+            body = list(self._app(environ, start_response))
+            if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+                scope = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+                service = scope.group(1) if scope else ""
+                for listener in list(self._listeners):
+                    try:
+                        listener(service)
+                    except Exception:
+                        log.exception("control-plane change listener failed")
+        return body
+
+
 class _QuietRequestHandler(MotoRequestHandler):
     """moto's request handler, logging each request to our logger at DEBUG instead of werkzeug's stderr handler."""
 
@@ -81,6 +110,17 @@ class ControlPlane:
         self._requested_port = port
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
+        #: Held while a request is served; hold it to read or snapshot moto's state consistently.
+        self.lock = threading.RLock()
+        self._listeners: list[ChangeListener] = []
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        """``listener(service)`` runs (under ``lock``) after every request that may have changed state."""
+        self._listeners.append(listener)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     @property
     def port(self) -> int:
@@ -99,7 +139,7 @@ class ControlPlane:
         # AWS's certificateId is the SHA-256 of the certificate's DER; moto uses a hash of the PEM text unless told
         # otherwise (a process-wide moto setting; it also makes register_certificate reject PEM that is not X.509).
         default_user_config["iot"]["use_valid_cert"] = True
-        app = StreamsApi(DomainDispatcherApplication(create_backend_app))
+        app = _Guard(StreamsApi(DomainDispatcherApplication(create_backend_app)), self.lock, self._listeners)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         try:  # bind here: werkzeug's make_server calls sys.exit when the port is taken
             listener = socket.create_server((self.host, self._requested_port), family=family)

@@ -17,6 +17,7 @@ time the request arrived) and returns when the item may go out; items of one pac
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from device_sim.protocol.limits import (
@@ -71,6 +72,8 @@ def parse_quotas(text: str | None) -> QuotaSettings | None:
         rate = float(value)
     except ValueError:
         raise QuotaSpecError(f"account=<N> needs a number of publishes per second, got {value!r}") from None
+    if not math.isfinite(rate) or rate <= 0:
+        raise QuotaSpecError(f"account=<N> needs a finite number of publishes per second > 0, got {value!r}")
     return QuotaSettings(account_outbound_publishes_per_second=rate, account_outbound_burst=max(1.0, rate / 10))
 
 

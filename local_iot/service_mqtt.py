@@ -77,6 +77,7 @@ class StreamService:
         username: str | None = None,
         password: str | None = None,
         keepalive: int = 60,
+        socket_path: str | None = None,
     ) -> None:
         settings = ServiceSettings(
             latency_ms=latency_ms,
@@ -86,10 +87,12 @@ class StreamService:
         )
         self._pipeline = ServicePipeline(catalog, settings)
         self._host, self._port, self._keepalive = host, port, keepalive
+        self._socket_path = socket_path  # a Unix socket listener instead of host:port (no plain TCP port)
         self._client_id = client_id
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
-        )
+        self._client = self._new_client(client_id)
+        # After a broker restart, reconnect within 1-2 s (paho's default backoff grows to 120 s).
+        self._client.reconnect_delay_set(min_delay=1, max_delay=2)
+        self._subscriptions = 0
         if username is not None:
             self._client.username_pw_set(username, password)
         self._client.on_socket_open = _nodelay
@@ -111,6 +114,23 @@ class StreamService:
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
+    def _new_client(self, client_id: str) -> mqtt.Client:
+        if self._socket_path is not None:
+            return mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5, transport="unix"
+            )
+        return mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5)
+
+    def _connect(self, client: mqtt.Client, keepalive: int) -> None:
+        if self._socket_path is not None:
+            client.connect(self._socket_path, keepalive=keepalive, clean_start=True)
+        else:
+            client.connect(self._host, self._port, keepalive=keepalive, clean_start=True)
+
+    @property
+    def where(self) -> str:
+        return self._socket_path or f"{self._host}:{self._port}"
+
     def start(self, timeout: float = 10.0) -> StreamService:
         """Connect, subscribe, and return once the broker acknowledged the subscription."""
         if self._started:
@@ -119,16 +139,16 @@ class StreamService:
         self._scheduler = threading.Thread(target=self._run_scheduler, name="stream-service-scheduler", daemon=True)
         self._scheduler.start()
         try:
-            self._client.connect(self._host, self._port, keepalive=self._keepalive, clean_start=True)
+            self._connect(self._client, self._keepalive)
         except OSError as error:
             self.stop()
-            raise ServiceStartError(f"cannot connect to the broker at {self._host}:{self._port}: {error}") from error
+            raise ServiceStartError(f"cannot connect to the broker at {self.where}: {error}") from error
         self._client.loop_start()
         if not self._ready.wait(timeout) or self._failed:
             reason = self._failed or f"no SUBACK within {timeout} s"
             self.stop()
-            raise ServiceStartError(f"the stream service could not subscribe on {self._host}:{self._port}: {reason}")
-        log.info("stream service ready on %s:%d (%s)", self._host, self._port, self._pipeline.settings)
+            raise ServiceStartError(f"the stream service could not subscribe on {self.where}: {reason}")
+        log.info("stream service ready on %s (%s)", self.where, self._pipeline.settings)
         return self
 
     def stop(self) -> None:
@@ -167,6 +187,11 @@ class StreamService:
         return self._ready.wait(timeout)
 
     @property
+    def subscriptions(self) -> int:
+        """How many times the service subscribed: 1 + the reconnects after a lost broker."""
+        return self._subscriptions
+
+    @property
     def published(self) -> int:
         """Messages published so far."""
         return self._published
@@ -195,12 +220,15 @@ class StreamService:
         failed = [str(r) for r in reasons if r.is_failure]
         if failed:
             self._failed = f"SUBACK {failed} for {SERVICE_FILTER}"
+        self._subscriptions += 1
+        if self._subscriptions > 1 and not failed:
+            log.warning("stream service reconnected to the broker and re-subscribed to %s", SERVICE_FILTER)
         self._ready.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
         self._ready.clear()
         if not self._stopping:
-            log.warning("stream service lost the broker (%s); paho reconnects", reason)
+            log.warning("stream service lost the broker (%s); reconnecting every 1-2 s", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         now = time.monotonic()
@@ -259,11 +287,11 @@ class StreamService:
 
     def _kick_now(self, thing_name: str) -> None:
         """Connect with the device's client id: the broker drops the device's connection (MQTT session takeover)."""
-        kicker = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=thing_name, protocol=MQTTProtocolVersion.MQTTv5)
+        kicker = self._new_client(thing_name)
         connected = threading.Event()
         kicker.on_connect = lambda *args: connected.set()
         try:
-            kicker.connect(self._host, self._port, keepalive=10, clean_start=True)
+            self._connect(kicker, 10)
             kicker.loop_start()
             if not connected.wait(5.0):
                 log.warning("fault disconnect: no CONNACK while kicking %s", thing_name)

@@ -15,6 +15,7 @@ How this works: ``ServicePipeline.receive(topic, payload, now)`` is what the MQT
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -50,8 +51,8 @@ class ServiceSettings:
     cache_bytes: int = DEFAULT_CACHE_BYTES
 
     def __post_init__(self) -> None:
-        if self.latency_ms < 0:
-            raise ValueError(f"latency_ms must be >= 0, got {self.latency_ms}")
+        if not math.isfinite(self.latency_ms) or self.latency_ms < 0:
+            raise ValueError(f"latency_ms must be a finite number >= 0, got {self.latency_ms}")
 
     @property
     def plain(self) -> bool:

@@ -208,6 +208,15 @@ class StreamsBackend(BaseBackend):
         self._sequence = 0
         self._other_tags: dict[str, tuple[tuple[str, str | None], ...]] = {}  # tags of non-stream IoT ARNs
 
+    def __getstate__(self) -> dict[str, Any]:  # pickled by local_iot.persistence (the lock is not)
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def stream_arn(self, stream_id: str) -> str:
         return f"arn:{self.partition}:iot:{self.region_name}:{self.account_id}:stream/{stream_id}"
 

@@ -1,9 +1,10 @@
 """``--local DIR``: defaults taken from the ``local-iot.json`` that ``local-iot up`` writes into its state dir.
 
-Keys read: ``mqtt_host``, ``mqtt_port`` (plain), ``tls_port``, ``ca_cert``, ``ca_key``, ``aws_endpoint_url``,
-``region``; optional ``aws_access_key_id``/``aws_secret_access_key`` (else dummy credentials, so a local run never
-signs with real ones). Relative paths are relative to DIR. Nothing else in the provisioner knows about local_iot:
-this only fills in the same options a user could pass by hand.
+Keys read: ``device_endpoint`` (the host devices dial: the first ``--advertise`` name; older files: ``mqtt_host``),
+``mqtt_port`` (plain), ``tls_port``, ``ca_cert``, ``ca_key``, ``aws_endpoint_url``, ``region``, ``running``;
+optional ``aws_access_key_id``/``aws_secret_access_key`` (else dummy credentials, so a local run never signs with
+real ones). Relative paths are relative to DIR. Nothing else in the provisioner knows about local_iot: this only
+fills in the same options a user could pass by hand.
 """
 
 from __future__ import annotations
@@ -40,13 +41,16 @@ def read_local_config(state_dir: Path) -> LocalConfig:
     except (OSError, ValueError) as e:
         raise InputError(f"cannot read {path}: {e}") from e
 
+    if data.get("running") is False:
+        raise InputError(f"local_iot is not running on {state_dir}", hint="start `local-iot up --state-dir DIR` first")
+
     def resolve(value: Any) -> Path:
         p = Path(str(value))
         return p if p.is_absolute() else state_dir / p
 
     try:
         return LocalConfig(
-            mqtt_host=str(data["mqtt_host"]),
+            mqtt_host=str(data.get("device_endpoint") or data["mqtt_host"]),
             mqtt_port=None if data.get("mqtt_port") is None else int(data["mqtt_port"]),
             tls_port=int(data["tls_port"]),
             ca_cert=resolve(data["ca_cert"]),

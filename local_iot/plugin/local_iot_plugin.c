@@ -177,11 +177,19 @@ static bool thing_attached(const struct cert_entry *e, const char *client_id)
 	return strstr(e->things, needle) != NULL;
 }
 
+static bool registry_changed(void);
+static bool load_registry(void);
+static void kick_invalid(void);
+
 /* NULL when (fingerprint, client id) may connect, else the reason. */
 static const char *refusal(const char *fingerprint, const char *cn, const char *client_id)
 {
 	if(!registry_path){
 		return strcmp(cn, client_id) == 0 ? NULL : "the client id is not the certificate's CN (thing name)";
+	}
+	/* A connect right after a control-plane change must see it: one stat() per connect. */
+	if(registry_changed() && load_registry()){
+		kick_invalid();
 	}
 	const struct cert_entry *e = find_entry(fingerprint);
 	if(!e){

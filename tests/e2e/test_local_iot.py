@@ -112,7 +112,9 @@ def test_local_iot_up_command(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert not (state / INFO_FILE).exists()
+    stopped = json.loads((state / INFO_FILE).read_text())  # kept for the next start: same ports
+    assert stopped["running"] is False and stopped["broker_pid"] is None
+    assert stopped["tls_port"] == info["tls_port"] and stopped["aws_port"] == info["aws_port"]
     gone = subprocess.run(
         [sys.executable, "-m", "local_iot", "env", "--state-dir", str(state)],
         capture_output=True,
