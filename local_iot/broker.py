@@ -540,6 +540,7 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
     prctl = libc.prctl
 
     def preexec() -> None:
+        os.umask(0o077)  # mosquitto's own files (its log) are private whatever our umask
         os.setsid()
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent_pid:  # the parent died before prctl: do not outlive it

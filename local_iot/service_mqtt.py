@@ -56,7 +56,7 @@ class ServiceStartError(ServiceError):
 
 
 def _nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    if isinstance(sock, socket.socket):
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 

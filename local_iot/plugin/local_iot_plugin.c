@@ -64,6 +64,7 @@ static char *registry_path;
 static struct cert_entry *entries;
 static size_t entry_count;
 static bool registry_loaded;
+static bool registry_dirty; /* loaded since the last check of the connected clients */
 static struct stat registry_stat;
 static time_t last_check_s;
 static long last_check_ns;
@@ -154,6 +155,7 @@ static bool load_registry(void)
 	entries = list;
 	entry_count = count;
 	registry_loaded = true;
+	registry_dirty = true;
 	return true;
 }
 
@@ -187,9 +189,9 @@ static const char *refusal(const char *fingerprint, const char *cn, const char *
 	if(!registry_path){
 		return strcmp(cn, client_id) == 0 ? NULL : "the client id is not the certificate's CN (thing name)";
 	}
-	/* A connect right after a control-plane change must see it: one stat() per connect. */
-	if(registry_changed() && load_registry()){
-		kick_invalid();
+	/* A connect right after a control-plane change must see it: one stat() per connect (the tick kicks). */
+	if(registry_changed()){
+		load_registry();
 	}
 	const struct cert_entry *e = find_entry(fingerprint);
 	if(!e){
@@ -365,22 +367,26 @@ static void kick_invalid(void)
 
 static int on_tick(int event, void *event_data, void *userdata)
 {
-	struct mosquitto_evt_tick *ed = event_data;
 	(void)event;
+	(void)event_data; /* mosquitto 2.0.11 leaves its time fields at 0: use our own clock */
 	(void)userdata;
 	run_pending_kicks();
 	if(!registry_path){
 		return MOSQ_ERR_SUCCESS;
 	}
-	/* at most every 50 ms */
-	long elapsed_ms = (long)(ed->now_s - last_check_s) * 1000 + (ed->now_ns - last_check_ns) / 1000000;
-	if(elapsed_ms >= 0 && elapsed_ms < 50){
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	long elapsed_ms = (long)(now.tv_sec - last_check_s) * 1000 + (now.tv_nsec - last_check_ns) / 1000000;
+	if(elapsed_ms >= 0 && elapsed_ms < 50){ /* at most every 50 ms */
 		return MOSQ_ERR_SUCCESS;
 	}
-	last_check_s = ed->now_s;
-	last_check_ns = ed->now_ns;
+	last_check_s = now.tv_sec;
+	last_check_ns = now.tv_nsec;
 	if(registry_changed() && load_registry()){
 		mosquitto_log_printf(MOSQ_LOG_INFO, "local-iot: registry reloaded (%zu certificates)", entry_count);
+	}
+	if(registry_dirty){
+		registry_dirty = false;
 		kick_invalid();
 	}
 	return MOSQ_ERR_SUCCESS;
