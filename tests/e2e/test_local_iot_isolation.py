@@ -11,7 +11,7 @@ import socket
 import ssl
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -240,18 +240,3 @@ def test_no_plain_port_serves_devices_through_the_service_socket(tmp_path: Path,
         assert device.messages.get(timeout=TIMEOUT).topic.endswith("/data/json")
         device.close()
         devices.remove(device)
-
-
-@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
-def test_latency_nan_and_infinities_are_refused(value: str, run_cli: Callable[..., Any]) -> None:
-    result = run_cli("up", "--state-dir", "/nonexistent-never-created", "--latency-ms", value)
-    assert result.exit_code == 2 and "finite" in result.output
-
-
-@pytest.fixture
-def run_cli() -> Callable[..., Any]:
-    from click.testing import CliRunner
-
-    from local_iot.cli import main
-
-    return lambda *args: CliRunner().invoke(main, list(args))
