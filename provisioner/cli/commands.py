@@ -8,6 +8,7 @@ runs one library function, and prints the result. ``ProvisionerError``s become `
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from pathlib import Path
@@ -298,20 +299,26 @@ def stream_list(aws: AwsOptions) -> None:
 @errors_to_click
 def stream_delete(aws: AwsOptions, stream_id: str | None, manifest_path: Path | None, dry_run: bool) -> None:
     """Delete a stream (and drop it from --manifest)."""
-    manifest = existing_manifest(manifest_path)
-    stream_id = _stream_id(stream_id, manifest)
-    api = make_api(aws, manifest=manifest, dry_run=dry_run)
-    delete_stream(api, stream_id)
-    if dry_run:
-        print_plan(api.planned)
-        return
-    if (
-        manifest is not None
-        and manifest_path is not None
-        and manifest.stream
-        and manifest.stream.stream_id == stream_id
-    ):
-        ManifestStore(manifest, manifest_path).change(stream=None)
+    frame = (
+        manifest_run(manifest_path, aws, command="stream delete", dry_run=dry_run)
+        if manifest_path is not None and manifest_path.exists()
+        else contextlib.nullcontext(None)
+    )
+    with frame as stop:
+        manifest = existing_manifest(manifest_path)
+        stream_id = _stream_id(stream_id, manifest)
+        api = make_api(aws, manifest=manifest, dry_run=dry_run, stop=stop)
+        delete_stream(api, stream_id)
+        if dry_run:
+            print_plan(api.planned)
+            return
+        if (
+            manifest is not None
+            and manifest_path is not None
+            and manifest.stream
+            and manifest.stream.stream_id == stream_id
+        ):
+            ManifestStore(manifest, manifest_path).change(stream=None)
     click.echo(f"stream {stream_id} deleted")
 
 

@@ -292,3 +292,34 @@ def test_the_lock_of_a_dead_process_is_taken_over(aws_env: FakeStreams, tmp_path
     assert result.exit_code == 0, result.output
     assert load_manifest(path).stream is not None
     assert not lock_path(path).exists()  # released (and removed) at the end
+
+
+def test_a_dry_run_of_a_large_file_plans_a_multipart_upload_and_creates_nothing(
+    aws_env: FakeStreams, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "run.json"
+    result = up(manifest, "--dry-run", generate=str(3 * PART_SIZE))
+    assert result.exit_code == 0, result.output
+    planned = [line.strip().split("(")[0] for line in result.output.splitlines() if line.startswith("  s3.")]
+    assert "s3.put_object" not in planned
+    start, end = planned.index("s3.create_multipart_upload"), planned.index("s3.complete_multipart_upload")
+    assert start < end
+    assert "local.upload_parts(parts=3, part_size=8388608, size=25165824)" in result.output
+    assert not manifest.exists() and not lock_path(manifest).exists()
+    assert leftovers() == NOTHING
+
+
+def test_a_write_that_fails_later_is_one_line_that_says_to_run_again(tmp_path: Path) -> None:
+    from provisioner.certs import write_private_file
+    from provisioner.errors import OutputError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(OutputError) as caught:
+        write_private_file(blocker / "sim-0.private.key", b"key")
+    assert caught.value.exit_code == 11
+    assert re.fullmatch(
+        rf"cannot write {re.escape(str(blocker / 'sim-0.private.key'))}: [^:]+: fix --certs-dir \(writable, space "
+        r"left\), then run the same command again \(it resumes\)",
+        str(caught.value),
+    ), str(caught.value)
