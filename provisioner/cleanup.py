@@ -186,10 +186,28 @@ def _remove_objects(api: Api, tally: Tally, bucket: BucketRecord) -> None:
         return
     for key, version_id in versions:
         tally.step(f"s3://{name}/{key} version {version_id}", _deleter(api, name, key, version_id))
+    _abort_uploads(api, tally, name, prefix)
     if bucket.created:
         ok = tally.step(f"bucket {name}", lambda: api.write(api.s3.delete_bucket, Bucket=name))
         if not ok:
             tally.failed[-1] = (tally.failed[-1][0], tally.failed[-1][1] + " (objects of others left in it?)")
+
+
+def _abort_uploads(api: Api, tally: Tally, bucket: str, prefix: str) -> None:
+    """Abort multipart uploads under the run's prefix that a killed run (kill -9) left unfinished."""
+    try:
+        page = api.read(api.s3.list_multipart_uploads, Bucket=bucket, Prefix=prefix)
+    except ProvisionerError as e:
+        log.warning("cannot list unfinished uploads in s3://%s/%s: %s", bucket, prefix, e)
+        return
+    for upload in page.get("Uploads", []):
+        key, upload_id = str(upload["Key"]), str(upload["UploadId"])
+        if key.startswith(prefix):
+            tally.step(f"unfinished upload s3://{bucket}/{key}", _aborter(api, bucket, key, upload_id))
+
+
+def _aborter(api: Api, bucket: str, key: str, upload_id: str) -> Callable[[], object]:
+    return lambda: api.write(api.s3.abort_multipart_upload, Bucket=bucket, Key=key, UploadId=upload_id)
 
 
 def _deleter(api: Api, bucket: str, key: str, version_id: str) -> Callable[[], object]:

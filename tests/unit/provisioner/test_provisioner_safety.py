@@ -323,3 +323,18 @@ def test_a_write_that_fails_later_is_one_line_that_says_to_run_again(tmp_path: P
         r"left\), then run the same command again \(it resumes\)",
         str(caught.value),
     ), str(caught.value)
+
+
+def test_cleanup_aborts_an_upload_a_killed_run_left_unfinished(aws_env: FakeStreams, tmp_path: Path) -> None:
+    path = tmp_path / "run.json"
+    assert up(path).exit_code == 0
+    manifest = load_manifest(path)
+    assert manifest.bucket is not None
+    s3 = boto3.client("s3", region_name=REGION)
+    key = f"{manifest.bucket.object_prefix}1/firmware-big.bin"  # what a kill -9 during a multipart upload leaves
+    upload = s3.create_multipart_upload(Bucket="fw-bucket", Key=key)
+    s3.upload_part(Bucket="fw-bucket", Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * PART_SIZE)
+    result = run("cleanup", "--manifest", path, *FAST)
+    assert result.exit_code == 0, result.output
+    assert f"unfinished upload s3://fw-bucket/{key}" in result.output
+    assert leftovers() == NOTHING  # the bucket (created by the run) is gone too
