@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from local_iot.runner import INFO_FILE, LocalIot
+from local_iot.runner import INFO_FILE, LocalIot, LocalIotSettings
 
 pytestmark = pytest.mark.e2e
 
@@ -70,14 +70,14 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 class Up:
     """`local-iot up` as a child process; stopped by its pid."""
 
-    def __init__(self, state_dir: Path, *args: str) -> None:
+    def __init__(self, state_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.state_dir = state_dir
         self.proc = subprocess.Popen(
             [PY, "-m", "local_iot", "up", "--state-dir", str(state_dir), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=clean_env(),
+            env=clean_env(env),
         )
         assert self.proc.stdout is not None
         for line in self.proc.stdout:  # blocks until it printed its banner; ends if it dies
@@ -231,3 +231,48 @@ def test_a_recorded_port_taken_is_a_clear_error(ups: list[Up], tmp_path: Path) -
         [PY, "-m", "local_iot", "reset", "--state-dir", str(state)], capture_output=True, text=True, timeout=60
     )
     assert reset.returncode == 0 and not (state / INFO_FILE).exists()
+
+
+def test_a_broker_that_cannot_come_back_ends_local_iot_with_one_line(ups: list[Up], tmp_path: Path) -> None:
+    """mosquitto is reached through a wrapper on PATH that execs the real one until a flag file exists."""
+    from local_iot.broker import find_mosquitto
+
+    bin_dir, flag = tmp_path / "bin", tmp_path / "broken"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "mosquitto"
+    wrapper.write_text(f'#!/bin/sh\n[ -e {flag} ] && {{ echo broken >&2; exit 1; }}\nexec {find_mosquitto()} "$@"\n')
+    wrapper.chmod(0o755)
+    up = Up(tmp_path / "state", env={"PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"})
+    ups.append(up)
+    flag.touch()
+    os.kill(up.info["broker_pid"], signal.SIGKILL)
+    up.proc.wait(timeout=60)
+    err = up.proc.stderr.read() if up.proc.stderr else ""
+    assert up.proc.returncode == 4, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("local-iot: the broker died and could not be restarted: mosquitto exited with code 1"), err
+
+
+def test_a_stale_broker_of_a_killed_run_is_cleaned_up(tmp_path: Path) -> None:
+    """A mosquitto left running on the state dir (by an older local_iot, or a kill between fork and prctl)."""
+    from local_iot.broker import find_mosquitto
+
+    state = tmp_path / "state"
+    broker_dir = state / "broker"
+    broker_dir.mkdir(parents=True)
+    config = broker_dir / "mosquitto.conf"
+    config.write_text(
+        f"listener 0 {broker_dir / 'stale.sock'}\nallow_anonymous true\n" + ("user root\n" if os.geteuid() == 0 else "")
+    )
+    stale = subprocess.Popen(
+        [find_mosquitto(), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        (state / INFO_FILE).write_text(json.dumps({"broker_pid": stale.pid, "running": True}))
+        with LocalIot(LocalIotSettings(state_dir=state)) as iot:
+            assert stale.wait(timeout=10) == -signal.SIGKILL
+            assert iot.info["broker_pid"] != stale.pid
+    finally:
+        if stale.poll() is None:
+            stale.kill()
+            stale.wait()
