@@ -106,6 +106,11 @@ class DownloadEngine:
         self._created_at = now
         self._actions: list[Action] = []
         self._counters = EngineStats()
+        #: The longest quiet gap the service's byte pacing alone can cause: one block's worth of the connection's
+        #: throughput quota (8 ms for 4 KiB at 512 KiB/s, 250 ms for 128 KiB). Smaller blocks trickle and keep
+        #: the link busy; a block this big arrives whole after the shaper held it, so idle deadlines wait for it.
+        rate = self.settings.answer_rate
+        self._pacing_gap = self.settings.block_size / rate if rate is not None else 0.0
         self._rtt = RttEstimator(
             initial=self.settings.initial_timeout,
             minimum=self.settings.min_timeout,
@@ -448,7 +453,7 @@ class DownloadEngine:
             return request.last_activity + max(timeout, self.settings.max_timeout)
         last_rx = self._last_rx
         quiet = request.last_activity if last_rx is None or last_rx < request.last_activity else last_rx
-        deadline = quiet + timeout
+        deadline = quiet + timeout + self._pacing_gap
         if request.top_seen and self.settings.fast_retry:
             grace = min(timeout, self._reorder.scale * self._rtt.fast_retry_grace(request.gap(), timeout))
             deadline = min(deadline, request.last_activity + grace)

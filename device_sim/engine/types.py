@@ -12,6 +12,7 @@ from enum import Enum
 
 from device_sim.protocol.errors import LocalProtocolError
 from device_sim.protocol.limits import (
+    CONNECTION_BYTES_PER_SECOND,
     MAX_BLOCK_SIZE,
     MAX_CLIENT_TOKEN_BYTES,
     MIN_BLOCK_SIZE,
@@ -134,6 +135,11 @@ class EngineSettings:
     #: flow control, or once its publish failed. A request's idle timer then starts only there (a request never
     #: reported still times out after max(timeout, max_timeout)). False: the timer starts at emission.
     report_sends: bool = False
+    #: Bytes per second at which the service may pace one connection's answers (AWS IoT Core's per-connection
+    #: throughput quota, 512 KiB/s; the excess is delayed, not dropped). Idle deadlines grow by one block's
+    #: worth of it (the longest silence pacing alone causes), so a paced 128 KiB block (250 ms of quota) is not
+    #: taken for a lost one. None: no allowance.
+    answer_rate: float | None = CONNECTION_BYTES_PER_SECOND
 
     def __post_init__(self) -> None:
         _check_int("block_size", self.block_size, MIN_BLOCK_SIZE, MAX_BLOCK_SIZE)
@@ -156,6 +162,8 @@ class EngineSettings:
             _check_positive(name, getattr(self, name))
         if self.request_timeout is not None:
             _check_positive("request_timeout", self.request_timeout)
+        if self.answer_rate is not None:
+            _check_positive("answer_rate", self.answer_rate)
         if not self.min_timeout <= self.max_timeout:
             raise EngineUsageError(
                 f"min_timeout {self.min_timeout} is above max_timeout {self.max_timeout}",
@@ -266,6 +274,12 @@ COUNTER_FIELDS = (
     "redescribes",
     "restarts",
     "ignored_rejections",
+    "stalls",
+    "stall_s",
+    "aborts",
+    "lost_blocks",
+    "cut_answers",
+    "status_updates",
 )
 
 
@@ -294,6 +308,13 @@ class EngineStats:
     restarts: int = 0
     rejections: dict[str, int] = field(default_factory=dict)  # by code, ignored ones included
     ignored_rejections: int = 0  # another client token, or harmless in the current state
+    # Device profiles (docs/profiles.md; the default engine leaves them 0):
+    stalls: int = 0  # fixed request waits that expired with blocks missing
+    stall_s: float = 0.0  # time spent in those waits after the last block came (the time a loss cost)
+    aborts: int = 0  # downloads given up by the library's momentum rule
+    lost_blocks: int = 0  # blocks an answer should have brought that had not come when the wait expired
+    cut_answers: int = 0  # expired waits whose missing blocks were the tail of the answer (a quota discard's mark)
+    status_updates: int = 0  # job progress updates the library would have published
     srtt: float | None = None  # smoothed round trip (seconds), None before the first sample
     rttvar: float | None = None
     timeout: float = 0.0  # the idle timeout the engine would use now (seconds)

@@ -466,6 +466,8 @@ def content_of(size: int) -> bytes:
 
 
 def make(size: int, *, now: float = 0.0, version: int | None = 1, have: object = None, **kw: object) -> DownloadEngine:
+    """An engine for the unit tests' exact timer arithmetic: no pacing allowance unless ``answer_rate`` is given."""
+    kw.setdefault("answer_rate", None)
     settings = EngineSettings(block_size=BS, **kw)  # type: ignore[arg-type]
     return DownloadEngine(file_id=2, file_size=size, stream_version=version, now=now, settings=settings, have=have)  # type: ignore[arg-type]
 
