@@ -168,7 +168,7 @@ def _provision(
             replace(record, certificate_id=None, certificate_arn=None, policy_attached=False, principal_attached=False),
         )
     if not record.certificate_arn:
-        record = _save(store, _new_certificate(api, record, certs_dir=certs_dir, ca=ca))
+        record = _save(store, _new_certificate(api, store, record, certs_dir=certs_dir, ca=ca))
     assert record.certificate_arn is not None
     if not record.policy_attached:
         api.write(api.iot.attach_policy, policyName=policy.name, target=record.certificate_arn)
@@ -188,8 +188,14 @@ def _files_present(record: ThingRecord) -> bool:
     return bool(record.cert_path and record.key_path and record.cert_path.is_file() and record.key_path.is_file())
 
 
-def _new_certificate(api: Api, record: ThingRecord, *, certs_dir: Path, ca: IssuingCA | None) -> ThingRecord:
-    """A certificate and key for the thing: files written (key 0600) before the record is returned."""
+def _new_certificate(
+    api: Api, store: ManifestStore, record: ThingRecord, *, certs_dir: Path, ca: IssuingCA | None
+) -> ThingRecord:
+    """A certificate and key for the thing: files written (key 0600) before the record is returned.
+
+    When AWS made the key (``create_keys_and_certificate``) and writing it fails, the certificate is recorded
+    without files before the error goes on: cleanup removes it, and a resumed run retires and replaces it.
+    """
     cert_path, key_path = device_paths(certs_dir, record.name)
     if api.dry_run:
         operation = api.iot.create_keys_and_certificate if ca is None else api.iot.register_certificate_without_ca
@@ -200,9 +206,13 @@ def _new_certificate(api: Api, record: ThingRecord, *, certs_dir: Path, ca: Issu
         return replace(record, certificate_id="<id>", certificate_arn="<arn>", cert_path=cert_path, key_path=key_path)
     if ca is None:
         answer = api.write(api.iot.create_keys_and_certificate, setAsActive=True)
-        write_private_file(key_path, str(answer["keyPair"]["PrivateKey"]).encode())
-        write_public_file(cert_path, str(answer["certificatePem"]).encode())
         cert_id, cert_arn = str(answer["certificateId"]), str(answer["certificateArn"])
+        try:
+            write_private_file(key_path, str(answer["keyPair"]["PrivateKey"]).encode())
+            write_public_file(cert_path, str(answer["certificatePem"]).encode())
+        except BaseException:
+            store.record_thing(replace(record, certificate_id=cert_id, certificate_arn=cert_arn))
+            raise
     else:
         cert_pem, key_pem = issue_device_certificate(ca, record.name)
         write_private_file(key_path, key_pem)

@@ -45,7 +45,7 @@ from ..firmware import DEFAULT_KEY_PREFIX
 from ..interrupts import StopSignal, catch_signals
 from ..local import LocalConfig, read_local_config
 from ..lock import ManifestLock
-from ..manifest import Manifest, load_manifest
+from ..manifest import Manifest, journal_path, load_manifest
 from ..outputs import check_outputs
 from ..pacing import DEFAULT_TPS
 from ..things import ThingProgress
@@ -219,10 +219,37 @@ def manifest_run(
     if not dry_run:
         lock = ManifestLock(manifest_path, command=f"provisioner {command}")
     with _held(lock, required=writes_manifest), catch_signals(stop):
+        before = _snapshot(manifest_path)
         try:
             yield stop
         except Interrupted as e:
             raise _interrupted(e, manifest_path, aws, writes_manifest=writes_manifest) from e
+        except ProvisionerError as e:
+            if writes_manifest and _snapshot(manifest_path) != before:
+                _add_run_hint(e, manifest_path, aws)
+            raise
+
+
+def _snapshot(path: Path) -> tuple[bytes, bytes] | None:
+    """The manifest and its journal as they are now (None when there is no manifest yet)."""
+    try:
+        journal = journal_path(path)
+        return path.read_bytes(), journal.read_bytes() if journal.exists() else b""
+    except OSError:
+        return None
+
+
+def _add_run_hint(e: ProvisionerError, manifest_path: Path, aws: AwsOptions) -> None:
+    """A command that failed after recording something says which run holds it and how to go on (same line)."""
+    try:
+        run_id = load_manifest(manifest_path).run_id
+    except ProvisionerError:
+        return
+    where = (
+        f"run {run_id} is recorded in {manifest_path} (resume: `{command_line()}`; "
+        f"remove: `{cleanup_command_line(manifest_path, aws)}`)"
+    )
+    e.hint = f"{e.hint}; {where}" if e.hint else where
 
 
 @contextmanager

@@ -48,11 +48,12 @@ def up(manifest: Path, *extra: str | Path, generate: str = "4KiB") -> Result:
 
 
 def error_line(result: Result) -> str:
-    """The one line an error prints (no traceback, nothing else)."""
+    """The one line an error prints: no traceback; besides it at most the fleet's progress bar (``things ...``)."""
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("Error: "), result.output
-    return lines[0]
+    errors = [line for line in lines if line.startswith("Error: ")]
+    assert len(errors) == 1 and errors[0] == lines[-1], result.output
+    assert all(line.startswith("things ") for line in lines[:-1]), result.output
+    return errors[0]
 
 
 def _writable(directory: Path) -> bool:
@@ -338,3 +339,34 @@ def test_cleanup_aborts_an_upload_a_killed_run_left_unfinished(aws_env: FakeStre
     assert result.exit_code == 0, result.output
     assert f"unfinished upload s3://fw-bucket/{key}" in result.output
     assert leftovers() == NOTHING  # the bucket (created by the run) is gone too
+
+
+def test_a_failure_after_changes_names_the_run_and_loses_no_certificate(aws_env: FakeStreams, tmp_path: Path) -> None:
+    path, certs = tmp_path / "run.json", tmp_path / "certs"
+    certs.mkdir()
+    (certs / "sim-1.private.key").mkdir()  # in the way: the key of sim-1 cannot be written after AWS made it
+    args = ["--things", "2", "--certs-dir", certs, "--mqtt-endpoint", "127.0.0.1:8883"]
+    result = up(path, *args)
+    assert result.exit_code == 11
+    manifest = load_manifest(path)
+    line = error_line(result)
+    assert line.startswith(f"Error: cannot write {certs / 'sim-1.private.key'}: ")
+    assert line.endswith(
+        f"then run the same command again (it resumes); run {manifest.run_id} is recorded in {path} (resume: "
+        f"`provisioner up --stream-id fw-test --generate 4KiB --bucket fw-bucket --create-bucket --create-role "
+        f"--manifest {path} --tps 100000 --things 2 --certs-dir {certs} --mqtt-endpoint 127.0.0.1:8883`; "
+        f"remove: `provisioner cleanup --manifest {path}`)"
+    ), line
+    left = leftovers()
+    sim1 = manifest.thing("sim-1")
+    assert sim1 is not None and sim1.certificate_id is not None and sim1.key_path is None
+    assert sorted(left["certificates"]) == sorted(t.certificate_id for t in manifest.things if t.certificate_id)
+
+    (certs / "sim-1.private.key").rmdir()
+    resumed = up(path, *args)
+    assert resumed.exit_code == 0, resumed.output
+    final = load_manifest(path)
+    assert [t.complete for t in final.things] == [True, True]
+    assert len(leftovers()["certificates"]) == 2  # the one without a key was retired and replaced
+    assert run("cleanup", "--manifest", path, *FAST).exit_code == 0
+    assert leftovers() == NOTHING
