@@ -87,3 +87,10 @@ def test_invalid_cbor_answer_is_the_captured_one(probe: StreamProbe) -> None:
         "message": "Invalid CBOR message",
         "m": "Invalid CBOR message",
     }
+
+
+def test_a_bignum_stream_version_is_a_version_mismatch(probe: StreamProbe) -> None:
+    """A CBOR bignum (tag 2) as `s` is a wrong version like any other, not an InternalError."""
+    payload = cbor2.dumps({"c": "big", "s": 10**5000, "f": 0, "l": 4096, "o": 0, "n": 1})
+    answer = probe.ask_one("get", "cbor", payload)
+    expect_rejection(answer, fmt="cbor", code="VersionMismatch", token="big")
