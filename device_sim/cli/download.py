@@ -1,28 +1,45 @@
 """``device-sim download``: one device downloads a stream, verifies it and reports.
 
 Exit codes: 0 every file downloaded and verified; 1 verification mismatch; 2 bad arguments (printed as one line,
-before anything is written); 3 rejected by the service or the broker; 4 timeout/abort; 5 connection or TLS
-failure; 6 anything else (storage, source unreadable, a bug).
+before anything is written: also TLS files that do not load or a key that does not belong to its certificate, and
+an output location that cannot be written); 3 rejected by the service or the broker; 4 timeout/abort; 5
+connection or TLS failure; 6 anything else (storage, source unreadable, a bug); 130 interrupted by SIGINT
+(Ctrl-C); 143 interrupted by SIGTERM. Interrupted, the command still prints its report (``--json``: ``"failure":
+"interrupted"``) and says whether the same command resumes (with ``--state-dir`` the part file and its bitmap are
+kept) or nothing was kept (without ``--state-dir`` the part file is removed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
 
+from device_sim.cli.errors import EXIT_BAD_ARGUMENTS, BadArguments, exit_code_of_signal
 from device_sim.cli.options import build_download_settings, download_options, pem_file, transport_choices
-from device_sim.device.device import NO_SUCH_FILE, Device, DeviceResult, SinkKind
+from device_sim.cli.outputs import check_output_dir, check_output_file
+from device_sim.device.device import (
+    BAD_SETTINGS,
+    NO_SUCH_FILE,
+    Device,
+    DeviceCancelled,
+    DeviceFailure,
+    DeviceResult,
+    SinkKind,
+)
 from device_sim.device.verify import S3Source
 from device_sim.fleet.plan import PlanError, device_from_manifest, s3_source
-from device_sim.results.metrics import FailureKind
+from device_sim.results.metrics import DeviceMetrics, FailureKind
 from device_sim.transport import InvalidSettings, TransportSettings
+from device_sim.transport.tls_files import check_tls_files
 
 EXIT_CODES = {
     FailureKind.VERIFY_MISMATCH: 1,
@@ -33,15 +50,6 @@ EXIT_CODES = {
     FailureKind.CANCELLED: 6,
     FailureKind.ERROR: 6,
 }
-
-
-EXIT_BAD_ARGUMENTS = 2
-
-
-class BadArguments(click.ClickException):
-    """A usage error printed as one line (``Error: ...``), exit code 2."""
-
-    exit_code = EXIT_BAD_ARGUMENTS
 
 
 class ManifestProblem(BadArguments):
@@ -160,27 +168,132 @@ def download_command(**params: Any) -> None:
         )
     except InvalidSettings as exc:
         raise click.UsageError(str(exc)) from None
-    source = None
-    if settings.verify_s3 and settings.expect_sha256 is None:
-        target = resolved.get("target")
-        source = s3_source(target) if target is not None else S3Source.connect()
-    else:
-        settings = replace(settings, verify_s3=False)
+    try:  # awscrt would say only AWS_IO_TLS_CTX_ERROR, at connect time
+        check_tls_files(transport)
+    except InvalidSettings as exc:
+        raise BadArguments(str(exc)) from None
+    if out is not None:
+        check_output_file(out, "--out")
+    if state_dir is not None:
+        check_output_dir(state_dir, "--state-dir", "state directory")
+    with _Interrupts() as interrupts:
+        try:
+            source = None
+            if settings.verify_s3 and settings.expect_sha256 is None:
+                target = resolved.get("target")
+                source = s3_source(target) if target is not None else S3Source.connect()
+            else:
+                settings = replace(settings, verify_s3=False)
 
-    def make_device(on_progress: Callable[[int], None] | None) -> Device:
-        return Device(
-            thing_name=thing,
-            stream_id=stream_id,
-            transport=transport,
-            settings=settings,
-            source=source,
-            on_progress=on_progress,
-        )
+            def make_device(on_progress: Callable[[int], None] | None) -> Device:
+                return Device(
+                    thing_name=thing,
+                    stream_id=stream_id,
+                    transport=transport,
+                    settings=settings,
+                    source=source,
+                    on_progress=on_progress,
+                )
 
-    result = _run_with_progress(make_device, f"{thing} <- {stream_id}", quiet=params["as_json"])
+            result = _run_with_progress(make_device, f"{thing} <- {stream_id}", interrupts, quiet=params["as_json"])
+        except _Interrupted:  # before the device started: nothing was written
+            result = _not_started(thing, stream_id, settings.label)
+    if interrupts.signum is not None and result.failure is not None and result.failure.kind is FailureKind.CANCELLED:
+        result = _interrupted(result, interrupts.signum, state_dir)
+        _report(result, as_json=params["as_json"], reason=INTERRUPTED)
+        sys.exit(exit_code_of_signal(interrupts.signum))
     _report(result, as_json=params["as_json"])
     if not result.ok:
         sys.exit(exit_code(result))
+
+
+class _Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _Interrupts:
+    """SIGINT and SIGTERM during one download. Before the device runs they raise ``_Interrupted`` (nothing has
+    been written yet); while it runs they cancel it, so its sinks close as on any other failure (a part file without
+    --state-dir is removed, with --state-dir it stays with its bitmap as the resume state); after it they are only
+    noted, so the report is still printed. ``signum``: the first signal caught."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._raise = True
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupts:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+        if self._raise:
+            raise _Interrupted(signum)
+
+    async def run(self, device: Device) -> DeviceResult:
+        """``device.run()``; a signal cancels it and the partial result (``DeviceCancelled``) is returned."""
+        loop = asyncio.get_running_loop()
+        task: asyncio.Future[DeviceResult] | None = None
+
+        def on_signal(signum: int) -> None:
+            if self.signum is None:
+                self.signum = signum
+            if task is not None:
+                task.cancel()
+
+        for sig in self.SIGNALS:
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            if self.signum is not None:  # caught just before the loop took the signals over
+                raise _Interrupted(self.signum)
+            task = asyncio.ensure_future(device.run())
+            try:
+                return await task
+            except DeviceCancelled as exc:
+                return exc.result
+        finally:
+            for sig in self.SIGNALS:
+                loop.remove_signal_handler(sig)
+            self._raise = False  # the run is over: a late signal must not lose its report
+            for sig in self.SIGNALS:
+                signal.signal(sig, self._handler)
+
+
+def _not_started(thing: str, stream_id: str, label: str) -> DeviceResult:
+    failure = DeviceFailure(FailureKind.CANCELLED, "stopped before the device started")
+    metrics = DeviceMetrics(
+        thing_name=thing, settings=label, verified=False, failure_reason=failure.reason, failure_message=failure.message
+    )
+    return DeviceResult(
+        thing_name=thing, stream_id=stream_id, stream_version=None, files=(), metrics=metrics, failure=failure
+    )
+
+
+#: ``failure`` in the report of an interrupted download (``DeviceMetrics`` keep ``cancelled``, like a fleet's).
+INTERRUPTED = "interrupted"
+
+
+def _interrupted(result: DeviceResult, signum: int, state_dir: Path | None) -> DeviceResult:
+    """The result of a download a signal stopped, its message saying what was kept and how to go on."""
+    assert result.failure is not None
+    name = signal.Signals(signum).name
+    if state_dir is not None:
+        advice = f"the same command resumes from the blocks kept in {state_dir}"
+    else:
+        advice = "nothing was kept (no --state-dir): the same command starts over; add --state-dir DIR to resume"
+    failure = DeviceFailure(FailureKind.CANCELLED, f"interrupted by {name} ({result.failure.message}); {advice}")
+    return replace(result, failure=failure)
 
 
 def _required(value: Any, option: str) -> str:
@@ -196,28 +309,32 @@ def exit_code(result: DeviceResult) -> int:
     failure = result.failure
     if failure is None:
         return EXIT_CODES[FailureKind.VERIFY_MISMATCH]
-    if failure.kind is FailureKind.ERROR and failure.detail == NO_SUCH_FILE:
-        return EXIT_BAD_ARGUMENTS  # --file-id names a file the stream does not have
+    if failure.kind is FailureKind.ERROR and failure.detail in (NO_SUCH_FILE, BAD_SETTINGS):
+        return EXIT_BAD_ARGUMENTS  # --file-id names a file the stream does not have; TLS files that do not load
     return EXIT_CODES[failure.kind]
 
 
 def _run_with_progress(
-    make_device: Callable[[Callable[[int], None] | None], Device], title: str, *, quiet: bool
+    make_device: Callable[[Callable[[int], None] | None], Device], title: str, interrupts: _Interrupts, *, quiet: bool
 ) -> DeviceResult:
     """Run the device; a progress bar on a terminal (stderr), nothing otherwise."""
     if quiet or not sys.stderr.isatty():
-        return asyncio.run(make_device(None).run())
+        return asyncio.run(interrupts.run(make_device(None)))
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, transient=True, console=Console(stderr=True)) as progress:
         task = progress.add_task(title, total=None)
-        return asyncio.run(make_device(lambda n: progress.advance(task, n)).run())
+        return asyncio.run(interrupts.run(make_device(lambda n: progress.advance(task, n))))
 
 
-def _report(result: DeviceResult, *, as_json: bool) -> None:
+def _report(result: DeviceResult, *, as_json: bool, reason: str | None = None) -> None:
+    """The outcome on stdout (``--json``: one line) or, for a failure, one line on stderr; ``reason`` replaces
+    the failure's reason (``interrupted``)."""
     m = result.metrics
+    if result.failure is not None and reason is None:
+        reason = result.failure.reason
     if as_json:
         summary = {
             "thing": result.thing_name,
@@ -249,7 +366,7 @@ def _report(result: DeviceResult, *, as_json: bool) -> None:
             "disconnects": m.disconnects,
             "verified": result.ok,
             "sha256": m.sha256,
-            "failure": result.failure.reason if result.failure else None,
+            "failure": reason,
             "message": result.failure.message if result.failure else None,
         }
         click.echo(json.dumps(summary, separators=(",", ":")))
@@ -266,4 +383,4 @@ def _report(result: DeviceResult, *, as_json: bool) -> None:
         )
     else:
         assert result.failure is not None
-        click.echo(f"error: {result.thing_name}: {result.failure.reason}: {result.failure.message}", err=True)
+        click.echo(f"error: {result.thing_name}: {reason}: {result.failure.message}", err=True)

@@ -1,8 +1,10 @@
 """``device-sim fleet`` and ``device-sim sweep``: many devices from a manifest, reports, block-size sweeps.
 
-Exit codes: 0 every device verified; 1 a device failed (or the run was stopped); 2 bad arguments, or the process
-may not open enough files for the devices (the message says how to raise ``ulimit -n``); 6 the reports could not
-be written.
+Exit codes: 0 every device verified; 1 a device failed (or ``--deadline`` stopped the run); 2 bad arguments (also a
+device's TLS files that do not load or a key that does not belong to its certificate, and a ``--report-dir`` that
+cannot be written: both checked before any device starts), or the process may not open enough files for the devices
+(the message says how to raise ``ulimit -n``); 6 the reports could not be written; 130 stopped by SIGINT (Ctrl-C),
+143 by SIGTERM (the reports are written first, with what every device had done).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import click
 
+from device_sim.cli.errors import BadArguments, exit_code_of_signal
 from device_sim.cli.locust import locust_options, locust_topology_given, run_locust
 from device_sim.cli.options import (
     ReportFailed,
@@ -27,16 +30,19 @@ from device_sim.cli.options import (
     download_options,
     transport_choices,
 )
+from device_sim.cli.outputs import check_output_dir, ensure_output_dir
 from device_sim.cli.rich_tables import print_summary_table, print_sweep_table
 from device_sim.device.device import DownloadSettings, SinkKind
 from device_sim.device.verify import S3Source
 from device_sim.fleet.plan import FleetPlan, FleetSettings, PlanError, Shard, s3_source
 from device_sim.fleet.resources import OpenFilesLimit, ensure_open_files, system_trust_env_dropped
-from device_sim.fleet.runner import FleetProgress, FleetRun, run_plan
+from device_sim.fleet.runner import FleetProgress, FleetRun, run_plan, transport_for
 from device_sim.protocol.limits import DEFAULT_PRICE_PER_MILLION_MESSAGES_USD
 from device_sim.results.files import ReportWriteError, write_reports
 from device_sim.results.metrics import DeviceMetrics, aggregate
 from device_sim.results.sweep import SweepPoint
+from device_sim.transport import InvalidSettings
+from device_sim.transport.tls_files import TlsFileChecker
 
 
 class TooFewOpenFiles(click.ClickException):
@@ -132,8 +138,12 @@ def fleet_options(func: Any) -> Any:
 
 
 def build_plan(params: dict[str, Any], *, manifest: Path | None = None) -> FleetPlan:
-    """The fleet plan from the parsed options (click errors naming the option); ``manifest`` replaces --manifest."""
+    """The fleet plan from the parsed options (click errors naming the option); ``manifest`` replaces --manifest.
+
+    Checked here, before any device starts: the report directory can be written, and every device's TLS files load
+    (``check_fleet_tls``)."""
     download = build_download_settings(params, sink=SinkKind.DIGEST)
+    check_output_dir(params["report_dir"], "--report-dir", "report directory")
     try:
         fleet = FleetSettings(
             connect_rate=params["connect_rate"],
@@ -144,7 +154,7 @@ def build_plan(params: dict[str, Any], *, manifest: Path | None = None) -> Fleet
             transport=transport_choices(params),
             crt_threads=params["crt_threads"],
         )
-        return FleetPlan.load(
+        plan = FleetPlan.load(
             manifest or params["manifest"],
             no_tls=params["no_tls"],
             shard=params["shard"],
@@ -156,6 +166,22 @@ def build_plan(params: dict[str, Any], *, manifest: Path | None = None) -> Fleet
         )
     except (PlanError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
+    check_fleet_tls(plan)
+    return plan
+
+
+def check_fleet_tls(plan: FleetPlan) -> None:
+    """Every device's certificate, key and CA load and belong together (each distinct file read once), so a bad
+    file is one line naming it and the thing, not a traceback per device after the fleet started."""
+    target = plan.target
+    if target is None or target.no_tls:
+        return
+    checker = TlsFileChecker()
+    for identity in plan.identities:
+        try:
+            checker.check(transport_for(identity, target, plan.fleet.transport))
+        except InvalidSettings as exc:
+            raise BadArguments(f"thing {identity.thing_name}: {exc}") from None
 
 
 def _prepare(params: dict[str, Any]) -> tuple[FleetPlan, S3Source | None]:
@@ -169,9 +195,16 @@ def _prepare(params: dict[str, Any]) -> tuple[FleetPlan, S3Source | None]:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iterator[None]:
+def _stop_on_signals(
+    loop: asyncio.AbstractEventLoop, stop: asyncio.Event, caught: list[int] | None = None
+) -> Iterator[None]:
+    def on_signal(signum: int) -> None:
+        if caught is not None:
+            caught.append(signum)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
         yield
     finally:
@@ -180,9 +213,16 @@ def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> It
 
 
 async def run_with_display(
-    plan: FleetPlan, source: S3Source | None, *, quiet: bool, title: str, download: DownloadSettings | None = None
+    plan: FleetPlan,
+    source: S3Source | None,
+    *,
+    quiet: bool,
+    title: str,
+    download: DownloadSettings | None = None,
+    signals: list[int] | None = None,
 ) -> FleetRun:
-    """run_fleet with Ctrl-C handling and, on a terminal, a live progress line.
+    """run_fleet with Ctrl-C handling and, on a terminal, a live progress line; ``signals`` collects the numbers
+    of the signals (SIGINT, SIGTERM) that stopped the run.
 
     When every connection brings its CA, SSL_CERT_FILE/SSL_CERT_DIR are unset during the run (fleet_resources:
     awscrt would parse that bundle for each device's TLS context, ~5 ms each with the GIL held).
@@ -193,7 +233,7 @@ async def run_with_display(
     assert target is not None
     progress = FleetProgress(len(plan.identities))
     own_ca = not target.no_tls and target.ca is not None
-    with _stop_on_signals(loop, stop), system_trust_env_dropped(own_ca):
+    with _stop_on_signals(loop, stop, signals), system_trust_env_dropped(own_ca):
         if quiet or not sys.stderr.isatty():
             return await run_plan(plan, source=source, progress=progress, stop=stop, download=download)
         from rich.console import Console
@@ -251,10 +291,14 @@ def fleet_command(**params: Any) -> None:
     if locust_topology_given(params):
         raise click.UsageError("--processes/--master/--worker/--web-ui/--locust-arg need --engine locust")
     plan, source = _prepare(params)
+    ensure_output_dir(params["report_dir"], "--report-dir", "report directory")  # every check passed: create it
     title = f"fleet of {len(plan.identities)}"
-    run = asyncio.run(run_with_display(plan, source, quiet=params["quiet"], title=title))
+    signals: list[int] = []
+    run = asyncio.run(run_with_display(plan, source, quiet=params["quiet"], title=title, signals=signals))
     print_summary(run)
     _write(params["report_dir"], run.summary, list(run.records), None)
+    if signals:
+        sys.exit(exit_code_of_signal(signals[0]))
     if not run.summary.all_verified or run.interrupted:
         sys.exit(1)
 
@@ -291,16 +335,20 @@ def sweep_command(**params: Any) -> None:
         build_download_settings(
             {**params, "block_size": block_size, "blocks_per_request": bpr, "inflight": inflight or base.inflight}
         )
+    ensure_output_dir(params["report_dir"], "--report-dir", "report directory")  # every check passed: create it
     points: list[SweepPoint] = []
     records: list[DeviceMetrics] = []
     interrupted = False
+    signals: list[int] = []
     for n, (block_size, bpr, inflight) in enumerate(combos, 1):
         settings = replace(base, block_size=block_size, blocks_per_request=bpr, inflight=inflight or base.inflight)
         point_label = SweepPoint(
             block_size=block_size, blocks_per_request=bpr, inflight=inflight, summary=aggregate([], wall_s=0)
         ).label
         title = f"[{n}/{len(combos)}] {point_label}"
-        run = asyncio.run(run_with_display(plan, source, quiet=params["quiet"], title=title, download=settings))
+        run = asyncio.run(
+            run_with_display(plan, source, quiet=params["quiet"], title=title, download=settings, signals=signals)
+        )
         relabelled = [replace(r, settings=point_label) for r in run.records]
         records.extend(relabelled)
         points.append(SweepPoint(block_size=block_size, blocks_per_request=bpr, inflight=inflight, summary=run.summary))
@@ -316,6 +364,8 @@ def sweep_command(**params: Any) -> None:
         price_per_million=fleet.price_per_million,
     )
     _write(params["report_dir"], overall, records, points)
+    if signals:
+        sys.exit(exit_code_of_signal(signals[0]))
     if interrupted or not all(p.summary.all_verified for p in points):
         sys.exit(1)
 

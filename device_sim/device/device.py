@@ -14,6 +14,7 @@ Everything a device did ends up in ``DeviceMetrics``; ``run()`` never raises for
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -44,6 +45,7 @@ from device_sim.transport import (
     ConnectionEvent,
     ConnectionEventKind,
     CrtResources,
+    InvalidSettings,
     MqttTransport,
     PublishError,
     SubscribeRejected,
@@ -54,6 +56,7 @@ from device_sim.transport import (
 )
 
 __all__ = [
+    "BAD_SETTINGS",
     "NO_SUCH_FILE",
     "Device",
     "DeviceCancelled",
@@ -68,6 +71,8 @@ log = logging.getLogger(__name__)
 
 #: ``DeviceFailure.detail`` when a requested file id is not in the stream (a caller mistake).
 NO_SUCH_FILE = "no-such-file"
+#: ``DeviceFailure.detail`` when the transport refused its settings (TLS files that do not load): a caller mistake.
+BAD_SETTINGS = "settings"
 
 
 class Device:
@@ -122,6 +127,8 @@ class Device:
         self._bytes_done = 0  # bytes stored in this run so far
         self._stream_version: int | None = None
         self._file_ids: tuple[int, ...] = ()
+        self._phase = "connecting"  # what the device was doing, for the message of a stopped run
+        self._last: FileDownload | None = None  # the file downloading (or last downloaded)
 
     # -------------------------------------------------------------------------------------------------- run
 
@@ -137,8 +144,9 @@ class Device:
         except DeviceFailure as exc:
             failure = exc
         except asyncio.CancelledError:
-            failure = DeviceFailure(FailureKind.CANCELLED, "stopped before the download finished")
-            await self._close()
+            failure = DeviceFailure(FailureKind.CANCELLED, self._stopped_message(files))
+            with contextlib.suppress(asyncio.CancelledError):  # cancelled again while closing: the result counts
+                await self._close()
             raise DeviceCancelled(self._result(files, failure, timing, run_started)) from None
         except Exception as exc:  # a bug: report it on this device, keep the fleet running
             log.exception("device %s failed unexpectedly", self.thing_name)
@@ -168,22 +176,38 @@ class Device:
             await self._mqtt.connect()
         except ConnectError as exc:
             raise DeviceFailure(FailureKind.CONNECT, str(exc)) from exc
+        except InvalidSettings as exc:  # e.g. TLS files that do not load: the caller's to fix, not a bug
+            raise DeviceFailure(FailureKind.ERROR, str(exc), BAD_SETTINGS) from exc
         timing["connect"] = loop.time() - self._started_at
         try:
+            self._phase = "subscribing"
             try:
                 await self._mqtt.subscribe(subscription_filters(self.thing_name, self.stream_id, self.settings.format))
             except SubscribeRejected as exc:
                 raise DeviceFailure(FailureKind.REJECTED, str(exc), "SubscribeRejected") from exc
+            self._phase = "describing the stream"
             description = await self._describe()
             chosen = self._choose_files(description)
             self._file_ids = tuple(f.file_id for f in chosen)
             if warm_up is not None:
+                self._phase = "preparing the verification"
                 await warm_up  # prepare() never raises; verification reports source errors
             for info in chosen:
                 files.append(await self._download_file(info, description, len(chosen)))
             timing["download"] = sum(f.seconds for f in files)
         except TransportError as exc:
             raise DeviceFailure(FailureKind.DISCONNECTED, str(exc)) from exc
+
+    def _stopped_message(self, files: list[FileResult]) -> str:
+        """What a cancelled device was doing: "stopped while downloading (120 of 256 blocks)" ..."""
+        last = self._last
+        if self._phase not in ("downloading", "verifying") or last is None:
+            return f"stopped while {self._phase}"
+        have, total = last.blocks
+        which = (
+            f"file {last.info.file_id} ({len(files) + 1} of {len(self._file_ids)}), " if len(self._file_ids) > 1 else ""
+        )
+        return f"stopped while {self._phase} ({which}{have} of {total} blocks)"
 
     def _result(
         self, files: list[FileResult], failure: DeviceFailure | None, timing: dict[str, float], run_started: float
@@ -298,7 +322,8 @@ class Device:
 
     async def _download_file(self, info: FileInfo, description: StreamDescription, files: int) -> FileResult:
         assert self._loop is not None
-        download = self._current = FileDownload(
+        self._phase = "downloading"
+        download = self._current = self._last = FileDownload(
             info=info,
             stream_id=self.stream_id,
             stream_version=description.stream_version,
@@ -315,6 +340,7 @@ class Device:
         )
         try:
             result = await download.run()
+            self._phase = "verifying"
             verify_started = self._loop.time()
             verdict = await download.verify(result, self._source)
             verify_s = self._loop.time() - verify_started

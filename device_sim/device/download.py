@@ -27,6 +27,7 @@ from pathlib import Path
 from device_sim.device.types import DeviceFailure, DownloadSettings, SinkKind
 from device_sim.device.verify import S3Source, SourceError, Verdict, compare
 from device_sim.engine.machine import DownloadEngine
+from device_sim.engine.profiles import DownloadMachine, ProfileRefused, make_profile_machine
 from device_sim.engine.types import (
     Complete,
     DiscardBlocks,
@@ -83,7 +84,7 @@ class FileDownload:
         self._on_block = on_block
         self._label = label
         self._loop = asyncio.get_running_loop()
-        self._engine: DownloadEngine | None = None
+        self._engine: DownloadMachine | None = None
         self._sink: BlockSink | None = None
         self._crcs: array[int] = array("I")
         self._done: asyncio.Future[Outcome] = self._loop.create_future()
@@ -100,6 +101,14 @@ class FileDownload:
     def sink(self) -> BlockSink | None:
         return self._sink
 
+    @property
+    def blocks(self) -> tuple[int, int]:
+        """(blocks held, blocks of the file): what a stopped download had, resumed blocks included."""
+        engine = self._engine
+        if engine is not None:
+            return engine.blocks_have, engine.total_blocks
+        return 0, -(-self.info.file_size // self.settings.block_size)
+
     async def run(self) -> SinkResult:
         """Download until complete; the sink's digest and size. DeviceFailure when the download gives up."""
         loop = self._loop
@@ -110,14 +119,7 @@ class FileDownload:
         if resumed:
             self._rebuild_crcs(resumed)
         started = loop.time()
-        engine = self._engine = DownloadEngine(
-            file_id=self.info.file_id,
-            file_size=self.info.file_size,
-            stream_version=self.stream_version if self.settings.send_version else None,
-            now=started,
-            settings=self.settings.engine_settings(self._token, report_sends=self._send_and_report is not None),
-            have=resumed or None,
-        )
+        engine = self._engine = self._make_machine(started, resumed)
         engine.start(started)
         self._pump()
         try:
@@ -135,6 +137,25 @@ class FileDownload:
             return self._sink.finish()
         except SinkError as exc:
             raise DeviceFailure(FailureKind.ERROR, f"file {self.info.file_id}: {exc}") from exc
+
+    def _make_machine(self, now: float, resumed: list[int]) -> DownloadMachine:
+        """The settings' profile: this project's engine, or a real library's strategy (docs/profiles.md)."""
+        profile = self.settings.profile_settings()
+        if profile is None:
+            return DownloadEngine(
+                file_id=self.info.file_id,
+                file_size=self.info.file_size,
+                stream_version=self.stream_version if self.settings.send_version else None,
+                now=now,
+                settings=self.settings.engine_settings(self._token, report_sends=self._send_and_report is not None),
+                have=resumed or None,
+            )
+        try:
+            return make_profile_machine(
+                profile, file_id=self.info.file_id, file_size=self.info.file_size, now=now, have=resumed or None
+            )
+        except ProfileRefused as exc:
+            raise DeviceFailure(FailureKind.ERROR, f"file {self.info.file_id}: {exc}", "ProfileRefused") from exc
 
     def fail(self, failure: DeviceFailure) -> None:
         """End the download now (connection lost, a publish task crashed)."""

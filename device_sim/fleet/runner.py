@@ -7,7 +7,9 @@ device identity and the settings that returns ``DeviceMetrics`` (the unit a dist
 set of awscrt threads and one S3 source cache among them (the source learns where the stream's files are before
 the first device starts, so boto3's setup is not paid per device), counts progress into a ``FleetProgress`` the
 CLI draws, and stops early on a stop event (Ctrl-C) or a deadline: unfinished devices are cancelled and reported
-as ``cancelled`` with what they had done, so a report is always written. ``FleetRun.memory`` holds the process's
+as ``cancelled`` with what they had done (connect time, blocks, requests, and "stopped while downloading (n of m
+blocks)"; devices still waiting for their start are "the run stopped before this device started"), so a report is
+always written. ``FleetRun.memory`` holds the process's
 resident memory when the devices started and its peak until they ended (see ``fleet_resources``).
 ``select_identities`` cuts one manifest into disjoint parts (``--shard``/``--offset``/``--devices``) so that
 several processes or machines run one fleet together; ``device-sim report merge`` joins their reports.
@@ -224,17 +226,24 @@ async def run_fleet(
 
     async def one(identity: DeviceIdentity, offset: float) -> DeviceMetrics:
         await asyncio.sleep(max(0.0, started + offset - loop.time()))  # connect pacing, not synchronisation
-        return await run_device(
-            identity,
-            target,
-            download,
-            transport_options=settings.transport,
-            source=source,
-            resources=resources,
-            run_started=started,
-            label=label,
-            progress=progress,
-        )
+        try:
+            return await run_device(
+                identity,
+                target,
+                download,
+                transport_options=settings.transport,
+                source=source,
+                resources=resources,
+                run_started=started,
+                label=label,
+                progress=progress,
+            )
+        except DeviceCancelled as exc:
+            # Returned, not raised: a task that ends in a CancelledError (subclass or not) is merely "cancelled"
+            # to gather(), which then hands out a bare CancelledError, and the device's partial metrics are lost.
+            if progress is not None:
+                progress.failed += 1
+            return exc.result.metrics
 
     tasks = [loop.create_task(one(identity, offset)) for identity, offset in zip(identities, offsets, strict=True)]
     everything = asyncio.gather(*tasks, return_exceptions=True)
@@ -257,9 +266,7 @@ async def run_fleet(
     for identity, outcome in zip(identities, outcomes, strict=True):
         if isinstance(outcome, DeviceMetrics):
             records.append(outcome)
-        elif isinstance(outcome, DeviceCancelled):
-            records.append(outcome.result.metrics)
-        elif isinstance(outcome, asyncio.CancelledError):
+        elif isinstance(outcome, asyncio.CancelledError):  # cancelled in the pacing sleep, before run_device
             if progress is not None:
                 progress.failed += 1
             records.append(_never_started(identity, label, wall_s))
