@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
+from device_sim.engine.profiles import ProfileKind, ProfileSettings
 from device_sim.engine.types import EngineSettings
 from device_sim.protocol import Format
 from device_sim.results.metrics import DeviceMetrics, FailureKind, failure_reason
@@ -43,10 +44,34 @@ class DownloadSettings:
     state_dir: Path | None = None  # with sink FILE: resumable
     verify_s3: bool = True
     expect_sha256: str | None = None
+    #: Which client the device runs (docs/profiles.md): this project's engine or a real library's strategy.
+    profile: ProfileKind = ProfileKind.DEVICE_SIM
+    #: Library profiles only (None: the library's default): the fixed wait before re-requesting (ms), the momentum
+    #: limit, the device's work per block (ms), the blocks between job progress updates.
+    request_wait_ms: float | None = None
+    momentum: int | None = None
+    block_process_ms: float = 0.0
+    status_frequency: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sink", SinkKind(self.sink))
         object.__setattr__(self, "format", Format(self.format))
+        object.__setattr__(self, "profile", ProfileKind(self.profile))
+
+    def profile_settings(self) -> ProfileSettings | None:
+        """The library profile's parameters (ProfileRefused when it cannot take them); None for device-sim."""
+        if self.profile is ProfileKind.DEVICE_SIM:
+            return None
+        return ProfileSettings.for_profile(
+            self.profile,
+            block_size=self.block_size,
+            blocks_per_request=self.blocks_per_request,
+            request_wait=None if self.request_wait_ms is None else self.request_wait_ms / 1000,
+            momentum=self.momentum,
+            block_process=self.block_process_ms / 1000,
+            status_frequency=self.status_frequency,
+            json=self.format is Format.JSON,
+        )
 
     def engine_settings(self, token: str | None, *, report_sends: bool = False) -> EngineSettings:
         """The engine's settings; ``report_sends`` when the caller tells the engine when each request left."""
@@ -64,6 +89,9 @@ class DownloadSettings:
 
     @property
     def label(self) -> str:
+        profile = self.profile_settings()
+        if profile is not None:
+            return f"{self.block_size}B {self.format.value} {profile.label}"
         parts = [f"{self.block_size}B", self.format.value]
         if self.blocks_per_request:
             parts.append(f"x{self.blocks_per_request}")

@@ -30,6 +30,7 @@ from device_sim.protocol.messages import (
     GetStreamRequest,
     Rejection,
     Request,
+    RequestShape,
     StreamDescription,
 )
 from device_sim.protocol.topics import (
@@ -59,6 +60,7 @@ __all__ = [
     "RemoteProtocolError",
     "Request",
     "RequestRejected",
+    "RequestShape",
     "StreamDescription",
     "StreamProtocolError",
     "StreamTopic",

@@ -71,6 +71,7 @@ from device_sim.protocol.messages import (
     GetStreamRequest,
     Rejection,
     Request,
+    RequestShape,
     StreamDescription,
 )
 from device_sim.protocol.topics import Format, Operation
@@ -79,6 +80,10 @@ from device_sim.protocol.topics import Format, Operation
 
 
 def encode_request(request: Request, fmt: Format) -> bytes:
+    if isinstance(request, GetStreamRequest) and request.shape is not RequestShape.SERVICE:
+        from device_sim.protocol.library import encode_library_request  # a real library's bytes (docs/profiles.md)
+
+        return encode_library_request(request, fmt)
     fields: list[tuple[str, int | str | bytes]] = []
     if isinstance(request, DescribeStreamRequest):
         _add_token(fields, request.client_token)

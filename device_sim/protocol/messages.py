@@ -6,8 +6,24 @@ Field names are the long AWS names; the one-letter wire keys live in ``codec``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from device_sim.protocol.errors import ErrorCode
+
+
+class RequestShape(StrEnum):
+    """How a GetStream request is laid out on the wire (``device_sim.protocol.library`` encodes the library shapes).
+
+    ``SERVICE``: this project's own layout (keys ``c, s, f, l, o, n, b``, checked against every limit). The others
+    reproduce a real device library byte for byte (docs/profiles.md): ``FREERTOS_OTA`` the stock OTA agent
+    (CBOR ``c f l o b n``, no ``s``), ``MFS`` AWS's MQTT file streams library (CBOR ``c f l o b n`` with its
+    placeholder bitmap, or its JSON text ``{"s": 1,"f": ..}``), ``RUSTOT`` rustot (CBOR ``f l o b n``).
+    """
+
+    SERVICE = "service"
+    FREERTOS_OTA = "freertos-ota"
+    MFS = "mfs"
+    RUSTOT = "rustot"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -54,6 +70,8 @@ class GetStreamRequest:
     offset: int = 0
     number_of_blocks: int | None = None
     bitmap: bytes | None = None
+    #: The wire layout; anything but SERVICE is a real library's (see RequestShape).
+    shape: RequestShape = RequestShape.SERVICE
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
