@@ -56,9 +56,9 @@ ACL_NAME = "acl"
 LOG_NAME = "mosquitto.log"
 STDERR_NAME = "mosquitto.stderr"
 #: The ACL rule that mirrors the AWS device policy: a certificate may only use its own thing's stream topics.
-DEVICE_ACL_PATTERN = "pattern readwrite $aws/things/%u/streams/#"
+DEVICE_ACL_PATTERN = "pattern readwrite $aws/things/%u/streams/#\npattern readwrite $aws/things/%u/jobs/#"
 #: What a device may use with the plugin (%c = its client id = its thing name): the AWS device policy for streams.
-DEVICE_TOPIC_PREFIXES = ("$aws/things/%c/streams/",)
+DEVICE_TOPIC_PREFIXES = ("$aws/things/%c/streams/", "$aws/things/%c/jobs/")  # jobs: the device's own Jobs API
 SOCKET_NAME = "mqtt.sock"
 DEFAULT_MAX_QUEUED_MESSAGES = 1000
 _FALLBACK_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")

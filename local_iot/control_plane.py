@@ -29,6 +29,7 @@ from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from local_iot.jobs.api import JobsApi
 from local_iot.moto_catalog import MotoCatalog
 from local_iot.streams_api import StreamsApi
 
@@ -139,7 +140,7 @@ class ControlPlane:
         # AWS's certificateId is the SHA-256 of the certificate's DER; moto uses a hash of the PEM text unless told
         # otherwise (a process-wide moto setting; it also makes register_certificate reject PEM that is not X.509).
         default_user_config["iot"]["use_valid_cert"] = True
-        app = _Guard(StreamsApi(DomainDispatcherApplication(create_backend_app)), self.lock, self._listeners)
+        app = _Guard(JobsApi(StreamsApi(DomainDispatcherApplication(create_backend_app))), self.lock, self._listeners)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         try:  # bind here: werkzeug's make_server calls sys.exit when the port is taken
             listener = socket.create_server((self.host, self._requested_port), family=family)

@@ -28,6 +28,7 @@ import moto.backends
 from moto.iot.models import iot_backends
 
 from .files import write_private
+from .jobs.backend import jobs_backends
 from .streams_backend import streams_backends
 
 __all__ = ["SAVE_DELAY", "STATE_FILE", "RegistryWriter", "StateSaver", "render_registry", "restore", "snapshot"]
@@ -43,6 +44,7 @@ _FORMAT = 1
 def _backend_dicts() -> dict[str, Any]:
     dicts: dict[str, Any] = {name: moto.backends.get_backend(name) for name in _SERVICES}  # type: ignore[call-overload]
     dicts["local-iot-streams"] = streams_backends
+    dicts["local-iot-jobs"] = jobs_backends
     return dicts
 
 

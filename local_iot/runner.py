@@ -36,6 +36,7 @@ from .broker import BrokerConfig, BrokerError, MosquittoBroker
 from .ca import SERVER_CERT_NAME, CertPaths, LocalCA
 from .control_plane import ControlPlane
 from .files import private_dir, write_private
+from .jobs.mqtt import JobsService
 from .persistence import STATE_FILE, RegistryWriter, StateSaver, render_registry, restore
 from .service_mqtt import StreamService
 
@@ -71,10 +72,13 @@ class LocalIotSettings:
     faults: str | None = None  # fault spec (see docs/service.md)
     seed: int = 0
     persist: bool = True  # keep the control plane's state in the state dir across restarts
+    jobs_minute_s: float = 60.0  # the length of a Jobs minute (step timeouts, rollout rates); tests shorten it
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.latency_ms) or self.latency_ms < 0:
             raise ValueError(f"latency_ms must be a finite number >= 0, not {self.latency_ms!r}")
+        if not math.isfinite(self.jobs_minute_s) or self.jobs_minute_s <= 0:
+            raise ValueError(f"jobs_minute_s must be a finite number > 0, not {self.jobs_minute_s!r}")
         for name in self.advertise:
             if not name or any(c.isspace() or c in ",/" for c in name):
                 raise ValueError(f"{name!r} is not a host name or address to advertise")
@@ -90,6 +94,7 @@ class LocalIot:
         self.broker: MosquittoBroker | None = None
         self.control_plane: ControlPlane | None = None
         self.service: StreamService | None = None
+        self.jobs: JobsService | None = None
         self.failure: str | None = None
         self._failed = threading.Event()
         self._stopping = threading.Event()
@@ -150,6 +155,15 @@ class LocalIot:
                 faults=s.faults,
                 seed=s.seed,
             ).start()
+            self.jobs = JobsService(
+                account_id=control.account_id,
+                region=control.region,
+                host=LOCAL_HOST,
+                port=self.broker.mqtt_port if s.plain_port else 0,
+                socket_path=None if s.plain_port else str(self.broker.socket_path),
+                minute=s.jobs_minute_s,
+                on_change=self._on_jobs_change,
+            ).start()
             _write_json(self.state_dir / INFO_FILE, self.info)
             self._supervisor = threading.Thread(target=self._supervise, name="local-iot-supervisor", daemon=True)
             self._supervisor.start()
@@ -164,7 +178,7 @@ class LocalIot:
         self._stopping.set()
         errors: list[str] = []
         with self._lifecycle:
-            for name in ("service", "broker", "control_plane"):
+            for name in ("jobs", "service", "broker", "control_plane"):
                 part = getattr(self, name)
                 if part is None:
                     continue
@@ -183,6 +197,7 @@ class LocalIot:
                 errors.append(f"state: {exc}")
             self._saver = None
         self._mark_stopped()
+        self.jobs = None
         self.service = self.broker = self.control_plane = None
         self._release_lock()
         if errors:
@@ -261,6 +276,10 @@ class LocalIot:
         return self.broker, self.control_plane, self.ca
 
     # -- internals --------------------------------------------------------------------------------------------
+
+    def _on_jobs_change(self) -> None:
+        if self._saver is not None:
+            self._saver.changed()
 
     def _on_control_change(self, service: str) -> None:
         if self._saver is not None:
