@@ -59,6 +59,9 @@ from device_sim.protocol.bitmap import decode_bitmap, encode_bitmap
 from device_sim.protocol.limits import MAX_FILE_ID, MIN_FILE_ID
 from device_sim.protocol.messages import DataBlock, GetStreamRequest, Rejection
 
+#: Rounds without progress after a new block (shared: a Fraction per block would cost more than the block).
+_NO_STALL = Fraction(0)
+
 __all__ = [
     "TRANSITIONS",
     "Action",
@@ -119,7 +122,7 @@ class DownloadEngine:
         )
         # Rounds without a new block. A timed-out request counts 1/k of a round when k requests were in
         # flight, so a round is a round whether 1 or `inflight` requests are out (e.g. at the end of a file).
-        self._stall = Fraction(0)
+        self._stall = _NO_STALL
         self._throttle_streak = 0
         self._backoff_until = 0.0
         self._describe_since = 0.0
@@ -283,7 +286,8 @@ class DownloadEngine:
         self._actions.append(
             WriteBlock(index=index, offset_bytes=index * self.settings.block_size, payload=block.payload)
         )
-        self._stall = Fraction(0)
+        if self._stall:
+            self._stall = _NO_STALL
         self._throttle_streak = 0
         if ledger.complete:
             return self._complete()
@@ -444,7 +448,7 @@ class DownloadEngine:
     # ----------------------------------------------------------------------------------------- helpers
 
     def _timeout(self) -> float:
-        return self._rtt.timeout(math.floor(self._stall))
+        return self._rtt.timeout(math.floor(self._stall) if self._stall else 0)
 
     def _deadline(self, request: InFlight, timeout: float) -> float:
         """When ``request`` is to be released: its idle timeout once the link is quiet too, or the fast

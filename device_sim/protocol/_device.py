@@ -38,7 +38,6 @@ from device_sim.protocol._wire import (
     LONG_MESSAGE,
     LONG_TOKEN,
     MalformedPayload,
-    cbor_data_prefix,
     cbor_head,
     cbor_int,
     cbor_text,
@@ -46,7 +45,6 @@ from device_sim.protocol._wire import (
     json_bytes,
     kind_of,
     load_document,
-    load_first_cbor_item,
     show_int,
 )
 from device_sim.protocol.bitmap import bitmap_to_hex
@@ -186,30 +184,68 @@ def decode_data_block(payload: bytes, fmt: Format) -> DataBlock:
     return decode_data_block_general(payload, fmt)
 
 
+def _minimal_head(buf: bytes, pos: int, major: int) -> tuple[int, int]:
+    """The argument of the CBOR head of ``major`` type at ``pos`` and the position after it; (-1, pos) unless the
+    head is of that type and minimally encoded (the layout AWS sends)."""
+    first = buf[pos]
+    if first >> 5 != major:
+        return -1, pos
+    info = first & 0x1F
+    if info < 24:
+        return info, pos + 1
+    if info == 24:
+        value = buf[pos + 1]
+        return (value, pos + 2) if value >= 24 else (-1, pos)
+    if info == 25:
+        value = (buf[pos + 1] << 8) | buf[pos + 2]
+        return (value, pos + 3) if value >= 0x100 else (-1, pos)
+    if info == 26:
+        value = int.from_bytes(buf[pos + 1 : pos + 5], "big")
+        return (value, pos + 5) if value >= 0x10000 else (-1, pos)
+    if info == 27:
+        value = int.from_bytes(buf[pos + 1 : pos + 9], "big")
+        return (value, pos + 9) if value >= 0x1_0000_0000 else (-1, pos)
+    return -1, pos
+
+
 def _aws_layout_block(payload: bytes) -> DataBlock | None:
+    """Read ``bf [61 63 <text c>] 61 66 <f> 61 69 <i> 61 6c <l> 61 70 <bytes p> ff`` (minimal heads) by hand:
+    a few index operations instead of a general decode. None for anything else (the general decoder decides)."""
     try:
-        doc = load_first_cbor_item(payload)
-    except MalformedPayload:
+        token: str | None = None
+        pos = 1
+        if payload[1:3] == b"\x61c":
+            size, pos = _minimal_head(payload, 3, 3)
+            if size < 0:
+                return None
+            token = payload[pos : pos + size].decode("utf-8")
+            pos += size
+        if payload[pos : pos + 2] != b"\x61f":
+            return None
+        file_id, pos = _minimal_head(payload, pos + 2, 0)
+        if payload[pos : pos + 2] != b"\x61i":
+            return None
+        index, pos = _minimal_head(payload, pos + 2, 0)
+        if payload[pos : pos + 2] != b"\x61l":
+            return None
+        length, pos = _minimal_head(payload, pos + 2, 0)
+        if payload[pos : pos + 2] != b"\x61p":
+            return None
+        size, pos = _minimal_head(payload, pos + 2, 2)
+    except (IndexError, UnicodeDecodeError):
         return None
-    if type(doc) is not dict:
-        return None
-    token, file_id, index, length, data = doc.get("c"), doc.get("f"), doc.get("i"), doc.get("l"), doc.get("p")
-    if not (
-        type(file_id) is int
-        and type(index) is int
-        and type(length) is int
-        and type(data) is bytes
-        and (token is None or type(token) is str)
-        and len(doc) == (4 if token is None else 5)
-        and 0 <= file_id <= MAX_FILE_ID
-        and index >= 0
-        and length == len(data) <= MAX_BLOCK_SIZE
+    if (
+        payload[0] != 0xBF
+        or not 0 <= file_id <= MAX_FILE_ID
+        or index < 0
+        or not 0 <= length <= MAX_BLOCK_SIZE
+        or size != length
+        or len(payload) != pos + length + 1
     ):
         return None
-    prefix = cbor_data_prefix(token, file_id, index, length, length)
-    if len(payload) != len(prefix) + length + 1 or not payload.startswith(prefix):
-        return None
-    return DataBlock(client_token=token, file_id=file_id, block_index=index, block_length=length, payload=data)
+    return DataBlock(
+        client_token=token, file_id=file_id, block_index=index, block_length=length, payload=payload[pos:-1]
+    )
 
 
 def decode_data_block_general(payload: bytes, fmt: Format) -> DataBlock:
