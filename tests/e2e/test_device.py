@@ -129,6 +129,7 @@ def test_multi_file_stream_all_files_and_one_file(
     local_iot: LocalIot, files: list[bytes], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     out = tmp_path / "all" / "fw.bin"
+    out.parent.mkdir()  # --out's directory must exist (a missing one is refused, never created)
     result = download(local_iot, monkeypatch, thing="t-multi", stream=STREAM, certs=tmp_path, extra=["--out", str(out)])
     assert result.exit_code == 0, result.stderr
     summary = result.summary
@@ -140,6 +141,7 @@ def test_multi_file_stream_all_files_and_one_file(
         assert summary["files"][file_id]["sha256"] == sha(content)
 
     one = tmp_path / "one" / "fw.bin"
+    one.parent.mkdir()
     result = download(
         local_iot,
         monkeypatch,
