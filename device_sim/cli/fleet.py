@@ -34,13 +34,14 @@ from device_sim.cli.outputs import check_output_dir, ensure_output_dir
 from device_sim.cli.rich_tables import print_summary_table, print_sweep_table
 from device_sim.device.device import DownloadSettings, SinkKind
 from device_sim.device.verify import S3Source
-from device_sim.fleet.plan import FleetPlan, FleetSettings, PlanError, Shard, s3_source
+from device_sim.engine.profiles import ProfileKind, ProfileRefused
+from device_sim.fleet.plan import FleetPlan, FleetSettings, PlanError, Shard, s3_source, stream_file_sizes
 from device_sim.fleet.resources import OpenFilesLimit, ensure_open_files, system_trust_env_dropped
 from device_sim.fleet.runner import FleetProgress, FleetRun, run_plan, transport_for
 from device_sim.protocol.limits import DEFAULT_PRICE_PER_MILLION_MESSAGES_USD
 from device_sim.results.files import ReportWriteError, write_reports
 from device_sim.results.metrics import DeviceMetrics, aggregate
-from device_sim.results.sweep import SweepPoint
+from device_sim.results.sweep import SweepPoint, best_by_cost, best_by_median, best_by_p90, recommended_config
 from device_sim.transport import InvalidSettings
 from device_sim.transport.tls_files import TlsFileChecker
 
@@ -330,11 +331,9 @@ def sweep_command(**params: Any) -> None:
     base, fleet = plan.download, plan.fleet
     bprs = _int_list(params["bpr_list"], "--blocks-per-request-list") or [None]
     inflights = _int_list(params["inflight_list"], "--inflight-list") or [None]
-    combos = list(itertools.product(params["block_sizes"], bprs, inflights))
-    for block_size, bpr, inflight in combos:  # validate every setting before running any
-        build_download_settings(
-            {**params, "block_size": block_size, "blocks_per_request": bpr, "inflight": inflight or base.inflight}
-        )
+    combos = _settings_the_device_takes(
+        list(itertools.product(params["block_sizes"], bprs, inflights)), params, base, plan
+    )
     ensure_output_dir(params["report_dir"], "--report-dir", "report directory")  # every check passed: create it
     points: list[SweepPoint] = []
     records: list[DeviceMetrics] = []
@@ -345,18 +344,25 @@ def sweep_command(**params: Any) -> None:
         point_label = SweepPoint(
             block_size=block_size, blocks_per_request=bpr, inflight=inflight, summary=aggregate([], wall_s=0)
         ).label
+        if base.profile is not ProfileKind.DEVICE_SIM:
+            point_label = f"{base.profile.value} {point_label}"
         title = f"[{n}/{len(combos)}] {point_label}"
         run = asyncio.run(
             run_with_display(plan, source, quiet=params["quiet"], title=title, download=settings, signals=signals)
         )
         relabelled = [replace(r, settings=point_label) for r in run.records]
         records.extend(relabelled)
-        points.append(SweepPoint(block_size=block_size, blocks_per_request=bpr, inflight=inflight, summary=run.summary))
+        profile = None if base.profile is ProfileKind.DEVICE_SIM else base.profile.value
+        point = SweepPoint(
+            block_size=block_size, blocks_per_request=bpr, inflight=inflight, summary=run.summary, profile=profile
+        )
+        points.append(point)
         click.echo(f"{title}: {run.summary.verified}/{run.summary.devices} verified in {run.wall_s:.2f} s", err=True)
         if run.interrupted:
             interrupted = True
             break
-    print_sweep_table(points)
+    print_sweep_table(points, title=f"block-size sweep: {base.profile.value}")
+    _print_recommendation(points, base)
     overall = aggregate(
         records,
         wall_s=sum(p.summary.wall_s for p in points),
@@ -368,6 +374,57 @@ def sweep_command(**params: Any) -> None:
         sys.exit(exit_code_of_signal(signals[0]))
     if interrupted or not all(p.summary.all_verified for p in points):
         sys.exit(1)
+
+
+Combo = tuple[int, int | None, int | None]
+
+
+def _settings_the_device_takes(
+    combos: list[Combo], params: dict[str, Any], base: DownloadSettings, plan: FleetPlan
+) -> list[Combo]:
+    """Validate every setting before running any. A setting the device's library cannot take (profiles: a block
+    size that is not a power of two, a bitmap over 128 bytes for the stream's files, ...) is left out with the
+    reason; an invalid option value for every setting is a usage error."""
+    sizes = stream_file_sizes(plan.manifest) if base.profile is not ProfileKind.DEVICE_SIM else {}
+    kept: list[Combo] = []
+    for block_size, bpr, inflight in combos:
+        label = f"{block_size} B x{bpr or '-'}"
+        try:
+            settings = build_download_settings(
+                {**params, "block_size": block_size, "blocks_per_request": bpr, "inflight": inflight or base.inflight}
+            )
+            profile = settings.profile_settings()
+            if profile is not None:
+                for file_id, size in sorted(sizes.items()):
+                    if base.file_ids is None or file_id in base.file_ids:
+                        profile.check_file(size)
+        except click.BadParameter as exc:
+            if base.profile is ProfileKind.DEVICE_SIM:
+                raise
+            click.echo(f"refused {label}: {exc.message}", err=True)
+            continue
+        except ProfileRefused as exc:
+            click.echo(f"refused {label}: {exc}", err=True)
+            continue
+        kept.append((block_size, bpr, inflight))
+    if not kept:
+        raise click.BadParameter(f"{base.profile.value} can take none of these settings", param_hint="--block-sizes")
+    return kept
+
+
+def _print_recommendation(points: list[SweepPoint], base: DownloadSettings) -> None:
+    """The best settings by median time, by p90 and by cost, written as the device's configuration."""
+    chosen = [
+        ("median time", best_by_median(points)),
+        ("p90 time", best_by_p90(points)),
+        ("cost", best_by_cost(points)),
+    ]
+    for what, point in chosen:
+        if point is None:
+            continue
+        click.echo(f"recommended configuration by {what} ({point.label}):")
+        for line in recommended_config(point, request_wait_ms=base.request_wait_ms, momentum=base.momentum):
+            click.echo(f"    {line}")
 
 
 def _int_list(text: str | None, option: str) -> list[int | None]:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from device_sim.device.device import DownloadSettings
+from device_sim.engine.profiles import ProfileKind, ProfileSettings
 from device_sim.engine.types import EngineUsageError
 from device_sim.fileio import parse_size
 from device_sim.protocol import Format
@@ -60,17 +61,55 @@ def download_options(func: F) -> F:
             help="Wire format of requests and answers.",
         ),
         click.option(
+            "--profile",
+            type=click.Choice([k.value for k in ProfileKind]),
+            default=ProfileKind.DEVICE_SIM.value,
+            show_default=True,
+            help="Which client each device runs: this project's engine, or a real library's request strategy "
+            "(freertos-ota: AWS's OTA agent; freertos-ota-demo: its demo values; mfs: AWS's MQTT file streams "
+            "library; rustot). See docs/profiles.md.",
+        ),
+        click.option(
             "--block-size",
             type=SizeType(),
-            default="4KiB",
-            show_default=True,
-            help="Block size (256 B .. 128 KiB), e.g. 4096 or 4KiB.",
+            default=None,
+            help="Block size (256 B .. 128 KiB), e.g. 4096 or 4KiB [default: 4KiB; rustot: 1KiB].",
         ),
         click.option(
             "--blocks-per-request",
             type=click.IntRange(1),
             default=None,
-            help="Blocks asked per GetStream request [default: as many as fit 128 KiB].",
+            help="Blocks asked per GetStream request [default: as many as fit 128 KiB; a profile: its library's "
+            "(freertos-ota 1, freertos-ota-demo 8, mfs 1, rustot 16)].",
+        ),
+        click.option(
+            "--request-wait-ms",
+            type=click.FloatRange(1, 3_600_000),
+            default=None,
+            help="Profiles: the fixed wait before missing blocks are asked again (otaconfigFILE_REQUEST_WAIT_MS) "
+            "[default: the library's: 10000, rustot 5000].",
+        ),
+        click.option(
+            "--momentum",
+            type=click.IntRange(1),
+            default=None,
+            help="Profiles: requests in a row without a new block before the download is aborted "
+            "(otaconfigMAX_NUM_REQUEST_MOMENTUM) [default: the library's: 32, rustot 3].",
+        ),
+        click.option(
+            "--block-process-ms",
+            type=click.FloatRange(0, 60_000),
+            default=0.0,
+            show_default=True,
+            help="Profiles: device-side work per block (decode, flash write); blocks are handled one after another "
+            "and the next request waits for them.",
+        ),
+        click.option(
+            "--status-frequency",
+            type=click.IntRange(1),
+            default=None,
+            help="Profiles: blocks between job progress updates (otaconfigOTA_UPDATE_STATUS_FREQUENCY; counted, "
+            "not published) [default: the library's: 64, demo 25, rustot 24].",
         ),
         click.option(
             "--inflight",
@@ -171,9 +210,18 @@ def build_download_settings(params: dict[str, Any], **overrides: Any) -> Downloa
     sha = params.get("expect_sha256")
     if sha is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
         raise click.BadParameter("must be 64 hex digits", param_hint="--expect-sha256")
+    profile = ProfileKind(params.get("profile") or ProfileKind.DEVICE_SIM)
+    block_size = params.get("block_size")
+    if block_size is None:
+        block_size = default_block_size(profile)
     values: dict[str, Any] = {
         "format": Format(params["fmt"]),
-        "block_size": params["block_size"],
+        "block_size": block_size,
+        "profile": profile,
+        "request_wait_ms": params.get("request_wait_ms"),
+        "momentum": params.get("momentum"),
+        "block_process_ms": params.get("block_process_ms") or 0.0,
+        "status_frequency": params.get("status_frequency"),
         "blocks_per_request": params["blocks_per_request"],
         "inflight": params["inflight"],
         "request_timeout": params["request_timeout"],
@@ -190,11 +238,26 @@ def build_download_settings(params: dict[str, Any], **overrides: Any) -> Downloa
     settings = DownloadSettings(**values)
     try:  # validate now, with the option names the user typed
         settings.engine_settings("t")
+        settings.profile_settings()
     except EngineUsageError as exc:
-        hint = {"block_size": "--block-size", "blocks_per_request": "--blocks-per-request"}
-        name = next((opt for key, opt in hint.items() if key in str(exc)), None)
+        hint = {
+            "block size": "--block-size",
+            "block_size": "--block-size",
+            "blocks per": "--blocks-per-request",
+            "blocks_per_request": "--blocks-per-request",
+            "per request": "--blocks-per-request",
+            "CBOR": "--format",
+        }
+        name = next((opt for key, opt in hint.items() if key in str(exc)), "--profile")
         raise click.BadParameter(str(exc), param_hint=name) from None
     return settings
+
+
+def default_block_size(profile: ProfileKind) -> int:
+    """The block size a profile uses when --block-size is not given: its library's default."""
+    if profile is ProfileKind.DEVICE_SIM:
+        return 4096
+    return ProfileSettings.for_profile(profile).block_size
 
 
 def transport_choices(params: dict[str, Any]) -> dict[str, Any]:

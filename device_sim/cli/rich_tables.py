@@ -10,7 +10,13 @@ from rich.text import Text
 
 from device_sim.results.metrics import FleetSummary
 from device_sim.results.sweep import SweepPoint, best_by_cost, best_by_time
-from device_sim.results.tables import SWEEP_COLUMNS, summary_rows, sweep_best_lines, sweep_rows
+from device_sim.results.tables import (
+    SWEEP_COLUMNS,
+    render_sweep_table,
+    summary_rows,
+    sweep_best_lines,
+    sweep_rows,
+)
 
 __all__ = ["print_summary_table", "print_sweep_table", "rich_summary_table", "rich_sweep_table"]
 
@@ -22,10 +28,23 @@ def print_summary_table(summary: FleetSummary) -> None:
     Console().print(rich_summary_table(summary))
 
 
-def print_sweep_table(points: Sequence[SweepPoint]) -> None:
+def print_sweep_table(points: Sequence[SweepPoint], *, title: str = "block-size sweep") -> None:
+    """On a terminal a rich table; piped or in CI (where rich would cut every column to fit 80 characters) the
+    plain full-width text table, so no value is ever lost."""
     from rich.console import Console
 
-    Console().print(rich_sweep_table(points))
+    console = Console()
+    if not console.is_terminal:
+        click_echo(f"{title}\n{render_sweep_table(points)}")
+        return
+    console.print(rich_sweep_table(points, title=title))
+
+
+def click_echo(text: str) -> None:
+    import sys
+
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def rich_summary_table(summary: FleetSummary) -> Table:
@@ -44,11 +63,11 @@ def rich_summary_table(summary: FleetSummary) -> Table:
     return table
 
 
-def rich_sweep_table(points: Sequence[SweepPoint]) -> Group:
+def rich_sweep_table(points: Sequence[SweepPoint], *, title: str = "block-size sweep") -> Group:
     """The sweep table (best settings highlighted) followed by the best-by-time and best-by-cost lines."""
-    table = Table(title="block-size sweep", title_style="bold")
+    table = Table(title=title, title_style="bold")
     for k, column in enumerate(SWEEP_COLUMNS):
-        table.add_column(column, justify="left" if k == 0 else "right")
+        table.add_column(column, justify="left" if k == 0 else "right", no_wrap=True)
     best = {id(p) for p in (best_by_time(points), best_by_cost(points)) if p is not None}
     for point, row in zip(points, sweep_rows(points), strict=True):
         table.add_row(*row, style="bold green" if id(point) in best else None)

@@ -384,5 +384,7 @@ def engine_failure(failed: Failed, file_id: int) -> DeviceFailure:
     if failed.reason is FailureReason.REJECTED:
         return DeviceFailure(FailureKind.REJECTED, message, failed.code)
     if failed.reason in (FailureReason.TIMEOUT, FailureReason.THROTTLED, FailureReason.VERSION_MISMATCH):
-        return DeviceFailure(FailureKind.TIMEOUT, message, failed.reason.value)
+        # A library profile's momentum abort names itself ("timeout:MomentumAbort"), as the library logs it.
+        detail = failed.code if failed.code == "MomentumAbort" else failed.reason.value
+        return DeviceFailure(FailureKind.TIMEOUT, message, detail)
     return DeviceFailure(FailureKind.CANCELLED, message)

@@ -25,6 +25,11 @@ def metrics_counts(stats: EngineStats) -> dict[str, Any]:
         "requests": stats.requests_sent,
         "timeouts": stats.timeouts,
         "rejections": tuple(sorted(stats.rejections.items())),
+        "stalls": stats.stalls,
+        "stall_s": stats.stall_s,
+        "aborts": stats.aborts,
+        "lost_blocks": stats.lost_blocks,
+        "cut_answers": stats.cut_answers,
     }
 
 

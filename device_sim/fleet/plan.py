@@ -175,6 +175,21 @@ def read_target(manifest: Path | Manifest, *, no_tls: bool = False) -> tuple[Fle
     return target, identities
 
 
+def stream_file_sizes(manifest: Path | Manifest) -> dict[int, int]:
+    """``{file id: size in bytes}`` of the manifest's stream, from its uploaded objects (empty when unknown): lets a
+    sweep refuse a setting a device library cannot take for these files before running it."""
+    m = manifest if isinstance(manifest, Manifest) else _load(manifest)
+    if m.stream is None:
+        return {}
+    sizes = {(f.bucket, f.key): f.size for f in m.firmware}
+    out: dict[int, int] = {}
+    for f in m.stream.files:
+        size = sizes.get((f.bucket, f.key))
+        if size is not None:
+            out[f.file_id] = size
+    return out
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SingleDevice:
     """One thing of a manifest, for ``device-sim download --manifest``: the target and that thing's identity."""

@@ -21,8 +21,8 @@ from typing import Any, BinaryIO, TextIO
 from device_sim import fileio
 from device_sim.results.html import render_html
 from device_sim.results.metrics import DeviceMetrics, FleetSummary, MetricsFormatError
-from device_sim.results.sweep import SweepPoint, best_by_cost, best_by_time
-from device_sim.results.tables import render_summary_text, render_sweep_table
+from device_sim.results.sweep import SweepPoint, best_by_cost, best_by_median, best_by_p90, best_by_time
+from device_sim.results.tables import SWEEP_COLUMNS, render_summary_text, render_sweep_table, sweep_rows
 
 __all__ = [
     "CSV_COLUMNS",
@@ -39,6 +39,7 @@ __all__ = [
     "render_junit",
     "render_summary_json",
     "render_summary_text",
+    "render_sweep_csv",
     "render_sweep_table",
     "write_reports",
 ]
@@ -190,6 +191,15 @@ def render_junit(summary: FleetSummary, records: Sequence[DeviceMetrics]) -> str
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
 
 
+def render_sweep_csv(points: Sequence[SweepPoint]) -> str:
+    """The sweep table as CSV (one row per setting, the columns of the printed table)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(SWEEP_COLUMNS)
+    writer.writerows(sweep_rows(points))
+    return buf.getvalue()
+
+
 def render_summary_json(summary: FleetSummary, sweep: Sequence[SweepPoint] | None = None) -> str:
     """``{"format", "summary" (settings inside), "sweep": null | {"points", "best_by_time", "best_by_cost"}}``."""
     doc: dict[str, Any] = {"format": SUMMARY_FORMAT, "summary": summary.to_dict(), "sweep": None}
@@ -199,8 +209,14 @@ def render_summary_json(summary: FleetSummary, sweep: Sequence[SweepPoint] | Non
             "points": [p.to_dict() for p in sweep],
             "best_by_time": fastest.label if fastest else None,
             "best_by_cost": cheapest.label if cheapest else None,
+            "best_by_median": _label(best_by_median(sweep)),
+            "best_by_p90": _label(best_by_p90(sweep)),
         }
     return json.dumps(doc, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def _label(point: SweepPoint | None) -> str | None:
+    return point.label if point is not None else None
 
 
 def _writer(text: str) -> Callable[[TextIO], None]:
@@ -235,8 +251,13 @@ def write_reports(
         "report.html": lambda: render_html(summary, records, sweep=sweep),
         "summary.json": lambda: render_summary_json(summary, sweep),
     }
+    names = list(REPORT_FILES)
+    if sweep:
+        renderers["sweep.csv"] = lambda: render_sweep_csv(sweep)
+        renderers["sweep.txt"] = lambda: render_sweep_table(sweep) + "\n"
+        names += ["sweep.csv", "sweep.txt"]
     paths: dict[str, Path] = {}
-    for name in REPORT_FILES:
+    for name in names:
         text = renderers[name]()
         path = directory / name
         atomic_write(path, _writer(text))

@@ -86,8 +86,35 @@ def _sweep_series(points: Sequence[SweepPoint], value: Callable[[SweepPoint], fl
     return out
 
 
+def _spread_series(points: Sequence[SweepPoint]) -> list[Series]:
+    """Download time per setting with its spread: min, median, p90 and max lines per blocks-per-request group."""
+    groups: dict[str, list[SweepPoint]] = defaultdict(list)
+    for p in points:
+        if p.summary.download_s is not None:
+            groups[_group_name(p)].append(p)
+    out: list[Series] = []
+    for group, pts in sorted(groups.items()):
+        for stat, name in (("min", "min"), ("p50", "median"), ("p90", "p90"), ("max", "max")):
+            values = tuple((float(p.block_size), float(getattr(p.summary.download_s, stat))) for p in pts)
+            out.append(Series(name=name if group == "fleet" else f"{group} {name}", points=values))
+    return out
+
+
+def _group_name(p: SweepPoint) -> str:
+    parts = (f"x{p.blocks_per_request}" if p.blocks_per_request else "", f"inflight {p.inflight}" if p.inflight else "")
+    return " ".join(part for part in parts if part) or "fleet"
+
+
 def _sweep_section(points: Sequence[SweepPoint]) -> str:
     best = "".join(f'<p class="best">{escape(line)}</p>' for line in sweep_best_lines(points))
+    spread = line_chart(
+        _spread_series(points),
+        title="Download time per setting: min, median, p90, max over the devices",
+        x_label="block size",
+        y_label="seconds",
+        log2_x=True,
+        x_tick_format=lambda x: format_size(int(x)),
+    )
     charts = "".join(
         line_chart(
             _sweep_series(points, value),
@@ -103,7 +130,7 @@ def _sweep_section(points: Sequence[SweepPoint]) -> str:
         f"<h2>Block-size sweep</h2>{best}"
         + _table(SWEEP_COLUMNS, sweep_rows(points), numeric_from=1)
         + "<p>Rank settings on local_iot only with AWS-like latency and quotas (--latency-ms, --quotas aws); "
-        "without them small blocks look better than they would on AWS.</p>" + charts
+        "without them small blocks look better than they would on AWS.</p>" + spread + charts
     )
 
 

@@ -156,6 +156,13 @@ class DeviceMetrics:
     timeouts: int = 0
     rejections: Pairs = ()
     disconnects: int = 0
+    #: Device profiles (docs/profiles.md): request waits that expired, the time they cost after the last block,
+    #: momentum aborts, blocks missing when a wait expired, and waits whose missing blocks were an answer's tail.
+    stalls: int = 0
+    stall_s: float = 0.0
+    aborts: int = 0
+    lost_blocks: int = 0
+    cut_answers: int = 0
     verified: bool = False
     failure_reason: str | None = None
     failure_message: str | None = None
@@ -173,6 +180,7 @@ class DeviceMetrics:
             raise MetricsFormatError(f"settings must be a text label, got {self.settings!r}")
         for name in ("connect_s", "first_block_s", "download_s"):
             object.__setattr__(self, name, _check_seconds(name, getattr(self, name)))
+        object.__setattr__(self, "stall_s", _check_seconds("stall_s", self.stall_s, optional=False))
         for name in _COUNT_FIELDS:
             _check_count(name, getattr(self, name))
         object.__setattr__(self, "rejections", _pairs("rejections", self.rejections))
@@ -248,6 +256,10 @@ _COUNT_FIELDS = (
     "requests",
     "timeouts",
     "disconnects",
+    "stalls",
+    "aborts",
+    "lost_blocks",
+    "cut_answers",
     "metered_messages_out",
     "metered_messages_in",
 )
@@ -364,6 +376,12 @@ class FleetSummary:
     requests: int = 0
     timeouts: int = 0
     disconnects: int = 0
+    #: Device profiles (see DeviceMetrics): sums over the devices.
+    stalls: int = 0
+    stall_s: float = 0.0
+    aborts: int = 0
+    lost_blocks: int = 0
+    cut_answers: int = 0
     rejections: Pairs = ()
     metered_messages_out: int = 0
     metered_messages_in: int = 0
@@ -457,6 +475,11 @@ def aggregate(
         requests=sum(r.requests for r in recs),
         timeouts=sum(r.timeouts for r in recs),
         disconnects=sum(r.disconnects for r in recs),
+        stalls=sum(r.stalls for r in recs),
+        stall_s=math.fsum(r.stall_s for r in recs),
+        aborts=sum(r.aborts for r in recs),
+        lost_blocks=sum(r.lost_blocks for r in recs),
+        cut_answers=sum(r.cut_answers for r in recs),
         rejections=tuple(rejections.items()),
         metered_messages_out=out_msgs,
         metered_messages_in=in_msgs,

@@ -9,6 +9,8 @@ Ranking rules (deterministic):
   lower metered cost per device.
 - ``best_by_cost``: the fewest metered messages per device (cost is proportional to them at one price), then the
   shorter wall time.
+- ``best_by_median`` / ``best_by_p90``: the lowest median (p50) / p90 of the devices' download times (the spread a
+  rollout sees), then the other of the two, then the cost.
 - Remaining ties go to the smaller block size, then fewer blocks per request, then fewer requests in flight.
 
 Compare points with the same number of devices: wall time is not normalised per device.
@@ -23,7 +25,15 @@ from typing import Any
 
 from device_sim.results.metrics import FleetSummary, MetricsFormatError
 
-__all__ = ["SweepPoint", "best_by_cost", "best_by_time", "format_size"]
+__all__ = [
+    "SweepPoint",
+    "best_by_cost",
+    "best_by_median",
+    "best_by_p90",
+    "best_by_time",
+    "format_size",
+    "recommended_config",
+]
 
 
 def format_size(n: int) -> str:
@@ -42,6 +52,8 @@ class SweepPoint:
     blocks_per_request: int | None = None
     inflight: int | None = None
     summary: FleetSummary
+    #: The device profile of the run (docs/profiles.md); None: this project's engine.
+    profile: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("block_size", "blocks_per_request", "inflight"):
@@ -76,6 +88,7 @@ class SweepPoint:
             "block_size": self.block_size,
             "blocks_per_request": self.blocks_per_request,
             "inflight": self.inflight,
+            "profile": self.profile,
             "summary": self.summary.to_dict(),
         }
 
@@ -88,6 +101,7 @@ class SweepPoint:
             blocks_per_request=data.get("blocks_per_request"),
             inflight=data.get("inflight"),
             summary=FleetSummary.from_dict(data["summary"]),
+            profile=data.get("profile"),
         )
 
 
@@ -101,6 +115,10 @@ def _failed_share(p: SweepPoint) -> float:
 
 def _p90(p: SweepPoint) -> float:
     return p.summary.download_s.p90 if p.summary.download_s else math.inf
+
+
+def _p50(p: SweepPoint) -> float:
+    return p.summary.download_s.p50 if p.summary.download_s else math.inf
 
 
 def _best(points: Sequence[SweepPoint], key: Callable[[SweepPoint], tuple[Any, ...]]) -> SweepPoint | None:
@@ -120,3 +138,45 @@ def best_by_time(points: Sequence[SweepPoint]) -> SweepPoint | None:
 def best_by_cost(points: Sequence[SweepPoint]) -> SweepPoint | None:
     """The cheapest setting by metered messages per device (see the module docstring); None for no points."""
     return _best(points, lambda p: (p.metered_per_device, p.summary.wall_s))
+
+
+def best_by_median(points: Sequence[SweepPoint]) -> SweepPoint | None:
+    """The setting with the lowest median download time (see the module docstring); None for no points."""
+    return _best(points, lambda p: (_p50(p), _p90(p), p.metered_per_device))
+
+
+def best_by_p90(points: Sequence[SweepPoint]) -> SweepPoint | None:
+    """The setting with the lowest p90 download time (see the module docstring); None for no points."""
+    return _best(points, lambda p: (_p90(p), _p50(p), p.metered_per_device))
+
+
+def recommended_config(
+    point: SweepPoint, *, request_wait_ms: float | None = None, momentum: int | None = None
+) -> list[str]:
+    """The chosen setting written the way the device's library is configured (one line each).
+
+    ``request_wait_ms`` / ``momentum``: the values the sweep ran with (None: the library's default is printed).
+    """
+    bs, n = point.block_size, point.blocks_per_request
+    profile = point.profile or "device-sim"
+    if profile in ("freertos-ota", "freertos-ota-demo"):
+        log2 = bs.bit_length() - 1
+        lines = [f"#define otaconfigLOG2_FILE_BLOCK_SIZE       {log2}UL  /* {format_size(bs)} */"]
+        lines.append(f"#define otaconfigMAX_NUM_BLOCKS_REQUEST     {n or (8 if profile.endswith('demo') else 1)}U")
+        lines.append(f"#define otaconfigFILE_REQUEST_WAIT_MS       {round(request_wait_ms or 10000)}U")
+        lines.append(f"#define otaconfigMAX_NUM_REQUEST_MOMENTUM   {momentum or 32}U")
+        return lines
+    if profile == "mfs":
+        return [f"#define mqttFileDownloader_CONFIG_BLOCK_SIZE    {bs}U"]
+    if profile == "rustot":
+        wait = round(request_wait_ms or 5000)
+        return [
+            f"ota::config::Config {{ block_size: {bs}, request_wait: Duration::from_millis({wait}), "
+            f"max_request_momentum: {momentum or 3}, ..Default::default() }}  // {n or 16} blocks per request"
+        ]
+    parts = [f"--block-size {format_size(bs)}"]
+    if n is not None:
+        parts.append(f"--blocks-per-request {n}")
+    if point.inflight is not None:
+        parts.append(f"--inflight {point.inflight}")
+    return ["device-sim " + " ".join(parts)]

@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from device_sim.results.metrics import Distribution, FleetSummary
-from device_sim.results.sweep import SweepPoint, best_by_cost, best_by_time, format_size
+from device_sim.results.sweep import (
+    SweepPoint,
+    best_by_cost,
+    best_by_median,
+    best_by_p90,
+    best_by_time,
+    format_size,
+)
 
 __all__ = [
     "SWEEP_COLUMNS",
@@ -25,10 +32,17 @@ SWEEP_COLUMNS: tuple[str, ...] = (
     "inflight",
     "devices",
     "wall s",
+    "median s",
+    "p90 s",
     "MB/s",
     "messages",
     "cost US$",
     "retries",
+    "stalls",
+    "stall s",
+    "aborts",
+    "lost",
+    "cut",
     "verified/failed",
 )
 
@@ -66,6 +80,11 @@ def summary_rows(summary: FleetSummary) -> list[tuple[str, str]]:
         ("download s", _dist_text(s.download_s)),
         ("blocks", f"{s.blocks:,} ({s.duplicates:,} duplicates, {s.invalid_blocks:,} invalid)"),
         ("requests", f"{s.requests:,} ({s.re_requests:,} re-requests, {s.timeouts:,} timeouts)"),
+        (
+            "stalls",
+            f"{s.stalls:,} request waits expired ({s.stall_s:.1f} s lost), {s.aborts:,} momentum aborts, "
+            f"{s.lost_blocks:,} blocks missing at expiry, {s.cut_answers:,} answers cut short",
+        ),
         ("rejections", _pairs_text(s.rejections)),
         ("disconnects", f"{s.disconnects:,}"),
         ("failures", _pairs_text(s.failures_by_reason)),
@@ -89,6 +108,7 @@ def sweep_rows(points: Sequence[SweepPoint]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for p in points:
         s = p.summary
+        d = s.download_s
         rows.append(
             (
                 p.label,
@@ -97,10 +117,17 @@ def sweep_rows(points: Sequence[SweepPoint]) -> list[tuple[str, ...]]:
                 "-" if p.inflight is None else str(p.inflight),
                 str(s.devices),
                 f"{s.wall_s:.3f}",
+                "-" if d is None else f"{d.p50:.3f}",
+                "-" if d is None else f"{d.p90:.3f}",
                 f"{s.throughput_mb_s:.3f}",
                 f"{s.metered_messages:,}",
                 fmt_usd(s.cost_usd),
                 f"{p.retries:,}",
+                f"{s.stalls:,}",
+                f"{s.stall_s:.1f}",
+                f"{s.aborts:,}",
+                f"{s.lost_blocks:,}",
+                f"{s.cut_answers:,}",
                 f"{s.verified}/{s.failed}",
             )
         )
@@ -113,12 +140,21 @@ def sweep_best_lines(points: Sequence[SweepPoint]) -> list[str]:
     if fastest is None or cheapest is None:
         return []
     note = "" if any(p.summary.all_verified for p in points) else " (every setting had failed devices)"
+    median, p90 = best_by_median(points), best_by_p90(points)
+    assert median is not None and p90 is not None
     return [
         f"best by time: {fastest.label} ({fastest.summary.wall_s:.3f} s, "
         f"{fastest.summary.throughput_mb_s:.3f} MB/s){note}",
+        f"best by median time: {median.label} ({_spread(median)}){note}",
+        f"best by p90 time: {p90.label} ({_spread(p90)}){note}",
         f"best by cost: {cheapest.label} ({cheapest.metered_per_device:,.1f} metered messages per device, "
         f"US${fmt_usd(cheapest.summary.cost_usd)}){note}",
     ]
+
+
+def _spread(p: SweepPoint) -> str:
+    d = p.summary.download_s
+    return "no download times" if d is None else f"median {d.p50:.3f} s, p90 {d.p90:.3f} s over {d.count} devices"
 
 
 def render_sweep_table(points: Sequence[SweepPoint]) -> str:

@@ -188,7 +188,7 @@ def test_sweep_report_names_best_settings_and_plots_curves(tmp_path: Path, recor
     summary = aggregate(records, wall_s=16.5)
     paths = write_reports(tmp_path, summary, records, sweep=points)
     html = paths["report.html"].read_text("utf-8")
-    assert len(re.findall(r"<svg\b", html)) == 2 + 3  # + time, throughput, cost vs block size
+    assert len(re.findall(r"<svg\b", html)) == 2 + 4  # + time with its spread, wall time, throughput, cost
     assert f"best by time: {points[3].label}" in html
     assert f"best by cost: {points[0].label}" in html
     for p in points:
