@@ -7,8 +7,10 @@ clean and the offline queue fails everything on disconnect, so no stale request 
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from awscrt import mqtt5  # type: ignore[import-untyped]
 from awscrt.io import ClientTlsContext  # type: ignore[import-untyped]
@@ -27,6 +29,10 @@ _FLOW_CONTROL = {
 
 
 class Mqtt5Driver:
+    #: Messages that came through awscrt's own publish callback (PublishPacket objects): 0 while the direct path of
+    #: ``_DirectPublishCore`` is in use.
+    slow_publishes = 0
+
     def __init__(
         self,
         settings: TransportSettings,
@@ -70,6 +76,7 @@ class Mqtt5Driver:
     # -- CRT threads: post and nothing else
 
     def _crt_publish(self, data: mqtt5.PublishReceivedData) -> None:
+        Mqtt5Driver.slow_publishes += 1
         packet = data.publish_packet
         self._post(self._deliver, packet.topic, packet.payload)
 
@@ -144,3 +151,48 @@ class Mqtt5Driver:
         if not self._stopping:
             self._stopping = True
             self._client.stop()
+
+
+# --------------------------------------------------------------------------------------- direct publish path
+
+
+def _direct_path_fits() -> bool:
+    """Whether awscrt's client core still takes received publishes as ``_on_publish(payload, qos, retain, topic,
+    ...)`` and returns whether the callback took over the acknowledgement (awscrt 0.2x-0.3x)."""
+    core = getattr(mqtt5, "_ClientCore", None)
+    method = getattr(core, "_on_publish", None)
+    if core is None or method is None:
+        return False
+    try:
+        names = list(inspect.signature(method).parameters)
+    except (TypeError, ValueError):
+        return False
+    return names[:5] == ["self", "payload", "qos", "retain", "topic"]
+
+
+if _direct_path_fits():
+
+    class _DirectPublishCore(mqtt5._ClientCore):  # type: ignore[misc]  # awscrt is untyped
+        """awscrt's client core, with received publishes of ``Mqtt5Driver`` clients handed straight to the driver.
+
+        awscrt turns every received PUBLISH into a ``PublishPacket`` and a ``PublishReceivedData`` (some 15
+        attribute assignments, in Python, on its event-loop thread, holding the GIL) before it calls the
+        callback, which reads two of them. For a driver's client this core posts ``(topic, payload)`` at once;
+        returning False leaves the QoS 1 acknowledgement to awscrt, as the default path does. Other clients
+        (awsiotsdk's, say) keep awscrt's path. The signature is checked at import (``_direct_path_fits``); an
+        awscrt that changed it keeps its own path everywhere.
+        """
+
+        def __init__(self, client_options: Any) -> None:
+            super().__init__(client_options)
+            driver = getattr(client_options.on_publish_callback_fn, "__self__", None)
+            if isinstance(driver, Mqtt5Driver):
+                post, deliver = driver._post, driver._deliver
+
+                def on_publish(payload: bytes, qos: int, retain: bool, topic: str, *_rest: object) -> bool:
+                    post(deliver, topic, payload)
+                    return False
+
+                self._on_publish = on_publish
+
+    mqtt5._ClientCore = _DirectPublishCore

@@ -293,6 +293,28 @@ def test_subscribe_publish_receive_in_order_in_the_loop(broker: MosquittoBroker,
     run(main)
 
 
+def test_mqtt5_messages_take_the_direct_path_and_qos1_is_still_acknowledged(broker: MosquittoBroker) -> None:
+    """awscrt's PublishPacket path is bypassed for our clients (_mqtt5._DirectPublishCore); QoS 1 deliveries are
+    still acknowledged by awscrt: mosquitto stops sending QoS 1 messages to a client with 20 unacknowledged ones
+    (max_inflight_messages), so 60 arriving means every one was acknowledged."""
+    from device_sim.transport._mqtt5 import Mqtt5Driver
+
+    before = Mqtt5Driver.slow_publishes
+
+    async def main() -> None:
+        inbox = Inbox()
+        async with MqttTransport(plain(broker, MqttProtocol.MQTT5), on_message=inbox) as mqtt:
+            await mqtt.subscribe(FILTERS, qos=1)
+            for i in range(60):
+                await mqtt.publish(DATA_TOPIC, b"block %d" % i, qos=1)
+            await inbox.wait_for(60)
+            assert inbox.messages == [(DATA_TOPIC, b"block %d" % i) for i in range(60)]
+            assert inbox.threads == {threading.get_ident()}
+
+    run(main)
+    assert Mqtt5Driver.slow_publishes == before  # none went through awscrt's PublishPacket path
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_2000_messages_of_4_kib_arrive_without_loss(broker: MosquittoBroker, protocol: MqttProtocol) -> None:
     count, size = 2000, 4096
