@@ -15,6 +15,7 @@ import asyncio
 import json
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -217,7 +218,8 @@ class _Interrupts:
     """SIGINT and SIGTERM during one download. Before the device runs they raise ``_Interrupted`` (nothing has
     been written yet); while it runs they cancel it, so its sinks close as on any other failure (a part file without
     --state-dir is removed, with --state-dir it stays with its bitmap as the resume state); after it they are only
-    noted, so the report is still printed. ``signum``: the first signal caught."""
+    noted, so the report is still printed. ``signum``: the first signal caught. Signals reach only the main
+    thread: called from another thread (an embedding program), the command leaves them alone."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -225,10 +227,12 @@ class _Interrupts:
         self.signum: int | None = None
         self._raise = True
         self._previous: dict[int, Any] = {}
+        self._active = threading.current_thread() is threading.main_thread()
 
     def __enter__(self) -> _Interrupts:
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handler)
+        if self._active:
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -243,6 +247,8 @@ class _Interrupts:
 
     async def run(self, device: Device) -> DeviceResult:
         """``device.run()``; a signal cancels it and the partial result (``DeviceCancelled``) is returned."""
+        if not self._active:
+            return await device.run()
         loop = asyncio.get_running_loop()
         task: asyncio.Future[DeviceResult] | None = None
 
