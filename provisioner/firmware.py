@@ -214,25 +214,31 @@ def upload(api: Api, store: ManifestStore, sources: list[FirmwareSource]) -> lis
         raise InputError("no bucket recorded for this run", hint="pass --bucket")
     out: list[FirmwareObject] = []
     for source in sources:
-        digest = source.sha256(api.checkpoint)
         size = source.length()
         key = object_key(bucket.object_prefix, source)
         recorded = store.manifest.firmware_file(source.file_id)
-        if recorded and recorded.sha256 == digest and recorded.key == key and _present(api, recorded):
+        if (  # a resumed run: the same content, still there?
+            recorded
+            and (recorded.key, recorded.size) == (key, size)
+            and recorded.sha256 == source.sha256(api.checkpoint)
+            and _present(api, recorded)
+        ):
             log.info("file %d already uploaded as s3://%s/%s", source.file_id, recorded.bucket, recorded.key)
             out.append(recorded)
             continue
         if size <= MULTIPART_THRESHOLD:
+            body = source.read()
+            size, digest = len(body), hashlib.sha256(body).hexdigest()
             answer = api.write(
                 api.s3.put_object,
                 dry_result={"VersionId": "<new version>", "ETag": '"<etag>"'},
                 Bucket=bucket.name,
                 Key=key,
-                Body=source.read(),
+                Body=body,
                 ContentType="application/octet-stream",
             )
-        else:
-            answer = _upload_parts(api, source, bucket=bucket.name, key=key, size=size)
+        else:  # hashed while it goes up: one pass over the content
+            answer, digest = _upload_parts(api, source, bucket=bucket.name, key=key, size=size)
         record = FirmwareObject(
             file_id=source.file_id,
             bucket=bucket.name,
@@ -250,25 +256,32 @@ def upload(api: Api, store: ManifestStore, sources: list[FirmwareSource]) -> lis
     return out
 
 
-def _upload_parts(api: Api, source: FirmwareSource, *, bucket: str, key: str, size: int) -> dict[str, Any]:
-    """A multipart upload in ``PART_SIZE`` parts (one in memory at a time). Any failure or SIGINT aborts it, so
-    no half upload is left behind; the object exists (and is recorded) only after ``complete_multipart_upload``."""
+def _upload_parts(api: Api, source: FirmwareSource, *, bucket: str, key: str, size: int) -> tuple[dict[str, Any], str]:
+    """A multipart upload in ``PART_SIZE`` parts (one in memory at a time); returns S3's answer and the SHA-256
+    of the bytes sent. Any failure or SIGINT aborts it, so no half upload is left behind; the object exists (and
+    is recorded) only after ``complete_multipart_upload``."""
     parts = -(-size // PART_SIZE)
     dry = {"VersionId": "<new version>", "ETag": f'"<etag>-{parts}"'}
     if api.dry_run:
         api.write(api.s3.create_multipart_upload, Bucket=bucket, Key=key, ContentType="application/octet-stream")
         api.plan_local("upload_parts", parts=parts, part_size=PART_SIZE, size=size)
         completed: dict[str, Any] = api.write(api.s3.complete_multipart_upload, dry_result=dry, Bucket=bucket, Key=key)
-        return completed
+        return completed, source.sha256(api.checkpoint)
     started = api.write(api.s3.create_multipart_upload, Bucket=bucket, Key=key, ContentType="application/octet-stream")
     upload_id = str(started["UploadId"])
     try:
+        digest = hashlib.sha256()
+        sent = 0
         done = []
         for number, body in enumerate(source.chunks(PART_SIZE), 1):
+            digest.update(body)
+            sent += len(body)
             answer = api.write(
                 api.s3.upload_part, Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
             )
             done.append({"PartNumber": number, "ETag": answer["ETag"]})
+        if sent != size:
+            raise InputError(f"firmware file {source.path} changed size while it was uploaded ({size} -> {sent})")
         result: dict[str, Any] = api.write(
             api.s3.complete_multipart_upload,
             Bucket=bucket,
@@ -276,7 +289,7 @@ def _upload_parts(api: Api, source: FirmwareSource, *, bucket: str, key: str, si
             UploadId=upload_id,
             MultipartUpload={"Parts": done},
         )
-        return result
+        return result, digest.hexdigest()
     except BaseException:
         try:
             api.call_now(api.s3.abort_multipart_upload, Bucket=bucket, Key=key, UploadId=upload_id)

@@ -168,6 +168,7 @@ def test_a_second_up_on_the_same_manifest_is_refused_while_the_first_runs(
     assert resumed.returncode == 0, (out, err)
     final = load_manifest(manifest_path)
     assert final.run_id == manifest.run_id and sum(t.complete for t in final.things) == 40
+    assert iot.control_plane is not None and len(account(iot.control_plane)["objects"]) == 1  # not uploaded twice
     result = CliRunner().invoke(
         main, ["cleanup", "--manifest", str(manifest_path), "--local", str(iot.state_dir), "--tps", "1000"]
     )

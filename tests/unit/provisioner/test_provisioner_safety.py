@@ -137,6 +137,10 @@ def test_a_file_above_the_threshold_goes_up_in_parts_with_the_same_sha256(aws_en
     body = s3.get_object(Bucket="fw-bucket", Key=record.key, VersionId=record.version_id)["Body"].read()
     assert body == image
     assert s3.list_multipart_uploads(Bucket="fw-bucket").get("Uploads", []) == []
+    again = up(manifest_path, generate=str(size))  # a resumed run: same content, recorded, present: not sent again
+    assert again.exit_code == 0, again.output
+    assert len(s3.list_object_versions(Bucket="fw-bucket")["Versions"]) == 1
+    assert load_manifest(manifest_path).firmware[0] == record
     assert run("cleanup", "--manifest", manifest_path, *FAST).exit_code == 0
     assert leftovers() == NOTHING
 
