@@ -237,8 +237,10 @@ def build_download_settings(params: dict[str, Any], **overrides: Any) -> Downloa
     values.update(overrides)
     settings = DownloadSettings(**values)
     try:  # validate now, with the option names the user typed
-        settings.engine_settings("t")
-        settings.profile_settings()
+        if settings.profile is ProfileKind.DEVICE_SIM:
+            settings.engine_settings("t")
+        else:
+            settings.profile_settings()  # the engine is not used: the library's own limits apply
     except EngineUsageError as exc:
         hint = {
             "block size": "--block-size",

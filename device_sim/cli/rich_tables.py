@@ -12,6 +12,7 @@ from device_sim.results.metrics import FleetSummary
 from device_sim.results.sweep import SweepPoint, best_by_cost, best_by_time
 from device_sim.results.tables import (
     SWEEP_COLUMNS,
+    render_summary_text,
     render_sweep_table,
     summary_rows,
     sweep_best_lines,
@@ -25,7 +26,11 @@ def print_summary_table(summary: FleetSummary) -> None:
     """Print the fleet summary table on stdout (every command that ends a fleet prints it this way)."""
     from rich.console import Console
 
-    Console().print(rich_summary_table(summary))
+    console = Console()
+    if not console.is_terminal:  # piped or CI: plain aligned text, never cut to 80 columns
+        click_echo(f"device-sim fleet: {_verdict(summary)}\n{render_summary_text(summary)}")
+        return
+    console.print(rich_summary_table(summary))
 
 
 def print_sweep_table(points: Sequence[SweepPoint], *, title: str = "block-size sweep") -> None:
@@ -49,18 +54,19 @@ def click_echo(text: str) -> None:
 
 def rich_summary_table(summary: FleetSummary) -> Table:
     """The fleet summary as a two-column table, titled with the verdict."""
-    verdict = (
-        f"all {summary.devices} devices verified"
-        if summary.all_verified
-        else f"{summary.failed} of {summary.devices} devices failed"
-    )
-    table = Table(title=f"device-sim fleet: {verdict}", show_header=False, title_style="bold")
+    table = Table(title=f"device-sim fleet: {_verdict(summary)}", show_header=False, title_style="bold")
     table.add_column("metric", style="bold")
     table.add_column("value")
     for name, value in summary_rows(summary):
         style = "red" if name == "failures" and summary.failed else None
         table.add_row(name, Text(value, style=style or ""))
     return table
+
+
+def _verdict(summary: FleetSummary) -> str:
+    if summary.all_verified:
+        return f"all {summary.devices} devices verified"
+    return f"{summary.failed} of {summary.devices} devices failed"
 
 
 def rich_sweep_table(points: Sequence[SweepPoint], *, title: str = "block-size sweep") -> Group:
