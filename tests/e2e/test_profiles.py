@@ -41,19 +41,19 @@ LINK = "drop=0.05,dup=0.1,reorder=0.3"
 def test_profile_downloads_verified_through_faults_and_aws_quotas(
     local_iot_factory: Factory, monkeypatch: pytest.MonkeyPatch, profile: str, extra: list[str]
 ) -> None:
-    iot = local_iot_factory(faults=LINK, seed=11, quotas="aws", latency_ms=10)
+    iot = local_iot_factory(faults=LINK, seed=11, quotas="aws", latency_ms=5)
     data = os.urandom(120_000)  # 118 blocks of 1 KiB
     stream = f"prof_{profile.replace('-', '_')}_{len(extra)}"
     make_stream(iot, stream, data)
-    args = ["--profile", profile, "--request-wait-ms", "300", "--qos", "0", *extra]
+    args = ["--profile", profile, "--request-wait-ms", "200", "--qos", "0", *extra]
     result = download(iot, monkeypatch, thing=f"t-{profile}", stream=stream, certs=None, extra=args)
     assert result.exit_code == 0, (result.stderr, result.summary)
     s = result.summary
     assert s is not None and s["verified"] is True and s["sha256"] == hashlib.sha256(data).hexdigest()
     assert s["blocks_received"] == 118
     assert s["stalls"] >= 1 and s["lost_blocks"] >= 1  # 5 % of blocks lost: each one waited out a request wait
-    assert s["stall_s"] >= 0.25 * s["stalls"]  # ... of 300 ms, from the batch's last block
-    assert s["files"][0]["seconds"] >= 0.25 * s["stalls"]  # the transfer time holds the waits
+    assert s["stall_s"] >= 0.15 * s["stalls"]  # ... of 200 ms, from the batch's last block
+    assert s["files"][0]["seconds"] >= 0.15 * s["stalls"]  # the transfer time holds the waits
 
 
 def test_freertos_ota_large_batches_are_cut_by_the_publish_quota(
