@@ -1,5 +1,6 @@
 """One process vs Locust: the same fleet (default 2000 devices x 256 KiB) through ``device-sim fleet`` (asyncio, one
-process) and ``device-sim fleet --engine locust --processes 2`` (a Locust master, 2 workers, 2 device hosts), side by side.
+process) and ``device-sim fleet --engine locust --processes 2`` (a Locust master, 2 workers, 2 device hosts), side by
+side.
 
 Run: ``.venv/bin/python bench/bench_locust.py [--devices 2000] [--size 256KiB] [--block-sizes 4KiB,64KiB]
 [--connect-rate 200] [--processes 2] [--rounds 1] [--json out.json]``.

@@ -187,7 +187,7 @@ def main() -> int:
     ctx = multiprocessing.get_context("spawn")
     with (
         tempfile.TemporaryDirectory() as state,
-        MosquittoBroker(BrokerConfig(state_dir=Path(state), tls_port=None)) as broker,
+        MosquittoBroker(BrokerConfig(state_dir=Path(state), tls_port=None, max_queued_messages=0)) as broker,
     ):
         ready, stop = ctx.Event(), ctx.Event()
         service = ctx.Process(target=_service_process, args=(broker.host, broker.mqtt_port, ready, stop))

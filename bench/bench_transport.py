@@ -176,7 +176,12 @@ def main() -> None:
     protocols = [MqttProtocol.MQTT5, MqttProtocol.MQTT311] if args.protocol == "both" else [MqttProtocol(args.protocol)]
     publishes = 1000 if args.quick else 5000
     bursts = [(5000, 256), (2000, 4096)] if args.quick else [(20000, 256), (20000, 4096)]
-    with tempfile.TemporaryDirectory() as tmp, MosquittoBroker(BrokerConfig(state_dir=Path(tmp), tls_port=None)) as b:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        MosquittoBroker(
+            BrokerConfig(state_dir=Path(tmp), tls_port=None, max_queued_messages=0)  # raw floods: no per-client cap
+        ) as b,
+    ):
         for protocol in protocols:
             print(f"\n{protocol.value}: publishes of 100 B, QoS 0 (best of {args.rounds})")
             print(f"{'mode':>22} {'publishes/s':>12} {'loop CPU us/publish':>20}")
