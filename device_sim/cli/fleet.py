@@ -41,7 +41,14 @@ from device_sim.fleet.runner import FleetProgress, FleetRun, run_plan, transport
 from device_sim.protocol.limits import DEFAULT_PRICE_PER_MILLION_MESSAGES_USD
 from device_sim.results.files import ReportWriteError, write_reports
 from device_sim.results.metrics import DeviceMetrics, aggregate
-from device_sim.results.sweep import SweepPoint, best_by_cost, best_by_median, best_by_p90, recommended_config
+from device_sim.results.sweep import (
+    SweepPoint,
+    best_by_cost,
+    best_by_median,
+    best_by_p90,
+    format_size,
+    recommended_config,
+)
 from device_sim.transport import InvalidSettings
 from device_sim.transport.tls_files import TlsFileChecker
 
@@ -388,7 +395,7 @@ def _settings_the_device_takes(
     sizes = stream_file_sizes(plan.manifest) if base.profile is not ProfileKind.DEVICE_SIM else {}
     kept: list[Combo] = []
     for block_size, bpr, inflight in combos:
-        label = f"{block_size} B x{bpr or '-'}"
+        label = f"{format_size(block_size)} x{bpr or '-'}"
         try:
             settings = build_download_settings(
                 {**params, "block_size": block_size, "blocks_per_request": bpr, "inflight": inflight or base.inflight}

@@ -121,7 +121,7 @@ def test_sweep_of_the_ota_agent_recommends_a_configuration(
     )  # fmt: skip
     assert result.exit_code in (0, 1), result.output  # 1: a device may fail; the table is still printed
     out = result.output
-    assert "refused 3072 B x1: " in out and "not a power of two" in out  # the agent cannot take 3 KiB blocks
+    assert "refused 3KiB x1: " in out and "not a power of two" in out  # the agent cannot take 3 KiB blocks
     assert "stall s" in out and "median s" in out and "p90 s" in out  # piped: the plain full-width table
     assert "…" not in out
     assert "recommended configuration by median time" in out and "otaconfigLOG2_FILE_BLOCK_SIZE" in out
