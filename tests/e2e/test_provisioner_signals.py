@@ -58,7 +58,7 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
             p.wait(timeout=TIMEOUT)
 
 
-def up_command(iot: LocalIot, tmp_path: Path, *, things: int = 40, tps: str = "25") -> list[str]:
+def up_command(iot: LocalIot, tmp_path: Path, *, things: int = 24, tps: str = "25") -> list[str]:
     return [
         "provisioner", "up", "--local", str(iot.state_dir), "--stream-id", "fw-sig", "--generate", "4KiB",
         "--bucket", "fw-sig-bucket", "--create-bucket", "--create-role", "--things", str(things),
@@ -126,7 +126,7 @@ def test_a_signal_stops_up_with_its_code_a_resume_hint_and_a_complete_manifest(
         f"call: resume with `{' '.join(argv)}`, or remove it with `provisioner cleanup --manifest {manifest_path} "
         f"--local {iot.state_dir}`"
     ], err
-    assert len(manifest.things) < 40, "stopped part way"
+    assert len(manifest.things) < 24, "stopped part way"
     assert not lock_path(manifest_path).exists()
     assert_manifest_covers_account(manifest, iot)
 
@@ -167,7 +167,7 @@ def test_a_second_up_on_the_same_manifest_is_refused_while_the_first_runs(
     out, err = resumed.communicate(timeout=60)
     assert resumed.returncode == 0, (out, err)
     final = load_manifest(manifest_path)
-    assert final.run_id == manifest.run_id and sum(t.complete for t in final.things) == 40
+    assert final.run_id == manifest.run_id and sum(t.complete for t in final.things) == 24
     assert iot.control_plane is not None and len(account(iot.control_plane)["objects"]) == 1  # not uploaded twice
     result = CliRunner().invoke(
         main, ["cleanup", "--manifest", str(manifest_path), "--local", str(iot.state_dir), "--tps", "1000"]
