@@ -99,21 +99,25 @@ def _check_spec(parse, value: str | None, param: str) -> str | None:  # type: ig
     "then uses a Unix socket in the state dir.",
 )
 @click.option(
-    "--mqtt-port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Plain MQTT port (0: a free port)."
+    "--mqtt-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Plain MQTT port (0: the one recorded in local-iot.json, else a free port).",
 )
 @click.option(
     "--tls-port",
     type=click.IntRange(0, 65535),
     default=0,
     show_default=True,
-    help="Mutual-TLS MQTT port (0: a free port).",
+    help="Mutual-TLS MQTT port (0: the one recorded in local-iot.json, else a free port).",
 )
 @click.option(
     "--aws-port",
     type=click.IntRange(0, 65535),
     default=0,
     show_default=True,
-    help="Control-plane HTTP port for AWS_ENDPOINT_URL (0: a free port).",
+    help="Control-plane HTTP port for AWS_ENDPOINT_URL (0: the recorded one, else a free port).",
 )
 @click.option("--region", default="us-east-1", show_default=True)
 @click.option(
