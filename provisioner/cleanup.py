@@ -1,7 +1,8 @@
 """Cleanup: remove everything a run created, in dependency order, idempotently, with a report.
 
-Order: the stream; per thing: detach the device policy from each certificate, detach the certificate from the
-thing, set it INACTIVE, delete it, delete the thing (and its local key/cert files); the device policy; the role's
+Order: OTA updates (cancel the job, then delete the update with its job); the stream; per thing: detach the
+device policy from each certificate, detach the certificate from the thing, set it INACTIVE, delete it, delete
+the thing (and its local key/cert files); the code-signing pair the run issued; the device policy; the role's
 inline policy and the role (only when the run created it); every object version under the run's key prefix; the
 bucket (only when the run created it). "Not found" counts as already gone, so running cleanup twice is safe.
 Anything that cannot be removed is reported with the reason, and cleanup carries on with the rest. Local files are
@@ -37,10 +38,14 @@ from .manifest import (
     StreamRecord,
     ThingRecord,
 )
+from .ota import CODE_SIGNING_CERT_NAME, CODE_SIGNING_KEY_NAME
+from .ota import cleanup_steps as ota_cleanup_steps
 from .policy import policy_name
 from .role import INLINE_POLICY_NAME, role_name
 
 log = logging.getLogger(__name__)
+
+CODE_SIGNING_NAMES = {CODE_SIGNING_CERT_NAME, CODE_SIGNING_KEY_NAME}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -94,12 +99,21 @@ class Tally:
 def cleanup_manifest(api: Api, manifest: Manifest, *, delete_local_files: bool = True) -> CleanupReport:
     """Remove every resource ``manifest`` records (see the module docstring for the order)."""
     tally = Tally()
+    for ota in manifest.ota_updates:  # OTA updates and their jobs first: they name the stream and the things
+        for label, action in ota_cleanup_steps(api, ota):
+            tally.step(label, action)
     if manifest.stream is not None:
         stream_id = manifest.stream.stream_id
         tally.step(f"stream {stream_id}", lambda: api.write(api.iot.delete_stream, streamId=stream_id))
     policy = manifest.policy.name if manifest.policy is not None else policy_name(manifest.run_id)
     for thing in manifest.things:
         remove_thing(api, tally, thing, policy, delete_local_files=delete_local_files, certs_dir=manifest.certs_dir)
+    if delete_local_files:
+        for ota in manifest.ota_updates:
+            if ota.signing_key is not None:  # a pair the provisioner issued (never the user's own)
+                for path in (ota.signing_cert, ota.signing_key):
+                    if path is not None and path.exists():
+                        _remove_own_file(api, tally, path, manifest.certs_dir, CODE_SIGNING_NAMES)
     if manifest.policy is not None and manifest.policy.created:
         tally.step(f"policy {policy}", lambda: api.write(api.iot.delete_policy, policyName=policy))
     if manifest.role is not None and manifest.role.created:

@@ -127,6 +127,23 @@ class ThingRecord:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class OtaUpdateRecord:
+    """An OTA update (``provisioner ota create``): its job, the things it targets, how the files were signed."""
+
+    ota_update_id: str
+    ota_update_arn: str
+    job_id: str
+    job_arn: str
+    stream_id: str
+    targets: tuple[str, ...]
+    #: The code-signing certificate devices verify with, as a local file, and where the job document says it is.
+    signing_cert: Path | None = None
+    #: The code-signing key, only when the provisioner issued it (``code-signing.private.key``, 0600).
+    signing_key: Path | None = None
+    cert_path_on_device: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Manifest:
     run_id: str
     region: str
@@ -143,6 +160,7 @@ class Manifest:
     stream: StreamRecord | None = None
     policy: PolicyRecord | None = None
     things: tuple[ThingRecord, ...] = field(default=())
+    ota_updates: tuple[OtaUpdateRecord, ...] = ()
 
     def thing(self, name: str) -> ThingRecord | None:
         return next((t for t in self.things if t.name == name), None)
@@ -243,7 +261,39 @@ def manifest_to_json(manifest: Manifest, base: Path) -> dict[str, Any]:
         if manifest.policy is None
         else {"name": manifest.policy.name, "arn": manifest.policy.arn, "created": manifest.policy.created},
         "things": [_thing_to_json(t, base) for t in manifest.things],
+        "ota_updates": [_ota_to_json(o, base) for o in manifest.ota_updates],
     }
+
+
+def _ota_to_json(o: OtaUpdateRecord, base: Path) -> dict[str, Any]:
+    return {
+        "ota_update_id": o.ota_update_id,
+        "ota_update_arn": o.ota_update_arn,
+        "job_id": o.job_id,
+        "job_arn": o.job_arn,
+        "stream_id": o.stream_id,
+        "targets": list(o.targets),
+        "signing_cert": _path_out(o.signing_cert, base),
+        "signing_key": _path_out(o.signing_key, base),
+        "cert_path_on_device": o.cert_path_on_device,
+    }
+
+
+def _ota_from_fields(o: _Fields, base: Path) -> OtaUpdateRecord:
+    targets = o.data.get("targets") or []
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise _Malformed(f"field {o.where}.targets", "is not a list of thing names")
+    return OtaUpdateRecord(
+        ota_update_id=o.text("ota_update_id"),
+        ota_update_arn=o.text("ota_update_arn"),
+        job_id=o.text("job_id"),
+        job_arn=o.text("job_arn"),
+        stream_id=o.text("stream_id"),
+        targets=tuple(targets),
+        signing_cert=_path_in(o.opt_text("signing_cert"), base),
+        signing_key=_path_in(o.opt_text("signing_key"), base),
+        cert_path_on_device=o.text("cert_path_on_device", ""),
+    )
 
 
 def _thing_to_json(t: ThingRecord, base: Path) -> dict[str, Any]:
@@ -433,6 +483,7 @@ def manifest_from_json(data: dict[str, Any], base: Path, *, name: str = "manifes
             if policy is None
             else PolicyRecord(name=policy.text("name"), arn=policy.text("arn"), created=policy.flag("created")),
             things=tuple(_thing_from_fields(t, base) for t in d.objs("things")),
+            ota_updates=tuple(_ota_from_fields(o, base) for o in d.objs("ota_updates")),
         )
     except _Malformed as e:
         if isinstance(run_id, str) and run_id:
@@ -583,6 +634,7 @@ __all__ = [
     "Manifest",
     "ManifestStore",
     "MqttEndpoint",
+    "OtaUpdateRecord",
     "PolicyRecord",
     "RoleRecord",
     "StreamFileRecord",

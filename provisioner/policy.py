@@ -1,5 +1,5 @@
 """The shared device policy of a run (docs/protocol.md section 1): each device may only connect as its own thing and
-use the stream topics under its own thing name (``${iot:Connection.Thing.ThingName}``)."""
+use the stream and Jobs topics under its own thing name (``${iot:Connection.Thing.ThingName}``)."""
 
 from __future__ import annotations
 
@@ -19,15 +19,25 @@ def policy_name(run_id: str) -> str:
 
 
 def device_policy(*, region: str, account_id: str, partition: str = "aws") -> dict[str, Any]:
-    """Connect as client id = thing name; publish/receive/subscribe only under ``$aws/things/<thing>/streams/``."""
+    """Connect as client id = thing name; publish/receive/subscribe only under ``$aws/things/<thing>/streams/``
+    and ``$aws/things/<thing>/jobs/`` (the thing's own Jobs topics, for OTA updates)."""
     arn = f"arn:{partition}:iot:{region}:{account_id}"
     streams = f"$aws/things/{THING_NAME_VARIABLE}/streams/*"
+    jobs = f"$aws/things/{THING_NAME_VARIABLE}/jobs/*"  # the thing's own Jobs API (OTA updates)
     return {
         "Version": "2012-10-17",
         "Statement": [
             {"Effect": "Allow", "Action": "iot:Connect", "Resource": f"{arn}:client/{THING_NAME_VARIABLE}"},
-            {"Effect": "Allow", "Action": ["iot:Publish", "iot:Receive"], "Resource": f"{arn}:topic/{streams}"},
-            {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": f"{arn}:topicfilter/{streams}"},
+            {
+                "Effect": "Allow",
+                "Action": ["iot:Publish", "iot:Receive"],
+                "Resource": [f"{arn}:topic/{streams}", f"{arn}:topic/{jobs}"],
+            },
+            {
+                "Effect": "Allow",
+                "Action": "iot:Subscribe",
+                "Resource": [f"{arn}:topicfilter/{streams}", f"{arn}:topicfilter/{jobs}"],
+            },
         ],
     }
 

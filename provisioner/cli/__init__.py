@@ -7,6 +7,9 @@
 from __future__ import annotations
 
 from .commands import main
+from .ota import ota_group
 from .support import ProvisionerCliError
+
+main.add_command(ota_group)
 
 __all__ = ["ProvisionerCliError", "main"]

@@ -125,6 +125,7 @@ READ_POLICY = {
     ],
 }
 STREAMS = "$aws/things/${iot:Connection.Thing.ThingName}/streams/*"
+JOBS = "$aws/things/${iot:Connection.Thing.ThingName}/jobs/*"
 DEVICE_POLICY = {
     "Version": "2012-10-17",
     "Statement": [
@@ -136,12 +137,18 @@ DEVICE_POLICY = {
         {
             "Effect": "Allow",
             "Action": ["iot:Publish", "iot:Receive"],
-            "Resource": f"arn:aws:iot:{REGION}:{ACCOUNT}:topic/{STREAMS}",
+            "Resource": [
+                f"arn:aws:iot:{REGION}:{ACCOUNT}:topic/{STREAMS}",
+                f"arn:aws:iot:{REGION}:{ACCOUNT}:topic/{JOBS}",
+            ],
         },
         {
             "Effect": "Allow",
             "Action": "iot:Subscribe",
-            "Resource": f"arn:aws:iot:{REGION}:{ACCOUNT}:topicfilter/{STREAMS}",
+            "Resource": [
+                f"arn:aws:iot:{REGION}:{ACCOUNT}:topicfilter/{STREAMS}",
+                f"arn:aws:iot:{REGION}:{ACCOUNT}:topicfilter/{JOBS}",
+            ],
         },
     ],
 }
