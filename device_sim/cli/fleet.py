@@ -14,9 +14,11 @@ import contextlib
 import itertools
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -211,13 +213,47 @@ def _stop_on_signals(
             caught.append(signum)
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
         loop.add_signal_handler(sig, on_signal, sig)
+    if caught:  # a signal noted before the loop ran (``_note_signals``): stop at once
+        stop.set()
     try:
         yield
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig, handler in previous.items():
             loop.remove_signal_handler(sig)
+            if handler is not None:
+                signal.signal(sig, handler)  # back to what was there (``_note_signals``' handler), not the default
+
+
+def _note_signals() -> list[int]:
+    """Outside the event loop (loading the plan, between sweep points, writing the reports) SIGINT and SIGTERM are
+    noted, not fatal: the run stops at its next chance and its reports are still written. Returns the list the
+    signal numbers go into; the previous handlers come back when the command ends."""
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        return caught
+
+    def note(signum: int, frame: FrameType | None) -> None:
+        caught.append(signum)
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    click.get_current_context().call_on_close(restore)
+    return caught
+
+
+def _stop_if_signalled(signals: list[int]) -> None:
+    """A signal before any device started: one line, exit 130/143, nothing ran."""
+    if signals:
+        name = signal.Signals(signals[0]).name
+        click.echo(f"Error: interrupted by {name} before any device started: nothing ran, no reports written", err=True)
+        sys.exit(exit_code_of_signal(signals[0]))
 
 
 async def run_with_display(
@@ -298,10 +334,11 @@ def fleet_command(**params: Any) -> None:
         sys.exit(run_locust(params, build_plan))
     if locust_topology_given(params):
         raise click.UsageError("--processes/--master/--worker/--web-ui/--locust-arg need --engine locust")
+    signals = _note_signals()
     plan, source = _prepare(params)
+    _stop_if_signalled(signals)
     ensure_output_dir(params["report_dir"], "--report-dir", "report directory")  # every check passed: create it
     title = f"fleet of {len(plan.identities)}"
-    signals: list[int] = []
     run = asyncio.run(run_with_display(plan, source, quiet=params["quiet"], title=title, signals=signals))
     print_summary(run)
     _write(params["report_dir"], run.summary, list(run.records), None)
@@ -334,6 +371,7 @@ def sweep_command(**params: Any) -> None:
     Against local_iot, start it with --latency-ms and --quotas aws: without AWS's per-connection limits
     (100 publishes/s, 512 KiB/s) small blocks look far better than they are on AWS.
     """
+    signals = _note_signals()
     plan, source = _prepare(params)
     base, fleet = plan.download, plan.fleet
     bprs = _int_list(params["bpr_list"], "--blocks-per-request-list") or [None]
@@ -341,12 +379,15 @@ def sweep_command(**params: Any) -> None:
     combos = _settings_the_device_takes(
         list(itertools.product(params["block_sizes"], bprs, inflights)), params, base, plan
     )
+    _stop_if_signalled(signals)
     ensure_output_dir(params["report_dir"], "--report-dir", "report directory")  # every check passed: create it
     points: list[SweepPoint] = []
     records: list[DeviceMetrics] = []
     interrupted = False
-    signals: list[int] = []
     for n, (block_size, bpr, inflight) in enumerate(combos, 1):
+        if signals:  # between two points: stop, and write what the points so far measured
+            interrupted = True
+            break
         settings = replace(base, block_size=block_size, blocks_per_request=bpr, inflight=inflight or base.inflight)
         point_label = SweepPoint(
             block_size=block_size, blocks_per_request=bpr, inflight=inflight, summary=aggregate([], wall_s=0)
