@@ -34,7 +34,7 @@ from cryptography import x509
 
 from .broker import BrokerConfig, BrokerError, MosquittoBroker
 from .ca import SERVER_CERT_NAME, CertPaths, LocalCA
-from .control_plane import ControlPlane
+from .control_plane import ControlPlane, ControlPlaneError
 from .files import private_dir, write_private
 from .jobs.mqtt import JobsService
 from .persistence import STATE_FILE, RegistryWriter, StateSaver, render_registry, restore
@@ -111,6 +111,7 @@ class LocalIot:
         s = self.settings
         private_dir(self.state_dir)
         self._take_lock()
+        previous: dict[str, Any] | None = None
         try:
             previous = _previous_info(self.state_dir)
             self._clean_stale(previous)
@@ -167,6 +168,18 @@ class LocalIot:
             _write_json(self.state_dir / INFO_FILE, self.info)
             self._supervisor = threading.Thread(target=self._supervise, name="local-iot-supervisor", daemon=True)
             self._supervisor.start()
+        except (BrokerError, ControlPlaneError) as exc:
+            self.stop()
+            asked = {"mqtt_port": s.mqtt_port, "tls_port": s.tls_port, "aws_port": s.aws_port}
+            recorded = {_recorded(previous, k) for k, v in asked.items() if not v} - {0}
+            first = str(exc).splitlines()[0] if str(exc) else ""  # the rest is mosquitto's log tail
+            taken = next((p for p in recorded if f"port {p} " in first or f":{p} " in first), None)
+            if taken is not None:
+                raise LocalIotError(
+                    f"port {taken} recorded in {self.state_dir / INFO_FILE} is in use: free it, pass another port, "
+                    f"or start clean with `local-iot reset --state-dir {self.settings.state_dir}`"
+                ) from exc
+            raise
         except BaseException:
             self.stop()
             raise

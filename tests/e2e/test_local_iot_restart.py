@@ -226,7 +226,7 @@ def test_a_recorded_port_taken_is_a_clear_error(ups: list[Up], tmp_path: Path) -
             [PY, "-m", "local_iot", "up", "--state-dir", str(state)], capture_output=True, text=True, timeout=60
         )
     assert result.returncode == 3
-    assert f"port {first.info['tls_port']}" in result.stderr and "in use" in result.stderr
+    assert f"port {first.info['tls_port']} recorded in" in result.stderr and "local-iot reset" in result.stderr
     reset = subprocess.run(
         [PY, "-m", "local_iot", "reset", "--state-dir", str(state)], capture_output=True, text=True, timeout=60
     )
