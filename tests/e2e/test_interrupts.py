@@ -240,3 +240,25 @@ def test_a_fleet_stopped_by_sigint_writes_its_reports_and_exits_130(
     assert b"Traceback" not in stderr and b"Aborted" not in stderr, stderr
     assert b"the run was stopped before every device finished" in stderr
     _check_partial_reports(reports, 2)
+
+
+def test_a_sweep_stopped_by_sigterm_writes_the_points_it_measured_and_exits_143(
+    local_iot: LocalIot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: list[subprocess.Popen[bytes]]
+) -> None:
+    manifest = provision(local_iot, tmp_path, monkeypatch, things=1, stream="intrsweep", size=FLEET_SIZE)
+    assert local_iot.service is not None
+    service = local_iot.service
+    served = service.stats().core.data_messages
+    reports = tmp_path / "reports"
+    env = {**os.environ, **local_iot.environment()}
+    args = ["sweep", "--manifest", str(manifest), "--report-dir", str(reports), "--block-sizes", "256,512", *SLOW]
+    args += ["--blocks-per-request-list", "1"]  # a sweep's own list: one block per answer, so blocks trickle in
+    proc = _start(args, env, processes)
+    wait_for(lambda: service.stats().core.data_messages >= served + 20, "blocks served to the first point", proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 143, (stdout, stderr)
+    assert b"Traceback" not in stderr, stderr
+    points = json.loads((reports / "summary.json").read_text())["sweep"]["points"]
+    assert [p["block_size"] for p in points] == [256]  # the second point never ran
+    _check_partial_reports(reports, 1)
