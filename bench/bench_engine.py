@@ -1,6 +1,6 @@
 """Download engine benchmark: CPU cost per block, and virtual download time and duplicates on hostile links.
 
-Run: ``.venv/bin/python bench/bench_engine.py [--quick] [--only cpu,loss,reorder,late,quota,hiccup]``.
+Run: ``.venv/bin/python bench/bench_engine.py [--quick] [--only cpu,loss,reorder,late,quota,hiccup,busy]``.
 
 1. cpu: the engine alone, every request answered at once and in order (no codec, no network): how many blocks
    per second one core can push through ``receive_block`` + ``next_actions``.
@@ -15,6 +15,8 @@ Run: ``.venv/bin/python bench/bench_engine.py [--quick] [--only cpu,loss,reorder
    trip, 4 MiB in 32 KiB blocks, 1-3 requests in flight, 0 and 5 % loss: fraction of the 512 KiB/s ceiling.
 6. hiccup: a loss-free 100 or 300 ms round trip where 5 % of the messages are held 30 ms (and everything behind
    them): the spurious timeouts of the idle-timeout rule (every timeout here is spurious).
+7. busy: a loaded service or event loop: 2 % of the messages held 0.5 s (and everything behind them), no loss:
+   every timeout is spurious, and the engine learns from the duplicates that prove it.
 Each row: median over seeds of virtual seconds, and mean duplicates, timeouts and fast re-requests per run.
 """
 
@@ -173,10 +175,18 @@ def bench_hiccup(seeds: int) -> None:
             row(f"RTT {rtt * 1000:.0f} ms inflight {inflight}", r)
 
 
+def bench_busy(seeds: int) -> None:
+    header(f"busy: 4 MiB at 4 KiB, 50 ms RTT, no loss, 2 % of messages held 0.5 s (and all behind them), {seeds} seeds")
+    faults = Faults(stall=0.02, stall_s=0.5, latency=0.025, per_block=4096 / 12.5e6)
+    for inflight in (1, 2):
+        r = simulate(4 << 20, settings(inflight=inflight), faults, seeds)
+        row(f"inflight {inflight}", r)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller files and fewer seeds")
-    parser.add_argument("--only", default="cpu,loss,reorder,late,quota,hiccup")
+    parser.add_argument("--only", default="cpu,loss,reorder,late,quota,hiccup,busy")
     args = parser.parse_args()
     only = set(args.only.split(","))
     seeds = 5 if args.quick else 30
@@ -200,6 +210,8 @@ def main() -> None:
         bench_quota(max(3, seeds // 3))
     if "hiccup" in only:
         bench_hiccup(seeds)
+    if "busy" in only:
+        bench_busy(seeds)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from fractions import Fraction
 
 from device_sim.engine.blocks import BlockLedger, InFlight
-from device_sim.engine.rtt import ReorderWindow, RttEstimator
+from device_sim.engine.rtt import ReorderWindow, RttEstimator, SpuriousTimeouts
 from device_sim.engine.rules import REJECTION_HINTS, TRANSITIONS, classify_rejection
 from device_sim.engine.types import (
     Action,
@@ -133,6 +133,7 @@ class DownloadEngine:
         self._epoch_sent = not self.settings.report_sends
         self._last_rx: float | None = None  # the last valid data block (new, duplicate or stale) arrived
         self._reorder = ReorderWindow()
+        self._timeouts = SpuriousTimeouts()
         self._ledger = BlockLedger(file_size, self.settings.block_size)
         self._stream_version = stream_version
         if have is not None:
@@ -177,6 +178,7 @@ class DownloadEngine:
         stats = self._counters.copy()
         stats.srtt, stats.rttvar, stats.timeout = self._rtt.srtt, self._rtt.rttvar, self._timeout()
         stats.spurious_fast_retries = self._reorder.spurious
+        stats.spurious_timeouts = self._timeouts.spurious
         return stats
 
     def next_actions(self) -> list[Action]:
@@ -274,6 +276,8 @@ class DownloadEngine:
         if ledger.has(index):
             counters.duplicates += 1
             self._reorder.duplicate(index)  # after a fast re-request of it: that was spurious, wait longer
+            if self._timeouts.watching:
+                self._timeouts.duplicate(index)  # after an idle timeout gave it up: that timeout was spurious
             return state
         if state in (EngineState.NEEDS_DESCRIBE, EngineState.FAILED):
             counters.stale_blocks += 1
@@ -380,6 +384,7 @@ class DownloadEngine:
                 self._counters.fast_retries += 1
             else:
                 self._reorder.forget(request.outstanding)
+                self._timeouts.expired(request.outstanding)
                 self._ledger.release(request)
                 self._counters.timeouts += 1
                 self._stall += share
@@ -411,6 +416,7 @@ class DownloadEngine:
         self._counters.resends += len(gone)
         for request in gone:
             self._reorder.forget(request.outstanding)
+            self._timeouts.forget(request.outstanding)
             self._ledger.release(request)
         if self._add_round():
             return self._fail(
@@ -433,6 +439,7 @@ class DownloadEngine:
         if fresh is not None:
             self._ledger = fresh
             self._reorder.forget()
+            self._timeouts.forget()
             self._stream_version = stream_version
             reason = (
                 f"stream version {old_version} -> {stream_version}"
@@ -448,7 +455,11 @@ class DownloadEngine:
     # ----------------------------------------------------------------------------------------- helpers
 
     def _timeout(self) -> float:
-        return self._rtt.timeout(math.floor(self._stall) if self._stall else 0)
+        timeout = self._rtt.timeout(math.floor(self._stall) if self._stall else 0)
+        scale = self._timeouts.scale
+        if scale == 1 or self.settings.request_timeout is not None:  # a fixed timeout is never stretched
+            return timeout
+        return min(max(timeout, self.settings.max_timeout), timeout * scale)
 
     def _deadline(self, request: InFlight, timeout: float) -> float:
         """When ``request`` is to be released: its idle timeout once the link is quiet too, or the fast

@@ -39,6 +39,10 @@ FAST_RETRY_MIN = 0.02
 #: REORDER_DECAY fast re-requests without a spurious one.
 REORDER_MAX_SCALE = 64
 REORDER_DECAY = 16
+#: Idle timeouts proved spurious (the blocks they gave up came twice) stretch later timeouts by up to this factor;
+#: TIMEOUT_DECAY timeouts in a row that were not proved spurious halve the stretch again.
+TIMEOUT_MAX_SCALE = 16
+TIMEOUT_DECAY = 8
 
 
 class RttEstimator:
@@ -138,3 +142,50 @@ class ReorderWindow:
             self.spurious += 1
             self._clean = 0
             self.scale = min(REORDER_MAX_SCALE, self.scale * 2)
+
+
+class SpuriousTimeouts:
+    """How much longer than the round-trip estimate to wait, learnt from idle timeouts that proved spurious.
+
+    A request's idle timer expired and its missing blocks were asked again; when one of those blocks then arrives
+    twice, the first answer was only late (a loaded service or event loop, answers queued behind others), not lost.
+    Karn's rule keeps such answers out of the round-trip estimate, so without this the timer would keep expiring
+    at the same too-short value: each proved-spurious timeout doubles ``scale`` (up to TIMEOUT_MAX_SCALE), and
+    TIMEOUT_DECAY timeouts that were not proved spurious halve it. Lost blocks come once, so real loss never
+    stretches the timer.
+    """
+
+    __slots__ = ("_clean", "_released", "scale", "spurious")
+
+    def __init__(self) -> None:
+        self.scale = 1
+        self.spurious = 0
+        self._clean = 0
+        self._released: set[int] = set()
+
+    @property
+    def watching(self) -> bool:
+        """Whether any block given up by an idle timeout may still prove it spurious."""
+        return bool(self._released)
+
+    def expired(self, blocks: Iterable[int]) -> None:
+        """An idle timeout gave these blocks up."""
+        self._released.update(blocks)
+        self._clean += 1
+        if self._clean >= TIMEOUT_DECAY and self.scale > 1:
+            self.scale //= 2
+            self._clean = 0
+
+    def forget(self, blocks: Iterable[int] | None = None) -> None:
+        if blocks is None:
+            self._released.clear()
+        else:
+            self._released.difference_update(blocks)
+
+    def duplicate(self, index: int) -> None:
+        """Block ``index`` arrived again."""
+        if index in self._released:
+            self._released.discard(index)
+            self.spurious += 1
+            self._clean = 0
+            self.scale = min(TIMEOUT_MAX_SCALE, self.scale * 2)

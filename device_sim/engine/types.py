@@ -269,6 +269,7 @@ COUNTER_FIELDS = (
     "timeouts",
     "fast_retries",
     "spurious_fast_retries",
+    "spurious_timeouts",
     "resends",
     "backoffs",
     "redescribes",
@@ -302,6 +303,7 @@ class EngineStats:
     timeouts: int = 0  # requests whose idle timer expired
     fast_retries: int = 0  # requests whose missing blocks were asked again soon after their highest block came
     spurious_fast_retries: int = 0  # ... of which a block then arrived twice (it was late, not lost)
+    spurious_timeouts: int = 0  # idle timeouts whose given-up blocks then arrived twice (late, not lost)
     resends: int = 0  # requests sent again at once because the link resumed (link_resumed)
     backoffs: int = 0
     redescribes: int = 0

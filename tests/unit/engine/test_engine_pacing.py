@@ -71,3 +71,71 @@ def test_the_allowance_is_one_block_of_quota() -> None:
 def test_a_rate_must_be_positive(rate: float) -> None:
     with pytest.raises(EngineUsageError, match="answer_rate"):
         EngineSettings(answer_rate=rate)
+
+
+# ---------------------------------------------------------------------------------- spurious idle timeouts
+
+
+def _one_block_per_request(**settings: object) -> DownloadEngine:
+    return DownloadEngine(
+        file_id=0,
+        file_size=8 * 4096,
+        stream_version=1,
+        now=0.0,
+        settings=EngineSettings(block_size=4096, blocks_per_request=1, answer_rate=None, **settings),  # type: ignore[arg-type]
+    )
+
+
+def _small(index: int) -> DataBlock:
+    payload = FILE[index * 4096 : (index + 1) * 4096]
+    return DataBlock(file_id=0, block_index=index, block_length=4096, payload=payload)
+
+
+def _late_answer(engine: DownloadEngine) -> tuple[float, float]:
+    """Block 0 answered in 50 ms; block 1's answer takes 500 ms (a loaded service): its idle timer expires first,
+    the re-request goes out, the late original arrives, then the re-request's copy. Returns the timeout before
+    and after."""
+    engine.start(0.0)
+    engine.next_actions()
+    engine.receive_block(_small(0), 0.05)
+    engine.next_actions()
+    before = engine.stats.timeout
+    timer = engine.get_timer()
+    assert timer is not None and timer < 0.55  # expires before the late answer
+    engine.handle_timer(timer)
+    assert engine.stats.timeouts == 1
+    engine.next_actions()
+    engine.receive_block(_small(1), 0.55)  # the original answer, late
+    engine.receive_block(_small(1), timer + 0.5)  # the re-request's copy
+    return before, engine.stats.timeout
+
+
+def test_a_timeout_proved_spurious_stretches_the_next_ones() -> None:
+    engine = _one_block_per_request()
+    before, after = _late_answer(engine)
+    stats = engine.stats
+    assert stats.spurious_timeouts == 1 and stats.duplicates == 1
+    assert after == pytest.approx(2 * before)
+
+
+def test_a_fixed_timeout_is_never_stretched() -> None:
+    engine = _one_block_per_request(request_timeout=0.2)
+    before, after = _late_answer(engine)
+    assert engine.stats.spurious_timeouts == 1 and after == before == 0.2
+
+
+def test_lost_blocks_come_once_and_never_stretch_the_timer() -> None:
+    engine = _one_block_per_request()
+    engine.start(0.0)
+    engine.next_actions()
+    engine.receive_block(_small(0), 0.05)
+    engine.next_actions()
+    before = engine.stats.timeout
+    for _ in range(3):  # block 1 is lost three times, then comes
+        timer = engine.get_timer()
+        assert timer is not None
+        engine.handle_timer(timer)
+        engine.next_actions()
+    engine.receive_block(_small(1), timer + 0.06)
+    assert engine.stats.timeouts == 3 and engine.stats.spurious_timeouts == 0
+    assert engine.stats.timeout == pytest.approx(before)
