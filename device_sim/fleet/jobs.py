@@ -1,0 +1,231 @@
+"""A fleet that follows its OTA job: every thing of a manifest runs a ``JobDevice`` (``device-sim fleet --jobs``).
+
+How this works: like ``run_fleet``, devices start at a paced time (``i / connect_rate`` plus seeded jitter), share
+one set of awscrt threads and one S3 source (prepared once for the OTA update's stream), and the run stops early
+on a stop event or a deadline; an unfinished device is reported as cancelled. Each device's ``JobResult`` gives
+one ``DeviceMetrics`` (a device is verified only when its execution ended SUCCEEDED; otherwise
+``failure_reason`` is ``job:<status>`` and ``failure_message`` the reason) and one ``JobRecord`` (thing, job id,
+final status, reason) for the jobs report; ``JobsFleetRun.by_status`` counts executions by status.
+
+``ota_plan`` reads what a device needs from the manifest: the last OTA update's stream (for S3 verification) and
+the code-signing certificate the provisioner recorded (used when the job document's ``certfile`` path is not on
+this machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from device_sim.device.device import DownloadSettings
+from device_sim.device.jobs import JobDevice, JobResult, JobSettings
+from device_sim.device.verify import S3Source
+from device_sim.fleet.plan import DeviceIdentity, FleetSettings, FleetTarget, PlanError, _load
+from device_sim.fleet.runner import FleetProgress, fleet_crt_resources, settings_dict, transport_for
+from device_sim.results.metrics import DeviceMetrics, FailureKind, FleetSummary, aggregate, failure_reason
+
+__all__ = ["JobRecord", "JobsFleetRun", "OtaPlan", "ota_plan", "run_job_device", "run_jobs_fleet"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobRecord:
+    thing_name: str
+    job_id: str | None
+    status: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"thing_name": self.thing_name, "job_id": self.job_id, "status": self.status, "reason": self.reason}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobsFleetRun:
+    records: tuple[DeviceMetrics, ...]
+    jobs: tuple[JobRecord, ...]
+    summary: FleetSummary
+    wall_s: float
+    interrupted: bool
+
+    @property
+    def by_status(self) -> dict[str, int]:
+        return dict(sorted(Counter(j.status for j in self.jobs).items()))
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.jobs) and all(j.status == "SUCCEEDED" for j in self.jobs)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class OtaPlan:
+    """From the manifest's last OTA update: its stream, job, targets and code-signing certificate (all optional:
+    a device follows whatever job it is given)."""
+
+    stream_id: str | None = None
+    job_id: str | None = None
+    targets: tuple[str, ...] = ()
+    signing_cert: Path | None = None
+
+
+def ota_plan(manifest: Path) -> OtaPlan:
+    m = _load(manifest)
+    if not m.ota_updates:
+        return OtaPlan(stream_id=m.stream.stream_id if m.stream else None)
+    last = m.ota_updates[-1]
+    return OtaPlan(stream_id=last.stream_id, job_id=last.job_id, targets=last.targets, signing_cert=last.signing_cert)
+
+
+def _cancelled(identity: DeviceIdentity, label: str, at: float, message: str) -> tuple[DeviceMetrics, JobRecord]:
+    metrics = DeviceMetrics(
+        thing_name=identity.thing_name,
+        settings=label,
+        verified=False,
+        failure_reason=failure_reason(FailureKind.CANCELLED),
+        failure_message=message,
+        started_at=at,
+        ended_at=at,
+    )
+    return metrics, JobRecord(thing_name=identity.thing_name, job_id=None, status="CANCELLED", reason=message)
+
+
+def _record(result: JobResult) -> JobRecord:
+    return JobRecord(thing_name=result.thing_name, job_id=result.job_id, status=result.status, reason=result.reason)
+
+
+async def run_job_device(
+    identity: DeviceIdentity,
+    target: FleetTarget,
+    download: DownloadSettings,
+    jobs: JobSettings,
+    *,
+    transport_options: Any = None,
+    source: S3Source | None = None,
+    run_started: float | None = None,
+    crt_threads: int | None = None,
+    progress: FleetProgress | None = None,
+) -> JobResult:
+    """One device following its job, with the fleet's progress counters."""
+    first = True
+
+    def on_progress(nbytes: int) -> None:
+        nonlocal first
+        if progress is None:
+            return
+        progress.bytes += nbytes
+        if first:
+            first = False
+            progress.connecting -= 1
+            progress.downloading += 1
+
+    if progress is not None:
+        progress.connecting += 1
+    device = JobDevice(
+        thing_name=identity.thing_name,
+        transport=transport_for(identity, target, transport_options),
+        settings=download,
+        jobs=jobs,
+        source=source,
+        resources=fleet_crt_resources(crt_threads),
+        run_started=run_started,
+        on_progress=on_progress,
+    )
+    try:
+        result = await device.run()
+    finally:
+        if progress is not None:
+            if first:
+                progress.connecting -= 1
+            else:
+                progress.downloading -= 1
+    if progress is not None:
+        if result.ok:
+            progress.verified += 1
+        else:
+            progress.failed += 1
+    return result
+
+
+async def run_jobs_fleet(
+    target: FleetTarget,
+    identities: Sequence[DeviceIdentity],
+    download: DownloadSettings,
+    settings: FleetSettings,
+    jobs: JobSettings,
+    *,
+    stream_id: str | None = None,
+    source: S3Source | None = None,
+    progress: FleetProgress | None = None,
+    stop: asyncio.Event | None = None,
+) -> JobsFleetRun:
+    """Every identity follows its next job; records in identity order, the summary, and the jobs' outcomes."""
+    if not identities:
+        raise PlanError("no devices to run")
+    loop = asyncio.get_running_loop()
+    label = f"jobs {download.label}"
+    if source is not None and stream_id is not None and download.verify_s3 and not download.expect_sha256:
+        await asyncio.to_thread(source.prepare, stream_id)
+    rng = random.Random(settings.seed)
+    offsets = [i / settings.connect_rate + rng.uniform(0, settings.start_jitter) for i in range(len(identities))]
+    started = loop.time()
+    if progress is not None:
+        progress.devices = len(identities)
+
+    async def one(identity: DeviceIdentity, offset: float) -> JobResult:
+        await asyncio.sleep(max(0.0, started + offset - loop.time()))  # connect pacing, not synchronisation
+        return await run_job_device(
+            identity,
+            target,
+            download,
+            jobs,
+            transport_options=settings.transport,
+            source=source,
+            run_started=started,
+            crt_threads=settings.crt_threads,
+            progress=progress,
+        )
+
+    tasks = [loop.create_task(one(identity, offset)) for identity, offset in zip(identities, offsets, strict=True)]
+    everything = asyncio.gather(*tasks, return_exceptions=True)
+    waiters: list[asyncio.Future[Any]] = [everything]
+    stop_task = loop.create_task(stop.wait()) if stop is not None else None
+    if stop_task is not None:
+        waiters.append(stop_task)
+    done, _ = await asyncio.wait(waiters, timeout=settings.deadline_s, return_when=asyncio.FIRST_COMPLETED)
+    interrupted = everything not in done
+    if interrupted:
+        for task in tasks:
+            task.cancel()
+    if stop_task is not None:
+        stop_task.cancel()
+    outcomes = await everything
+    wall_s = loop.time() - started
+    records: list[DeviceMetrics] = []
+    job_records: list[JobRecord] = []
+    for identity, outcome in zip(identities, outcomes, strict=True):
+        if isinstance(outcome, JobResult):
+            records.append(outcome.metrics)
+            job_records.append(
+                JobRecord(
+                    thing_name=outcome.thing_name, job_id=outcome.job_id, status=outcome.status, reason=outcome.reason
+                )
+            )
+            continue
+        message = "the run stopped before this device finished its job"
+        if not isinstance(outcome, asyncio.CancelledError):
+            message = f"internal error: {outcome!r}"
+        metrics, record = _cancelled(identity, label, wall_s, message)
+        records.append(metrics)
+        job_records.append(record)
+    summary = aggregate(
+        records,
+        wall_s=wall_s,
+        settings={**settings_dict(download, settings, len(identities)), "jobs": True},
+        price_per_million=settings.price_per_million,
+    )
+    return JobsFleetRun(
+        records=tuple(records), jobs=tuple(job_records), summary=summary, wall_s=wall_s, interrupted=interrupted
+    )
