@@ -24,6 +24,7 @@ from device_sim.device.download import FileDownload
 from device_sim.device.meters import MessageMeter, ProgressSampler, metrics_counts
 from device_sim.device.types import DeviceFailure, DeviceResult, DownloadSettings, FileResult, SinkKind
 from device_sim.device.verify import S3Source
+from device_sim.engine.machine import SharedRtt
 from device_sim.engine.types import EngineStats
 from device_sim.protocol import (
     DescribeStreamRequest,
@@ -93,9 +94,11 @@ class Device:
         settings_label: str | None = None,
         on_progress: Callable[[int], None] | None = None,
         transport_factory: TransportFactory = MqttTransport,
+        shared_rtt: SharedRtt | None = None,
     ) -> None:
         self.thing_name = thing_name
         self._transport_factory = transport_factory
+        self._shared_rtt = shared_rtt  # a fleet's devices share what they learn of the service's round trip
         self.stream_id = stream_id
         self.transport_settings = transport
         self.settings = settings
@@ -337,6 +340,7 @@ class Device:
             # QoS 0 completes when the request is written (after flow control); QoS 1 only at the PUBACK, too late
             # to start a round-trip measurement from.
             send_and_report=self._send_and_report if self.transport_settings.qos == 0 else None,
+            shared_rtt=self._shared_rtt,
         )
         try:
             result = await download.run()

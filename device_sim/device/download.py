@@ -26,7 +26,7 @@ from pathlib import Path
 
 from device_sim.device.types import DeviceFailure, DownloadSettings, SinkKind
 from device_sim.device.verify import S3Source, SourceError, Verdict, compare
-from device_sim.engine.machine import DownloadEngine
+from device_sim.engine.machine import DownloadEngine, SharedRtt
 from device_sim.engine.profiles import DownloadMachine, ProfileRefused, make_profile_machine
 from device_sim.engine.types import (
     Complete,
@@ -66,6 +66,7 @@ class FileDownload:
         on_block: Callable[[float, int], None],
         label: str,
         send_and_report: Callable[[GetStreamRequest, Callable[[], None]], None] | None = None,
+        shared_rtt: SharedRtt | None = None,
     ) -> None:
         """``send`` publishes a request. ``send_and_report``, when given, is used instead: it also calls its second
         argument once the request has left (after client-side flow control) or its publish failed, and the
@@ -75,6 +76,7 @@ class FileDownload:
         self.stream_version = stream_version
         self.settings = settings
         self.target = target
+        self._shared_rtt = shared_rtt  # round-trip knowledge shared with the fleet's other devices
         self.resumed_blocks = 0
         self.transfer_s = 0.0
         self._token = client_token
@@ -149,6 +151,7 @@ class FileDownload:
                 now=now,
                 settings=self.settings.engine_settings(self._token, report_sends=self._send_and_report is not None),
                 have=resumed or None,
+                shared=self._shared_rtt,
             )
         try:
             return make_profile_machine(

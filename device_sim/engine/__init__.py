@@ -21,6 +21,7 @@ from device_sim.engine.machine import (
     FailureReason,
     Redescribe,
     SendRequest,
+    SharedRtt,
     WriteBlock,
     classify_rejection,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "ProfileSettings",
     "Redescribe",
     "SendRequest",
+    "SharedRtt",
     "WriteBlock",
     "classify_rejection",
     "make_profile_machine",

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from fractions import Fraction
 
 from device_sim.engine.blocks import BlockLedger, InFlight
-from device_sim.engine.rtt import ReorderWindow, RttEstimator, SpuriousTimeouts
+from device_sim.engine.rtt import ReorderWindow, RttEstimator, SharedRtt, SpuriousTimeouts
 from device_sim.engine.rules import REJECTION_HINTS, TRANSITIONS, classify_rejection
 from device_sim.engine.types import (
     Action,
@@ -78,6 +78,7 @@ __all__ = [
     "FailureReason",
     "Redescribe",
     "SendRequest",
+    "SharedRtt",
     "WriteBlock",
     "classify_rejection",
 ]
@@ -99,8 +100,12 @@ class DownloadEngine:
         now: float,
         settings: EngineSettings | None = None,
         have: Iterable[int] | bytes | None = None,
+        shared: SharedRtt | None = None,
     ) -> None:
+        """``shared``: round-trip knowledge shared with the other engines of this process that talk to the same
+        service (a fleet's, see ``SharedRtt``); None: this engine learns alone."""
         self.settings = settings if settings is not None else EngineSettings()
+        self._shared = shared
         if not isinstance(file_id, int) or not MIN_FILE_ID <= file_id <= MAX_FILE_ID:
             raise EngineUsageError(f"file_id {file_id!r} is not a file id", hint=f"use {MIN_FILE_ID}..{MAX_FILE_ID}")
         self.file_id = file_id
@@ -276,8 +281,11 @@ class DownloadEngine:
         if ledger.has(index):
             counters.duplicates += 1
             self._reorder.duplicate(index)  # after a fast re-request of it: that was spurious, wait longer
-            if self._timeouts.watching:
-                self._timeouts.duplicate(index)  # after an idle timeout gave it up: that timeout was spurious
+            if self._timeouts.watching:  # after an idle timeout gave it up: that timeout was spurious
+                proved = self._timeouts.spurious
+                self._timeouts.duplicate(index)
+                if self._shared is not None and self._timeouts.spurious > proved:
+                    self._shared.timeouts.proved()
             return state
         if state in (EngineState.NEEDS_DESCRIBE, EngineState.FAILED):
             counters.stale_blocks += 1
@@ -285,6 +293,8 @@ class DownloadEngine:
         request, clean_sample = ledger.store(index, self._now)
         if request is not None and clean_sample:
             self._rtt.sample(self._now - request.sent_at)
+            if self._shared is not None:
+                self._shared.sample(self._now - request.sent_at)
         counters.blocks_received += 1
         counters.bytes_received += len(block.payload)
         self._actions.append(
@@ -385,6 +395,8 @@ class DownloadEngine:
             else:
                 self._reorder.forget(request.outstanding)
                 self._timeouts.expired(request.outstanding)
+                if self._shared is not None:
+                    self._shared.timeouts.unproved()
                 self._ledger.release(request)
                 self._counters.timeouts += 1
                 self._stall += share
@@ -456,8 +468,15 @@ class DownloadEngine:
 
     def _timeout(self) -> float:
         timeout = self._rtt.timeout(math.floor(self._stall) if self._stall else 0)
-        scale = self._timeouts.scale
-        if scale == 1 or self.settings.request_timeout is not None:  # a fixed timeout is never stretched
+        if self.settings.request_timeout is not None:  # a fixed timeout is never stretched
+            return timeout
+        scale, shared = self._timeouts.scale, self._shared
+        if shared is not None:
+            floor = shared.floor()
+            if floor is not None and floor > timeout:
+                timeout = min(max(timeout, self.settings.max_timeout), floor)
+            scale = max(scale, shared.timeouts.scale)
+        if scale == 1:
             return timeout
         return min(max(timeout, self.settings.max_timeout), timeout * scale)
 

@@ -171,10 +171,20 @@ class SpuriousTimeouts:
     def expired(self, blocks: Iterable[int]) -> None:
         """An idle timeout gave these blocks up."""
         self._released.update(blocks)
+        self.unproved()
+
+    def unproved(self) -> None:
+        """A timeout that nothing (yet) proved spurious: TIMEOUT_DECAY of them in a row halve the stretch."""
         self._clean += 1
         if self._clean >= TIMEOUT_DECAY and self.scale > 1:
             self.scale //= 2
             self._clean = 0
+
+    def proved(self) -> None:
+        """A timeout proved spurious: wait twice as long from now on."""
+        self.spurious += 1
+        self._clean = 0
+        self.scale = min(TIMEOUT_MAX_SCALE, self.scale * 2)
 
     def forget(self, blocks: Iterable[int] | None = None) -> None:
         if blocks is None:
@@ -186,6 +196,31 @@ class SpuriousTimeouts:
         """Block ``index`` arrived again."""
         if index in self._released:
             self._released.discard(index)
-            self.spurious += 1
-            self._clean = 0
-            self.scale = min(TIMEOUT_MAX_SCALE, self.scale * 2)
+            self.proved()
+
+
+class SharedRtt:
+    """What the engines of one process learn about the service they share (RFC 2140: TCP control block sharing).
+
+    A fleet's devices all wait in the same service queue: a device that connected when the emulator was idle has a
+    round-trip estimate far below what the others already see, and a device proves a timeout spurious only after
+    paying for it. Every engine given the same ``SharedRtt`` feeds it its clean samples and its proved-spurious
+    timeouts; its idle timeout is then never below the fleet's (``floor``), and a spurious timeout anywhere stretches
+    every device's timer like its own (``SpuriousTimeouts`` rules, shared). Event-loop only (no locking).
+    """
+
+    __slots__ = ("_estimate", "timeouts")
+
+    def __init__(self) -> None:
+        self._estimate = RttEstimator(initial=0.0, minimum=0.0, maximum=float("inf"))
+        self.timeouts = SpuriousTimeouts()
+
+    def sample(self, rtt: float) -> None:
+        self._estimate.sample(rtt)
+
+    def floor(self) -> float | None:
+        """The fleet's idle timeout estimate (SRTT + max(4 RTTVAR, SRTT/4)); None before any sample."""
+        srtt, rttvar = self._estimate.srtt, self._estimate.rttvar
+        if srtt is None or rttvar is None:
+            return None
+        return srtt + max(4 * rttvar, SRTT_SLACK * srtt)

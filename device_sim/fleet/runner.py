@@ -29,6 +29,7 @@ from typing import Any
 
 from device_sim.device.device import Device, DeviceCancelled, DownloadSettings
 from device_sim.device.verify import S3Source
+from device_sim.engine.machine import SharedRtt
 from device_sim.fleet.plan import DeviceIdentity, FleetPlan, FleetSettings, FleetTarget
 from device_sim.fleet.resources import MemoryMeter, MemoryUse
 from device_sim.protocol.limits import ACCOUNT_CONNECTS_PER_SECOND
@@ -135,8 +136,10 @@ async def run_device(
     run_started: float | None = None,
     label: str | None = None,
     progress: FleetProgress | None = None,
+    shared_rtt: SharedRtt | None = None,
 ) -> DeviceMetrics:
-    """One device of a fleet from start to verdict. Cancellation still yields the device's metrics."""
+    """One device of a fleet from start to verdict. Cancellation still yields the device's metrics.
+    ``shared_rtt``: the round-trip knowledge this fleet's devices share (one per fleet, see ``SharedRtt``)."""
     first = True
 
     def on_progress(nbytes: int) -> None:
@@ -161,6 +164,7 @@ async def run_device(
         run_started=run_started,
         settings_label=label,
         on_progress=on_progress,
+        shared_rtt=shared_rtt,
     )
     try:
         result = await device.run()
@@ -217,6 +221,7 @@ async def run_fleet(
             settings.connect_rate,
             ACCOUNT_CONNECTS_PER_SECOND,
         )
+    shared_rtt = SharedRtt()  # the fleet's devices wait in the same service queue: they learn its round trip together
     meter = MemoryMeter()
     meter.start()
     started = loop.time()
@@ -237,6 +242,7 @@ async def run_fleet(
                 run_started=started,
                 label=label,
                 progress=progress,
+                shared_rtt=shared_rtt,
             )
         except DeviceCancelled as exc:
             # Returned, not raised: a task that ends in a CancelledError (subclass or not) is merely "cancelled"

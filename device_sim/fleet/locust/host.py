@@ -28,6 +28,7 @@ from pathlib import Path
 
 from device_sim.device.device import DeviceCancelled
 from device_sim.device.verify import S3Source
+from device_sim.engine.machine import SharedRtt
 from device_sim.fleet.locust.messages import (
     Config,
     Finished,
@@ -67,6 +68,7 @@ class DeviceHost:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reported: set[int] = set()  # indices of the devices whose Finished was sent
         self._progress = FleetProgress(0)
+        self._shared_rtt = SharedRtt()  # this host's devices learn the service's round trip together
         self._files_checked = 0
         self._manifest = ""
 
@@ -146,6 +148,7 @@ class DeviceHost:
                 run_started=run_started,
                 label=plan.label,
                 progress=self._progress,
+                shared_rtt=self._shared_rtt,
             )
         except DeviceCancelled as exc:
             self._progress.failed += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from device_sim.engine.machine import DownloadEngine, EngineSettings, EngineUsageError
+from device_sim.engine.machine import DownloadEngine, EngineSettings, EngineUsageError, SharedRtt
 from device_sim.protocol import DataBlock
 from device_sim.protocol.limits import CONNECTION_BYTES_PER_SECOND
 
@@ -139,3 +139,50 @@ def test_lost_blocks_come_once_and_never_stretch_the_timer() -> None:
     engine.receive_block(_small(1), timer + 0.06)
     assert engine.stats.timeouts == 3 and engine.stats.spurious_timeouts == 0
     assert engine.stats.timeout == pytest.approx(before)
+
+
+# ------------------------------------------------------------------------------ a fleet's shared knowledge
+
+
+def _engine_with(shared: SharedRtt | None, **settings: object) -> DownloadEngine:
+    return DownloadEngine(
+        file_id=0,
+        file_size=8 * 4096,
+        stream_version=1,
+        now=0.0,
+        settings=EngineSettings(block_size=4096, blocks_per_request=1, answer_rate=None, **settings),  # type: ignore[arg-type]
+        shared=shared,
+    )
+
+
+def _answered(engine: DownloadEngine, rtt: float, blocks: int) -> None:
+    engine.start(0.0)
+    engine.next_actions()
+    now = 0.0
+    for index in range(blocks):
+        now += rtt
+        engine.receive_block(_small(index), now)
+        engine.next_actions()
+
+
+def test_a_device_never_waits_less_than_what_its_fleet_measured() -> None:
+    shared = SharedRtt()
+    busy = _engine_with(shared)
+    _answered(busy, 0.8, 4)  # devices deep in the service's queue see 0.8 s
+    quick, alone = _engine_with(shared), _engine_with(None)
+    _answered(quick, 0.05, 2)  # this one connected early: its own samples are 50 ms
+    _answered(alone, 0.05, 2)
+    floor = shared.floor()
+    assert floor is not None and floor >= 0.8
+    assert alone.stats.timeout == pytest.approx(0.2)  # alone: its own estimate (the 0.2 s floor)
+    assert quick.stats.timeout == pytest.approx(floor)  # shared: the fleet's
+
+
+def test_a_spurious_timeout_anywhere_stretches_the_whole_fleet() -> None:
+    shared = SharedRtt()
+    victim, other = _engine_with(shared), _engine_with(shared)
+    _answered(other, 0.05, 2)
+    before = other.stats.timeout
+    _late_answer(victim)  # the victim proves one of its timeouts spurious
+    assert victim.stats.spurious_timeouts == 1 and shared.timeouts.scale == 2
+    assert other.stats.timeout == pytest.approx(2 * before)
