@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from device_sim.cli.errors import EXIT_BAD_ARGUMENTS, BadArguments, exit_code_of_signal
+from device_sim.cli.jobs import job_options, run_job_download
 from device_sim.cli.options import build_download_settings, download_options, pem_file, transport_choices
 from device_sim.cli.outputs import check_output_dir, check_output_file
 from device_sim.device.device import (
@@ -133,6 +134,8 @@ def resolve_from_manifest(manifest_path: Path, thing: str | None) -> dict[str, A
     help="Resume state: a killed download continues from the blocks persisted here (needs --out).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a one-line JSON summary instead of text.")
+@click.option("--job", is_flag=True, help="Follow the thing's next OTA job (AWS IoT Jobs) instead of --stream.")
+@job_options
 @download_options
 def download_command(**params: Any) -> None:
     """Download a stream as one device, verify it, and exit 0 only if every file verified."""
@@ -141,7 +144,9 @@ def download_command(**params: Any) -> None:
         resolved = resolve_from_manifest(params["manifest"], params["thing"])
     endpoint = _required(params["endpoint"] or resolved.get("endpoint"), "--endpoint")
     thing = _required(params["thing"] or resolved.get("thing"), "--thing")
-    stream_id = _required(params["stream_id"] or resolved.get("stream"), "--stream")
+    stream_id = params["stream_id"] or resolved.get("stream") or ""  # --job: the job document names it
+    if not params["job"]:
+        stream_id = _required(stream_id, "--stream")
     no_tls = params["no_tls"]
     cert = pem_file(params["cert"] or (None if no_tls else resolved.get("cert")), "--cert", "CERTIFICATE")
     key = pem_file(params["key"] or (None if no_tls else resolved.get("key")), "--key", "PRIVATE KEY")
@@ -177,6 +182,14 @@ def download_command(**params: Any) -> None:
         check_output_file(out, "--out")
     if state_dir is not None:
         check_output_dir(state_dir, "--state-dir", "state directory")
+    if params["job"]:
+        if settings.verify_s3 and settings.expect_sha256 is None:
+            target = resolved.get("target")
+            job_source = s3_source(target) if target is not None else S3Source.connect()
+        else:
+            job_source, settings = None, replace(settings, verify_s3=False)
+        run_job_download(params, thing=thing, transport=transport, settings=settings, source=job_source)
+        return
     with _Interrupts() as interrupts:
         try:
             source = None

@@ -24,6 +24,7 @@ from typing import Any
 import click
 
 from device_sim.cli.errors import BadArguments, exit_code_of_signal
+from device_sim.cli.jobs import job_options, run_jobs_fleet_command
 from device_sim.cli.locust import locust_options, locust_topology_given, run_locust
 from device_sim.cli.options import (
     ReportFailed,
@@ -327,9 +328,16 @@ def _write(report_dir: Path, summary: Any, records: list[DeviceMetrics], sweep: 
     help="asyncio: every device in this process; locust: several processes or machines (docs/locust.md).",
 )
 @locust_options
+@click.option("--jobs", is_flag=True, help="Every device follows its next OTA job (AWS IoT Jobs): docs/ota.md.")
+@job_options
 @download_options
 def fleet_command(**params: Any) -> None:
     """Run many devices from a manifest at once, verify every one, write reports."""
+    if params["jobs"]:
+        if params["engine"] != "asyncio":
+            raise click.UsageError("--jobs runs with --engine asyncio")
+        run_jobs_fleet_command(params, _prepare)
+        return
     if params["engine"] == "locust":
         sys.exit(run_locust(params, build_plan))
     if locust_topology_given(params):

@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion
 
+from device_sim.cli import main as device_sim
 from device_sim.device.jobs import NO_JOB, JobDevice, JobResult, JobSettings, parse_ota_document
 from device_sim.device.types import DownloadSettings
 from device_sim.fleet.jobs import ota_plan, run_jobs_fleet
@@ -207,3 +208,48 @@ def test_parse_ota_document_refuses_what_a_device_cannot_follow() -> None:
         parse_ota_document({"operation": "reboot"})
     with pytest.raises(ValueError, match="MQTT"):
         parse_ota_document({"afr_ota": {"protocols": ["HTTP"], "streamname": "s", "files": []}})
+
+
+def test_the_command_line_chain_ota_create_fleet_jobs_ota_status(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in run.iot.environment().items():
+        monkeypatch.setenv(key, value)
+    job_id = ota_create(run, "dev-0", "dev-1")
+    reports = tmp_path / "reports"
+    fleet = CliRunner().invoke(
+        device_sim,
+        ["fleet", "--jobs", "--manifest", str(run.manifest), "--devices", "2", "--report-dir", str(reports),
+         "--flow-control", "none", "--block-size", "16KiB", "--job-wait", "30", "--quiet"],
+    )  # fmt: skip
+    assert fleet.exit_code == 0, fleet.output
+    assert f"jobs {job_id}: 2 devices: 2 SUCCEEDED" in fleet.output
+    rows = (reports / "jobs.csv").read_text().splitlines()
+    assert rows == ["thing_name,job_id,status,reason", f"dev-0,{job_id},SUCCEEDED,accepted",
+                    f"dev-1,{job_id},SUCCEEDED,accepted"]  # fmt: skip
+    assert json.loads((reports / "jobs.json").read_text())["by_status"] == {"SUCCEEDED": 2}
+    assert "<failure" not in (reports / "junit.xml").read_text()
+    status = cli("ota", "status", "--local", run.state, "--manifest", run.manifest)
+    assert status.exit_code == 0, status.output
+
+    # a second device run finds nothing pending: NO_JOB in the report, a failing JUnit case, exit 1
+    again = CliRunner().invoke(
+        device_sim,
+        ["fleet", "--jobs", "--manifest", str(run.manifest), "--devices", "1", "--report-dir", str(reports),
+         "--job-wait", "0.2", "--quiet"],
+    )  # fmt: skip
+    assert again.exit_code == 1, again.output
+    assert "dev-0: job - NO_JOB" in again.output and "<failure" in (reports / "junit.xml").read_text()
+
+
+def test_download_job_follows_one_things_job(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in run.iot.environment().items():
+        monkeypatch.setenv(key, value)
+    job_id = ota_create(run, "dev-55")
+    result = CliRunner().invoke(
+        device_sim,
+        ["download", "--job", "--manifest", str(run.manifest), "--thing", "dev-55", "--json", "--flow-control", "none"],
+    )
+    assert result.exit_code == 0, result.output
+    line = json.loads(result.output.strip().splitlines()[-1])
+    assert (line["job_id"], line["status"], line["stream"], line["bytes"]) == (job_id, "SUCCEEDED", "fw-jobs", 1 << 20)
