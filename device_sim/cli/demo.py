@@ -78,6 +78,11 @@ def _invoke(command: click.Command, name: str, args: list[str], *, tail: int | N
     "--report-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/demo"), show_default=True
 )
 @click.option("--keep", is_flag=True, help="Skip `provisioner cleanup` (keep the things and certificates).")
+@click.option(
+    "--jobs",
+    is_flag=True,
+    help="The OTA rollout instead: provisioner ota create (signed), the fleet follows the job, ota status.",
+)
 def demo_command(
     devices: int,
     size: int,
@@ -90,8 +95,13 @@ def demo_command(
     work_dir: Path,
     report_dir: Path,
     keep: bool,
+    jobs: bool,
 ) -> None:
-    """Everything offline: local_iot, provisioner up, a fleet download, verification, reports, cleanup."""
+    """Everything offline: local_iot, provisioner up, a fleet download, verification, reports, cleanup.
+
+    With --jobs the rollout goes through AWS IoT Jobs as on real devices: `provisioner ota create` signs the
+    firmware and creates the OTA update, every device follows its job (`device-sim fleet --jobs`), and
+    `provisioner ota status` must report every execution SUCCEEDED."""
     from local_iot.runner import LocalIot, LocalIotSettings
     from provisioner.cli import main as provisioner
     from provisioner.manifest import load_manifest
@@ -154,6 +164,22 @@ def demo_command(
                 ],
             )
             manifest = load_manifest(manifest_path)
+            if jobs:
+                ok = _jobs_rollout(provisioner, settings.state_dir, manifest_path, report_dir, block_size, fmt)
+                if not keep:
+                    _invoke(
+                        provisioner,
+                        "provisioner",
+                        ["cleanup", "--manifest", str(manifest_path), "--tps", "1000"],
+                        tail=1,
+                    )
+                if not ok:
+                    raise DemoFailed(f"the OTA rollout did not succeed on every device (see {report_dir})")
+                click.echo(
+                    f"demo ok: {devices} devices followed the OTA job to SUCCEEDED ({manifest.firmware[0].size} "
+                    "bytes each, signature checked)"
+                )
+                return
             download = DownloadSettings(format=Format(fmt), block_size=block_size, sink=SinkKind.DIGEST)
             fleet = FleetSettings(
                 connect_rate=100.0, start_jitter=0.5, seed=seed, transport={"flow_control": FlowControl.AWS}
@@ -181,6 +207,27 @@ def demo_command(
         f"demo ok: {run.summary.verified}/{run.summary.devices} devices downloaded and verified "
         f"{manifest.firmware[0].size} bytes each in {run.wall_s:.1f} s"
     )
+
+
+def _jobs_rollout(
+    provisioner: click.Command, state_dir: Path, manifest: Path, report_dir: Path, block_size: int, fmt: str
+) -> bool:
+    """ota create -> fleet --jobs -> ota status, each as typed; True when every execution SUCCEEDED."""
+    from device_sim.cli.fleet import fleet_command
+
+    _invoke(provisioner, "provisioner", ["ota", "create", "--local", str(state_dir), "--manifest", str(manifest)])
+    fleet_args = ["fleet", "--jobs", "--manifest", str(manifest), "--report-dir", str(report_dir)]
+    fleet_args += ["--block-size", str(block_size), "--format", fmt, "--connect-rate", "100", "--job-wait", "60"]
+    click.echo(f"$ device-sim {' '.join(fleet_args)}", err=True)
+    try:
+        fleet_command.main(args=fleet_args[1:], prog_name="device-sim fleet", standalone_mode=False)
+        fleet_ok = True
+    except SystemExit as exc:
+        fleet_ok = exc.code in (0, None)
+    status_args = ["ota", "status", "--local", str(state_dir), "--manifest", str(manifest), "--wait", "30"]
+    click.echo(f"$ provisioner {' '.join(status_args)}", err=True)
+    code = provisioner.main(args=status_args, prog_name="provisioner", standalone_mode=False)
+    return fleet_ok and code in (0, None)
 
 
 def _restore(saved: dict[str, Any]) -> None:
