@@ -57,7 +57,7 @@ async def _fleet_worker(args: argparse.Namespace) -> dict[str, Any]:
     from device_sim.fleet.plan import s3_source
     from device_sim.fleet.resources import drop_system_trust_env, ensure_open_files
     from device_sim.fleet.runner import FleetProgress, FleetSettings, run_fleet
-    from device_sim.transport import FlowControl
+    from device_sim.transport import FlowControl, MqttProtocol
 
     target, identities = _load(args.manifest, args.no_tls, args.devices)
     ensure_open_files(len(identities))
@@ -66,7 +66,7 @@ async def _fleet_worker(args: argparse.Namespace) -> dict[str, Any]:
     download = DownloadSettings(block_size=args.block_size, sink=SinkKind.DIGEST, request_timeout=args.request_timeout)
     fleet = FleetSettings(
         connect_rate=args.connect_rate,
-        transport={"flow_control": FlowControl(args.flow_control)},
+        transport={"flow_control": FlowControl(args.flow_control), "protocol": MqttProtocol(args.protocol)},
         crt_threads=args.crt_threads,
     )
     source = s3_source(target)
@@ -102,14 +102,14 @@ async def _bare_worker(args: argparse.Namespace) -> dict[str, Any]:
     from device_sim.fleet.resources import MemoryMeter, drop_system_trust_env, ensure_open_files
     from device_sim.fleet.runner import fleet_crt_resources, transport_for
     from device_sim.protocol import Format, subscription_filters
-    from device_sim.transport import FlowControl, MqttTransport
+    from device_sim.transport import FlowControl, MqttProtocol, MqttTransport
 
     target, identities = _load(args.manifest, args.no_tls, args.devices)
     ensure_open_files(len(identities))
     if not args.no_tls and not args.keep_trust_env:
         drop_system_trust_env()
     resources = fleet_crt_resources(args.crt_threads)  # the fleet's
-    options = {"flow_control": FlowControl(args.flow_control)}
+    options = {"flow_control": FlowControl(args.flow_control), "protocol": MqttProtocol(args.protocol)}
     loop = asyncio.get_running_loop()
     meter = MemoryMeter()
     meter.start()
@@ -145,6 +145,7 @@ def worker_main(argv: list[str]) -> int:
     parser.add_argument("--block-size", type=int, default=4096)
     parser.add_argument("--connect-rate", type=float, default=500.0)
     parser.add_argument("--flow-control", default="aws")
+    parser.add_argument("--protocol", default="mqtt5")
     parser.add_argument("--no-tls", action="store_true")
     parser.add_argument("--request-timeout", type=float, default=None)
     parser.add_argument("--keep-trust-env", action="store_true")
@@ -255,7 +256,7 @@ def run_worker(kind: str, iot: LocalIotProcess, work: Path, manifest: Path, devi
     out = work / f"{kind}-{devices}-{'tls' if tls else 'plain'}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "worker", kind, "--manifest", str(manifest)]
     cmd += ["--devices", str(devices), "--block-size", str(args.block_size), "--connect-rate", str(args.connect_rate)]
-    cmd += ["--flow-control", args.flow_control, "--out", str(out)]
+    cmd += ["--flow-control", args.flow_control, "--protocol", args.protocol, "--out", str(out)]
     if args.request_timeout is not None:
         cmd += ["--request-timeout", str(args.request_timeout)]
     if args.keep_trust_env:
@@ -298,8 +299,8 @@ def service_single_stream(block: int, rounds: int) -> float:
             service.join(30)
 
 
-def raw_receive_cost(block: int, rounds: int) -> float:
-    """Process CPU microseconds per received ``block``-byte message of one bare MqttTransport (MQTT5, plain TCP,
+def raw_receive_cost(block: int, rounds: int, protocol: str) -> float:
+    """Process CPU microseconds per received ``block``-byte message of one bare MqttTransport (``protocol``, plain TCP,
     nothing done with the message), the sender's own cost subtracted: what awscrt and the loop hop cost at least,
     measured in this run (bench_transport.receive_run, best of ``rounds``)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -314,7 +315,8 @@ def raw_receive_cost(block: int, rounds: int) -> float:
         MosquittoBroker(BrokerConfig(state_dir=Path(state), tls_port=None, max_queued_messages=0)) as broker,
     ):
         best = min(
-            asyncio.run(bench_transport.receive_run(broker, MqttProtocol.MQTT5, count, block))[2] for _ in range(rounds)
+            asyncio.run(bench_transport.receive_run(broker, MqttProtocol(protocol), count, block))[2]
+            for _ in range(rounds)
         )
     return best - bench_transport.sender_cost(count, block)
 
@@ -403,14 +405,15 @@ def print_table(report: dict[str, Any]) -> None:
     width = max(len(label) for label, _ in lines)
     print(
         f"\n{report['devices']} devices x {report['size']} B at {report['block_size']} B blocks, connect rate "
-        f"{report['connect_rate']:g}/s, flow control {report['flow_control']}; load average {report['load_avg'][0]:.1f}"
+        f"{report['connect_rate']:g}/s, flow control {report['flow_control']}, {report['protocol']}; "
+        f"load average {report['load_avg'][0]:.1f}"
     )
     print(
         f"service single stream (bench_service, window 4): {report['service_before']:.0f} blocks/s before, "
         f"{report['service_after']:.0f} after; the ratio uses the higher"
     )
     print(
-        f"raw awscrt receive (one bare MQTT5 client, plain TCP, nothing done per message): "
+        f"raw awscrt receive (one bare {report['protocol']} client, plain TCP, nothing done per message): "
         f"{report['raw_receive_us']:.1f} us of CPU per {report['block_size']} B message"
     )
     print(f"{'':<{width}}  " + "  ".join(f"{n:>13}" for n in names))
@@ -457,6 +460,7 @@ def main() -> int:
     mode.add_argument("--both", dest="modes", action="store_const", const=["mTLS", "plain"], help="both")
     parser.add_argument("--connect-rate", type=float, default=500.0, help="connects/s (AWS allows 500/s)")
     parser.add_argument("--flow-control", choices=["aws", "none"], default="aws")
+    parser.add_argument("--protocol", choices=["mqtt5", "mqtt311"], default="mqtt5", help="the devices' MQTT version")
     parser.add_argument("--request-timeout", type=float, default=None, help="fixed idle timeout [adaptive]")
     parser.add_argument(
         "--keep-trust-env", action="store_true", help="keep SSL_CERT_FILE/SSL_CERT_DIR (device-sim fleet unsets them)"
@@ -491,7 +495,7 @@ def main() -> int:
             print("service single-stream rate (bench_service) ...", file=sys.stderr, flush=True)
             service_before = service_single_stream(args.block_size, args.service_rounds)
             print("raw awscrt receive cost (bench_transport) ...", file=sys.stderr, flush=True)
-            raw_receive_us = raw_receive_cost(args.block_size, args.service_rounds)
+            raw_receive_us = raw_receive_cost(args.block_size, args.service_rounds, args.protocol)
             runs = {mode: measure(iot, work, manifest, args, mode == "mTLS") for mode in modes}
             print("service single-stream rate again ...", file=sys.stderr, flush=True)
             service_after = service_single_stream(args.block_size, args.service_rounds)
@@ -509,6 +513,7 @@ def main() -> int:
         "block_size": args.block_size,
         "connect_rate": args.connect_rate,
         "flow_control": args.flow_control,
+        "protocol": args.protocol,
         "request_timeout": args.request_timeout,
         "keep_trust_env": args.keep_trust_env,
         "crt_threads": args.crt_threads,
