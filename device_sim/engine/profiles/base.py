@@ -467,7 +467,10 @@ class LibraryMachine:
         counters.stall_s += max(0.0, at - self._last_activity)
         missing = [i for i in self._expected if not self._have[i]]
         counters.lost_blocks += len(missing)
-        if len(missing) >= 2 and tuple(missing) == self._expected[len(self._expected) - len(missing) :]:
+        tail = self._expected[-2:]
+        if len(tail) == 2 and not any(self._have[i] for i in tail):
+            # The answer's last two blocks or more never came: the service stopped sending (a publish-quota
+            # discard cuts an answer's tail); a random loss of both is unlikely.
             counters.cut_answers += 1
         counters.re_requests += 1
         self._wait_until = None
