@@ -16,7 +16,6 @@ import datetime
 import ipaddress
 import logging
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from device_sim.fileio import atomic_write
 from device_sim.protocol.topics import valid_thing_name
 
 log = logging.getLogger(__name__)
@@ -67,19 +67,7 @@ def write_public_file(path: Path, data: bytes) -> None:
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    # mkstemp creates the file with O_EXCL and mode 0600; a public file is widened before any data lands in it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        if mode != 0o600:
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data, mode=mode)  # exactly ``mode``, whatever the umask; 0600 until renamed
 
 
 def device_file_paths(directory: str | os.PathLike[str], thing_name: str) -> CertPaths:

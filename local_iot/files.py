@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
+
+from device_sim.fileio import atomic_write
 
 __all__ = ["private_dir", "write_private"]
 
@@ -17,13 +18,5 @@ def private_dir(path: Path) -> Path:
 
 
 def write_private(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` atomically, mode 0600 from the moment the file exists (mkstemp's mode)."""
-    raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically, mode 0600 from the moment the file exists."""
+    atomic_write(path, data, mode=0o600)

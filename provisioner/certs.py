@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from device_sim.fileio import atomic_write
+
 from .errors import InputError, OutputError
 
 AMAZON_ROOT_CA1_NAME = "AmazonRootCA1.pem"
@@ -131,25 +133,11 @@ def write_public_file(path: Path, data: bytes) -> None:
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        atomic_write(path, data, mode=mode)  # exactly ``mode``, whatever the umask; 0600 until renamed
     except OSError as e:
         raise _write_error(path, e) from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # in case the umask removed bits from a public file; never widens a private one
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise _write_error(path, e) from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _write_error(path: Path, e: OSError) -> OutputError:

@@ -20,11 +20,12 @@ import datetime
 import json
 import os
 import secrets
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from device_sim.fileio import atomic_write
 
 from .errors import ManifestError, OutputError
 
@@ -541,22 +542,9 @@ def save_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> None:
     text = json.dumps(manifest_to_json(manifest, p.resolve().parent), indent=2) + "\n"
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+        atomic_write(p, text, mode=0o644)
     except OSError as e:
         raise _write_error(p, e) from e
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise _write_error(p, e) from e
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     journal_path(p).unlink(missing_ok=True)  # everything it held is in the manifest now
 
 

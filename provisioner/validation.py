@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from device_sim import fileio
 from device_sim.protocol.limits import (
     DOCUMENTED_MAX_FILE_SIZE,
     MAX_BLOCK_SIZE,
@@ -42,9 +43,6 @@ MAX_TAG_VALUE = 256
 _RUN_ID = re.compile(r"[A-Za-z0-9-]{1,40}")
 _ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?\s*", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "KIB": 1024, "M": 1000**2, "MB": 1000**2, "MIB": 1024**2}
-_SIZE_UNITS |= {"G": 1000**3, "GB": 1000**3, "GIB": 1024**3}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -150,15 +148,14 @@ def check_thing_prefix(prefix: str, count: int) -> str:
 
 
 def parse_size(text: str) -> int:
-    """``1MiB`` -> 1048576, ``512KiB`` -> 524288, ``1000000`` -> 1000000, ``1.5MB`` -> 1500000."""
-    match = _SIZE.fullmatch(text)
-    if not match:
-        raise InputError(f"invalid size {text!r}", hint="use a number with an optional unit: 1000000, 512KiB, 1MiB")
-    number, unit = match.group(1), (match.group(2) or "").upper()
-    size = int(float(number) * _SIZE_UNITS[unit])
-    if size <= 0:
-        raise InputError(f"size {text!r} is not positive")
-    return size
+    """``1MiB`` -> 1048576, ``512KiB`` -> 524288, ``1000000`` -> 1000000, ``1.5MB`` -> 1500000 (the one size
+    parser of the project, ``device_sim.fileio.parse_size``, with the provisioner's error type)."""
+    try:
+        return fileio.parse_size(text)
+    except ValueError as exc:
+        raise InputError(
+            f"invalid size: {exc}", hint="use a number with an optional unit: 1000000, 512KiB, 1MiB"
+        ) from None
 
 
 def check_stream_file_size(size: int, what: str) -> int:
