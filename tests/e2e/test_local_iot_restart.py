@@ -268,6 +268,12 @@ def test_a_stale_broker_of_a_killed_run_is_cleaned_up(tmp_path: Path) -> None:
         [find_mosquitto(), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
+        # Popen may return while the child is still exec'ing (its /proc cmdline empty): a stale broker of a killed
+        # run is long past that, so wait until this one is mosquitto with our config.
+        deadline = time.monotonic() + 10
+        while str(config).encode() not in Path(f"/proc/{stale.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the stale mosquitto did not start"
+            time.sleep(0.01)
         (state / INFO_FILE).write_text(json.dumps({"broker_pid": stale.pid, "running": True}))
         with LocalIot(LocalIotSettings(state_dir=state)) as iot:
             assert stale.wait(timeout=10) == -signal.SIGKILL
