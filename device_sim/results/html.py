@@ -87,14 +87,19 @@ def _sweep_series(points: Sequence[SweepPoint], value: Callable[[SweepPoint], fl
 
 
 def _spread_series(points: Sequence[SweepPoint]) -> list[Series]:
-    """Download time per setting with its spread: min, median, p90 and max lines per blocks-per-request group."""
+    """Download time per setting with its spread: median and p90 lines per blocks-per-request group (min and max
+    too when there is one group)."""
     groups: dict[str, list[SweepPoint]] = defaultdict(list)
     for p in points:
         if p.summary.download_s is not None:
             groups[_group_name(p)].append(p)
     out: list[Series] = []
+    # One group: the whole spread (min .. max); several: median and p90 only, so the lines stay readable.
+    stats: tuple[tuple[str, str], ...] = (("min", "min"), ("p50", "median"), ("p90", "p90"), ("max", "max"))
+    if len(groups) > 1:
+        stats = stats[1:3]
     for group, pts in sorted(groups.items()):
-        for stat, name in (("min", "min"), ("p50", "median"), ("p90", "p90"), ("max", "max")):
+        for stat, name in stats:
             values = tuple((float(p.block_size), float(getattr(p.summary.download_s, stat))) for p in pts)
             out.append(Series(name=name if group == "fleet" else f"{group} {name}", points=values))
     return out
@@ -109,7 +114,7 @@ def _sweep_section(points: Sequence[SweepPoint]) -> str:
     best = "".join(f'<p class="best">{escape(line)}</p>' for line in sweep_best_lines(points))
     spread = line_chart(
         _spread_series(points),
-        title="Download time per setting: min, median, p90, max over the devices",
+        title="Download time per setting over the devices (median and p90; one group: min to max)",
         x_label="block size",
         y_label="seconds",
         log2_x=True,
