@@ -479,7 +479,10 @@ def _print_recommendation(points: list[SweepPoint], base: DownloadSettings) -> N
         if point is None:
             continue
         click.echo(f"recommended configuration by {what} ({point.label}):")
-        for line in recommended_config(point, request_wait_ms=base.request_wait_ms, momentum=base.momentum):
+        config = recommended_config(
+            point, request_wait_ms=base.request_wait_ms, momentum=base.momentum, max_bitmap_bytes=base.max_bitmap_bytes
+        )
+        for line in config:
             click.echo(f"    {line}")
 
 

@@ -105,6 +105,13 @@ def download_options(func: F) -> F:
             "and the next request waits for them.",
         ),
         click.option(
+            "--max-bitmap-bytes",
+            type=click.IntRange(1, 12287),
+            default=None,
+            help="freertos-ota: the agent's bitmap buffer (otaconfigMAX_BLOCK_BITMAP_SIZE); a file of more than 8 x "
+            "this many blocks is refused [default: 128].",
+        ),
+        click.option(
             "--status-frequency",
             type=click.IntRange(1),
             default=None,
@@ -222,6 +229,7 @@ def build_download_settings(params: dict[str, Any], **overrides: Any) -> Downloa
         "momentum": params.get("momentum"),
         "block_process_ms": params.get("block_process_ms") or 0.0,
         "status_frequency": params.get("status_frequency"),
+        "max_bitmap_bytes": params.get("max_bitmap_bytes"),
         "blocks_per_request": params["blocks_per_request"],
         "inflight": params["inflight"],
         "request_timeout": params["request_timeout"],

@@ -52,6 +52,8 @@ class DownloadSettings:
     momentum: int | None = None
     block_process_ms: float = 0.0
     status_frequency: int | None = None
+    #: The OTA agent's bitmap buffer (otaconfigMAX_BLOCK_BITMAP_SIZE, bytes); None: its default, 128.
+    max_bitmap_bytes: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sink", SinkKind(self.sink))
@@ -71,6 +73,7 @@ class DownloadSettings:
             block_process=self.block_process_ms / 1000,
             status_frequency=self.status_frequency,
             json=self.format is Format.JSON,
+            bitmap_max_bytes=self.max_bitmap_bytes,
         )
 
     def engine_settings(self, token: str | None, *, report_sends: bool = False) -> EngineSettings:

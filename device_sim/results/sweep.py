@@ -151,7 +151,11 @@ def best_by_p90(points: Sequence[SweepPoint]) -> SweepPoint | None:
 
 
 def recommended_config(
-    point: SweepPoint, *, request_wait_ms: float | None = None, momentum: int | None = None
+    point: SweepPoint,
+    *,
+    request_wait_ms: float | None = None,
+    momentum: int | None = None,
+    max_bitmap_bytes: int | None = None,
 ) -> list[str]:
     """The chosen setting written the way the device's library is configured (one line each).
 
@@ -165,6 +169,8 @@ def recommended_config(
         lines.append(f"#define otaconfigMAX_NUM_BLOCKS_REQUEST     {n or (8 if profile.endswith('demo') else 1)}U")
         lines.append(f"#define otaconfigFILE_REQUEST_WAIT_MS       {round(request_wait_ms or 10000)}U")
         lines.append(f"#define otaconfigMAX_NUM_REQUEST_MOMENTUM   {momentum or 32}U")
+        if max_bitmap_bytes is not None:
+            lines.append(f"#define otaconfigMAX_BLOCK_BITMAP_SIZE      {max_bitmap_bytes}U")
         return lines
     if profile == "mfs":
         return [f"#define mqttFileDownloader_CONFIG_BLOCK_SIZE    {bs}U"]

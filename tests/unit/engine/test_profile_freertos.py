@@ -66,6 +66,7 @@ def test_settings_the_agent_cannot_take_are_refused_with_the_reason() -> None:
         settings.check_file(2 << 20)  # 2048 blocks
     assert "2048" in str(info.value.hint)
     settings.check_file(1 << 20)  # 1024 blocks: exactly 128 bytes
+    ProfileSettings.for_profile("freertos-ota", block_size=1024, bitmap_max_bytes=256).check_file(2 << 20)
     with pytest.raises(ProfileRefused, match="131072"):
         ProfileSettings.for_profile("freertos-ota", block_size=8192, blocks_per_request=32)
     with pytest.raises(ProfileRefused, match="CBOR requests only"):
