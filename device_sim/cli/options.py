@@ -112,6 +112,13 @@ def download_options(func: F) -> F:
             "this many blocks is refused [default: 128].",
         ),
         click.option(
+            "--data-buffers",
+            type=click.IntRange(1),
+            default=None,
+            help="Profiles, with --block-process-ms: blocks the device can hold while it works "
+            "(otaconfigMAX_NUM_OTA_DATA_BUFFERS); a block arriving when all are taken is dropped [default: no limit].",
+        ),
+        click.option(
             "--status-frequency",
             type=click.IntRange(1),
             default=None,
@@ -230,6 +237,7 @@ def build_download_settings(params: dict[str, Any], **overrides: Any) -> Downloa
         "block_process_ms": params.get("block_process_ms") or 0.0,
         "status_frequency": params.get("status_frequency"),
         "max_bitmap_bytes": params.get("max_bitmap_bytes"),
+        "data_buffers": params.get("data_buffers"),
         "blocks_per_request": params["blocks_per_request"],
         "inflight": params["inflight"],
         "request_timeout": params["request_timeout"],

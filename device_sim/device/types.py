@@ -54,6 +54,8 @@ class DownloadSettings:
     status_frequency: int | None = None
     #: The OTA agent's bitmap buffer (otaconfigMAX_BLOCK_BITMAP_SIZE, bytes); None: its default, 128.
     max_bitmap_bytes: int | None = None
+    #: Blocks a profile's device can hold while it works (otaconfigMAX_NUM_OTA_DATA_BUFFERS); None: no limit.
+    data_buffers: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sink", SinkKind(self.sink))
@@ -74,6 +76,7 @@ class DownloadSettings:
             status_frequency=self.status_frequency,
             json=self.format is Format.JSON,
             bitmap_max_bytes=self.max_bitmap_bytes,
+            data_buffers=self.data_buffers,
         )
 
     def engine_settings(self, token: str | None, *, report_sends: bool = False) -> EngineSettings:

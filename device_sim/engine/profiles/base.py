@@ -137,6 +137,9 @@ class ProfileSettings:
     status_frequency: int | None = None  # blocks between job progress updates (None: the library sends none)
     json: bool = False  # the MQTT file streams library's JSON requests
     bitmap_max_bytes: int = field(default=FREERTOS_MAX_BITMAP_BYTES)
+    #: Blocks the device can hold while it works (otaconfigMAX_NUM_OTA_DATA_BUFFERS): with ``block_process``, a block
+    #: that arrives while this many are held (the one being handled included) is dropped. None: no limit.
+    data_buffers: int | None = None
 
     @classmethod
     def for_profile(
@@ -151,6 +154,7 @@ class ProfileSettings:
         status_frequency: int | None = None,
         json: bool = False,
         bitmap_max_bytes: int | None = None,
+        data_buffers: int | None = None,
     ) -> ProfileSettings:
         kind = ProfileKind(kind)
         if kind is ProfileKind.DEVICE_SIM:
@@ -166,6 +170,7 @@ class ProfileSettings:
             status_frequency=d_status if status_frequency is None else status_frequency,
             json=json,
             bitmap_max_bytes=FREERTOS_MAX_BITMAP_BYTES if bitmap_max_bytes is None else bitmap_max_bytes,
+            data_buffers=data_buffers,
         )
 
     def __post_init__(self) -> None:
@@ -179,6 +184,8 @@ class ProfileSettings:
             raise ProfileRefused(f"the request wait must be a positive number of seconds, got {self.request_wait!r}")
         if not (isinstance(self.block_process, int | float) and 0 <= self.block_process < float("inf")):
             raise ProfileRefused(f"the block processing time must be >= 0 seconds, got {self.block_process!r}")
+        if self.data_buffers is not None and self.data_buffers < 1:
+            raise ProfileRefused(f"the device needs at least 1 data buffer, got {self.data_buffers}")
         if self.status_frequency is not None and self.status_frequency < 1:
             raise ProfileRefused(f"the status frequency must be >= 1 block, got {self.status_frequency}")
         bs, n = self.block_size, self.blocks_per_request
@@ -359,6 +366,9 @@ class LibraryMachine:
         if self.settings.block_process <= 0:
             self._ingest(block, now)
             return
+        buffers = self.settings.data_buffers
+        if buffers is not None and len(self._queue) >= buffers:
+            return  # no free buffer: the block is dropped and shows as lost when the wait expires
         handled = max(now, self._busy_until) + self.settings.block_process
         self._busy_until = handled
         self._queue.append((now, handled, block))

@@ -253,3 +253,18 @@ def test_an_expiry_waits_for_blocks_that_came_before_it() -> None:
     m.handle_timer(1.4)
     (nxt,) = sends(m)
     assert nxt.request.bitmap == bytes([0b1110]) and m.stats.stalls == 0
+
+
+def test_a_block_with_no_free_data_buffer_is_dropped_and_waited_for() -> None:
+    """otaconfigMAX_NUM_OTA_DATA_BUFFERS 2 and 10 ms per block: a batch of 4 arriving at once loses 2 blocks."""
+    size = 8 * KIB4
+    m = machine(size, blocks_per_request=4, block_process=0.01, data_buffers=2)
+    m.start(0.0)
+    sends(m)
+    for i in range(4):
+        m.receive_block(block(i, size), 0.05)  # blocks 2 and 3 find both buffers taken
+    m.handle_timer(0.07)
+    assert [a.index for a in m.next_actions() if isinstance(a, WriteBlock)] == [0, 1]
+    m.handle_timer(10.0)  # the batch never completes: the wait expires
+    (again,) = sends(m)
+    assert again.request.bitmap == bytes([0b11111100]) and m.stats.lost_blocks == 2 and m.stats.stalls == 1
