@@ -24,6 +24,7 @@ import click
 
 from device_sim.cli.errors import BadArguments, exit_code_of_signal
 from device_sim.cli.options import ReportFailed
+from device_sim.cli.rich_tables import print_summary_table
 from device_sim.device.jobs import JobDevice, JobResult, JobSettings
 from device_sim.device.types import DownloadSettings
 from device_sim.device.verify import S3Source
@@ -173,6 +174,7 @@ def run_jobs_fleet_command(
                 loop.remove_signal_handler(sig)
 
     outcome = asyncio.run(run())
+    print_summary_table(outcome.summary)
     for record in outcome.jobs:
         if record.status != "SUCCEEDED":
             click.echo(f"{record.thing_name}: job {record.job_id or '-'} {record.status}: {record.reason}", err=True)

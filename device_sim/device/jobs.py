@@ -263,9 +263,11 @@ class JobDevice:
         self._next_execution: dict[str, Any] | None = None
         self._job_id: str | None = None
         self._stopped: asyncio.Event = asyncio.Event()
+        self._progress_done: asyncio.Event = asyncio.Event()
         self._seq = 0
         self._bytes = 0
         self._started_at = 0.0
+        self._connect_s: float | None = None  # the device's own connection (a download's is the shared one)
 
     # -- run ----------------------------------------------------------------------------------------------------
 
@@ -295,6 +297,8 @@ class JobDevice:
             resources=self._resources,
         )
         await mqtt.connect()
+        assert self._loop is not None
+        self._connect_s = self._loop.time() - self._started_at
         await mqtt.subscribe(jobs_filters(self.thing_name))
         self._link = _SharedLink(mqtt)
         execution = await self._start_next()
@@ -330,9 +334,11 @@ class JobDevice:
                 results.append(result)
                 problem = self._check(ota_file, result)
                 if problem is not None:
+                    self._progress_done.set()
                     progress.cancel()
                     return await self._finish(job_id, "FAILED", problem, result)
         finally:
+            self._progress_done.set()
             progress.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
@@ -473,8 +479,13 @@ class JobDevice:
     async def _report_progress(self, job_id: str, total_blocks: int) -> None:
         """IN_PROGRESS with {"receive": "<blocks>/<total>"}, at most every progress_interval_s, when changed."""
         reported = -1
-        while True:
-            await asyncio.sleep(self.jobs.progress_interval_s)  # the reporting rate, not synchronisation
+        while not self._progress_done.is_set():
+            # The reporting rate. Ends at once when the download is over: a flag, because asyncio.wait_for in
+            # Python 3.11 can swallow a cancellation that races with its answer, and this loop would then go on.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress_done.wait(), self.jobs.progress_interval_s)
+            if self._progress_done.is_set():
+                return
             blocks = min(total_blocks, self._bytes // self.settings.block_size)
             if blocks == reported:
                 continue
@@ -556,6 +567,10 @@ class JobDevice:
             verified=ok,
             failure_reason=None if ok else f"job:{status}",
             failure_message=None if ok else reason,
+            connect_s=self._connect_s,
+            job_id=job_id,
+            job_status=status,
+            job_reason=reason,
         )
         return JobResult(
             thing_name=self.thing_name, job_id=job_id, status=status, reason=reason, download=download, metrics=metrics

@@ -88,6 +88,8 @@ def _cancelled(identity: DeviceIdentity, label: str, at: float, message: str) ->
         failure_message=message,
         started_at=at,
         ended_at=at,
+        job_status="CANCELLED",
+        job_reason=message,
     )
     return metrics, JobRecord(thing_name=identity.thing_name, job_id=None, status="CANCELLED", reason=message)
 

@@ -74,6 +74,9 @@ CSV_COLUMNS: tuple[str, ...] = (
     "sha256",
     "started_at",
     "ended_at",
+    "job_id",
+    "job_status",
+    "job_reason",
 )
 
 # Characters XML 1.0 cannot carry at all (control characters, lone surrogates, U+FFFE/U+FFFF).

@@ -172,6 +172,11 @@ class DeviceMetrics:
     started_at: float = 0.0
     ended_at: float = 0.0
     progress: tuple[tuple[float, int], ...] = field(default=())
+    #: Devices that followed an OTA job (``fleet --jobs``, docs/ota.md): the job, its execution's final status
+    #: (SUCCEEDED, FAILED, CANCELED, NO_JOB...) and the reason the device gave or found. None otherwise.
+    job_id: str | None = None
+    job_status: str | None = None
+    job_reason: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.thing_name, str) or not self.thing_name:
@@ -186,7 +191,7 @@ class DeviceMetrics:
         object.__setattr__(self, "rejections", _pairs("rejections", self.rejections))
         if not isinstance(self.verified, bool):
             raise MetricsFormatError(f"verified must be true or false, got {self.verified!r}")
-        for name in ("failure_reason", "failure_message", "sha256"):
+        for name in ("failure_reason", "failure_message", "sha256", "job_id", "job_status", "job_reason"):
             _check_text(name, getattr(self, name))
         if self.verified == (self.failure_reason is not None):
             raise MetricsFormatError(
@@ -387,10 +392,13 @@ class FleetSummary:
     metered_messages_in: int = 0
     price_per_million_usd: float = DEFAULT_PRICE_PER_MILLION_MESSAGES_USD
     cost_usd: float = 0.0
+    #: ``(final job execution status, devices)`` of devices that followed an OTA job, by status (docs/ota.md).
+    executions_by_status: Pairs = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "settings", _settings(self.settings))
         object.__setattr__(self, "rejections", _pairs("rejections", self.rejections))
+        object.__setattr__(self, "executions_by_status", _pairs("executions_by_status", self.executions_by_status))
         failures = _pairs("failures_by_reason", self.failures_by_reason)
         object.__setattr__(self, "failures_by_reason", tuple(sorted(failures, key=lambda kv: (-kv[1], kv[0]))))
         if self.verified + self.failed != self.devices:
@@ -415,7 +423,7 @@ class FleetSummary:
             value = getattr(self, name)
             if isinstance(value, Distribution):
                 value = value.to_dict()
-            elif name in ("settings", "rejections", "failures_by_reason"):
+            elif name in ("settings", "rejections", "failures_by_reason", "executions_by_status"):
                 value = dict(value)
             out[name] = value
         out["metered_messages"] = self.metered_messages
@@ -485,4 +493,5 @@ def aggregate(
         metered_messages_in=in_msgs,
         price_per_million_usd=price_per_million,
         cost_usd=cost_usd(out_msgs + in_msgs, price_per_million),
+        executions_by_status=tuple(Counter(r.job_status for r in recs if r.job_status is not None).items()),
     )

@@ -228,6 +228,11 @@ def test_the_command_line_chain_ota_create_fleet_jobs_ota_status(
     assert rows == ["thing_name,job_id,status,reason", f"dev-0,{job_id},SUCCEEDED,accepted",
                     f"dev-1,{job_id},SUCCEEDED,accepted"]  # fmt: skip
     assert json.loads((reports / "jobs.json").read_text())["by_status"] == {"SUCCEEDED": 2}
+    summary = json.loads((reports / "summary.json").read_text())
+    assert summary["summary"]["executions_by_status"] == {"SUCCEEDED": 2}
+    devices_csv = (reports / "devices.csv").read_text().splitlines()
+    assert devices_csv[0].endswith("job_id,job_status,job_reason")
+    assert all(line.endswith(f"{job_id},SUCCEEDED,accepted") for line in devices_csv[1:])
     assert "<failure" not in (reports / "junit.xml").read_text()
     status = cli("ota", "status", "--local", run.state, "--manifest", run.manifest)
     assert status.exit_code == 0, status.output
