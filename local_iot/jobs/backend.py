@@ -37,7 +37,7 @@ from local_iot.streams_backend import StreamApiError, streams_backends
 from .core import JobsCore, JobsOutgoing, Target
 from .model import ApiError, JobsApiError
 
-__all__ = ["JobsBackend", "OtaUpdate", "Sink", "Wiring", "jobs_backends", "wire"]
+__all__ = ["JobsBackend", "OtaUpdate", "Sink", "Wiring", "jobs_backends", "unwire", "wire"]
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +67,16 @@ class Wiring:
 _WIRING: dict[tuple[str, str], Wiring] = {}
 
 
-def wire(account_id: str, region: str, wiring: Wiring | None) -> None:
-    """Register (or with None, remove) where the backend of ``account_id``/``region`` sends its notifications."""
-    if wiring is None:
-        _WIRING.pop((account_id, region), None)
-    else:
-        _WIRING[(account_id, region)] = wiring
+def wire(account_id: str, region: str, wiring: Wiring) -> None:
+    """Register where the backend of ``account_id``/``region`` sends its notifications (the latest adapter wins:
+    moto's state is per process, so two emulators in one process share one backend)."""
+    _WIRING[(account_id, region)] = wiring
+
+
+def unwire(account_id: str, region: str, wiring: Wiring) -> None:
+    """Remove ``wiring`` if it is still the registered one (a later adapter's stays)."""
+    if _WIRING.get((account_id, region)) is wiring:
+        del _WIRING[(account_id, region)]
 
 
 @dataclass(slots=True, kw_only=True)

@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from .backend import JobsBackend, Wiring, jobs_backends, wire
+from .backend import JobsBackend, Wiring, jobs_backends, unwire, wire
 from .core import JobsOutgoing
 
 __all__ = ["JOBS_FILTER", "JobsService", "JobsServiceError"]
@@ -59,6 +59,7 @@ class JobsService:
         client_id: str = DEFAULT_CLIENT_ID,
     ) -> None:
         self._account_id, self._region, self._minute = account_id, region, minute
+        self._wiring = Wiring(sink=self._publish, on_change=self._changed, minute=minute)
         self._host, self._port, self._socket_path = host, port, socket_path
         self._clock = clock
         self._on_change = on_change
@@ -89,14 +90,14 @@ class JobsService:
         return self._socket_path or f"{self._host}:{self._port}"
 
     def start(self, timeout: float = 10.0) -> JobsService:
-        wire(self._account_id, self._region, Wiring(sink=self._publish, on_change=self._changed, minute=self._minute))
+        wire(self._account_id, self._region, self._wiring)
         try:
             if self._socket_path is not None:
                 self._client.connect(self._socket_path, keepalive=60, clean_start=True)
             else:
                 self._client.connect(self._host, self._port, keepalive=60, clean_start=True)
         except OSError as exc:
-            wire(self._account_id, self._region, None)
+            unwire(self._account_id, self._region, self._wiring)
             raise JobsServiceError(f"the Jobs service cannot connect to the broker at {self.where}: {exc}") from exc
         self._client.loop_start()
         if not self._ready.wait(timeout) or self._failed:
@@ -114,7 +115,7 @@ class JobsService:
                 return
             self._stopping = True
             self._wake.notify_all()
-        wire(self._account_id, self._region, None)
+        unwire(self._account_id, self._region, self._wiring)
         self._client.disconnect()
         self._client.loop_stop()
         if self._timer is not None:
