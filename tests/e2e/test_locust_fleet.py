@@ -1,4 +1,5 @@
-"""The fleet on Locust end to end: local_iot (200 ms service latency), `provisioner up`, `device-sim fleet --engine locust`.
+"""The fleet on Locust end to end: local_iot (200 ms service latency), `provisioner up`,
+`device-sim fleet --engine locust`.
 
 Locust runs in its own processes (it monkey-patches whatever imports it), started by the command under test.
 """
@@ -58,10 +59,14 @@ def rows(reports: Path) -> list[dict[str, str]]:
 
 
 class Run:
-    """``device-sim fleet --engine locust`` (or another command) as a child process; a thread reads its output lines."""
+    """``device-sim fleet --engine locust`` (or another command) as a child process; a thread reads its output
+    lines."""
 
     def __init__(
-        self, args: list[str], env: dict[str, str], command: tuple[str, ...] = ("device_sim", "fleet", "--engine", "locust")
+        self,
+        args: list[str],
+        env: dict[str, str],
+        command: tuple[str, ...] = ("device_sim", "fleet", "--engine", "locust"),
     ) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", *command, *args],
@@ -291,7 +296,9 @@ def test_bad_arguments_exit_2_before_locust_starts(
 ) -> None:
     _, manifest = fleet
     filled = [a.format(missing=tmp_path / "none.json", manifest=manifest) for a in args]
-    result = CliRunner().invoke(device_sim, ["fleet", "--engine", "locust", *filled, "--report-dir", str(tmp_path / "r")])
+    result = CliRunner().invoke(
+        device_sim, ["fleet", "--engine", "locust", *filled, "--report-dir", str(tmp_path / "r")]
+    )
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (tmp_path / "r").exists()
