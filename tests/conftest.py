@@ -1,1 +1,1 @@
-pytest_plugins = ["local_iot.pytest_plugin"]
+pytest_plugins = ["local_iot.pytest_plugin", "tests.support.read_only"]
