@@ -7,7 +7,8 @@ bound client method (``api.read(api.iot.describe_stream, streamId=...)``) and
 
 * pace the call through a token bucket (below AWS IoT's ~15 TPS),
 * retry throttling answers with bounded backoff,
-* translate botocore exceptions into ``provisioner.errors`` (the one boundary, ``raise ... from``),
+* translate botocore exceptions into ``provisioner.errors`` (the one boundary, ``raise ... from``), and moto's
+  in-process NotImplementedError into ``Unsupported``,
 * stop with ``Interrupted``/``Terminated`` before the call when SIGINT/SIGTERM arrived (``Api.stop``), so every
   answered call is recorded before the run ends,
 * for ``write`` in dry-run mode: record a ``PlannedCall`` and return the caller's ``dry_result`` instead of calling.
@@ -36,6 +37,7 @@ from .errors import (
     Throttled,
     translate_botocore_error,
     translate_client_error,
+    unsupported,
 )
 from .interrupts import StopSignal
 from .pacing import DEFAULT_TPS, THROTTLE_BACKOFF, Backoff, Sleep, TokenBucket
@@ -255,6 +257,8 @@ class Api:
                 raise error from e
             except BotoCoreError as e:
                 raise translate_botocore_error(e, service=service, operation=operation) from e
+            except NotImplementedError as e:  # moto's in-process mock lacks the operation
+                raise unsupported(service=service, operation=operation, code=None, aws_message=str(e)) from e
 
 
 def _describe(method: Callable[..., Any]) -> tuple[str, str, str]:

@@ -7,7 +7,8 @@ the CLI uses. Two families, like h11's Local/Remote split:
   ``OutputError`` (an output location is not writable), ``ManifestLocked`` (another run holds the manifest);
 * stopped by a signal: ``Interrupted`` (SIGINT, exit 130) and ``Terminated`` (SIGTERM, exit 143);
 * AWS said no: ``AwsError`` and its subclasses ``AlreadyExists``, ``NotFound``, ``AccessDenied``, ``Throttled``,
-  ``CredentialsError``; they carry the AWS ``code``, the ``operation`` and a ``hint``.
+  ``CredentialsError``, ``Unsupported`` (an emulator that lacks the operation); they carry the AWS ``code``, the
+  ``operation`` and a ``hint``.
 
 ``translate_client_error`` and ``translate_botocore_error`` are the only places that look at botocore exceptions
 (``provisioner.aws.Api`` calls them once per failed call).
@@ -102,6 +103,11 @@ class CredentialsError(AwsError):
     exit_code = 9
 
 
+class Unsupported(AwsError):
+    """The endpoint does not implement the operation (an emulator: moto in-process raises NotImplementedError,
+    others answer 501 or "not yet implemented"); AWS itself implements every operation the provisioner calls."""
+
+
 class CleanupIncomplete(ProvisionerError):
     """Cleanup ran to the end but some resources could not be removed (listed in the report)."""
 
@@ -167,6 +173,9 @@ THROTTLING_CODES = frozenset(
         "503",
     }
 )
+
+UNSUPPORTED_CODES = frozenset({"NotImplemented", "NotImplementedException", "NotImplementedError", "501"})
+_UNSUPPORTED_MESSAGES = ("not implemented", "not yet implemented", "not been implemented")
 
 # IAM action names that are not simply "<service>:<OperationName>".
 _IAM_ACTION_OVERRIDES = {
@@ -260,8 +269,21 @@ def translate_client_error(
             hint="lower --tps and run the same command again (it resumes)",
             aws_message=aws_message,
         )
+    if code in UNSUPPORTED_CODES or any(m in aws_message.lower() for m in _UNSUPPORTED_MESSAGES):
+        return unsupported(service=service, operation=operation, code=code, aws_message=aws_message)
     return AwsError(
         f"{where} failed, {detail}", service=service, operation=operation, code=code, aws_message=aws_message
+    )
+
+
+def unsupported(*, service: str, operation: str, code: str | None, aws_message: str) -> Unsupported:
+    """The endpoint lacks ``service.operation`` (an emulator's answer, or moto's in-process NotImplementedError)."""
+    return Unsupported(
+        f"{service}.{operation} is not implemented by this endpoint ({aws_message or code})",
+        service=service,
+        operation=operation,
+        code=code,
+        aws_message=aws_message,
     )
 
 
