@@ -12,7 +12,9 @@ deleted only when they are files the run wrote: the exact names, directly in the
 ``find_run`` rebuilds a manifest from the account for ``cleanup --run-id``: streams whose description carries
 ``[iot-stream-sim:run-id=<id>]``, things with the attribute ``iot-stream-sim:run-id=<id>`` and their certificates,
 the policy ``iot-stream-sim-device-<id>``, the role ``iot-stream-sim-stream-<id>`` (when tagged with the run id),
-and objects under ``<key prefix>/<id>/`` in the stream's buckets (or ``--bucket``).
+objects under ``<key prefix>/<id>/`` in the stream's buckets (or ``--bucket``), and OTA updates whose description
+carries the same marker (``ota create`` writes it; ``list_ota_updates``, then ``get_ota_update`` for each, since the
+list holds no description). An endpoint without ``list_ota_updates`` (moto in-process) gives a warning, not a stop.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ from typing import Any
 
 from .aws import Api
 from .certs import AMAZON_ROOT_CA1_NAME, LOCAL_ROOT_CA_NAME, device_paths
-from .errors import AccessDenied, NotFound, ProvisionerError
+from .errors import AccessDenied, NotFound, ProvisionerError, Unsupported
 from .manifest import (
     RUN_ID_KEY,
     RUN_ID_MARKER,
     BucketRecord,
     Manifest,
+    OtaUpdateRecord,
     PolicyRecord,
     RoleRecord,
     StreamFileRecord,
@@ -57,6 +60,8 @@ class CleanupReport:
     #: Local files the manifest names but cleanup did not write (outside the certificates directory, a symlink,
     #: ``..``, another name): kept, with the reason. Not a failure: they were never the run's to remove.
     refused: tuple[tuple[str, str], ...] = ()
+    #: What cleanup could not look for (``--run-id`` on an endpoint without ``list_ota_updates``). Not a failure.
+    warnings: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -291,7 +296,15 @@ def _remove_file(api: Api, tally: Tally, path: Path) -> None:
 # --- cleanup --run-id ---------------------------------------------------------------------------------------------
 
 
-def find_run(api: Api, run_id: str, *, buckets: tuple[str, ...] = (), key_prefix: str = "iot-stream-sim") -> Manifest:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FoundRun:
+    """What ``find_run`` found, and what it could not search (each a line for the cleanup's output)."""
+
+    manifest: Manifest
+    warnings: tuple[str, ...] = ()
+
+
+def find_run(api: Api, run_id: str, *, buckets: tuple[str, ...] = (), key_prefix: str = "iot-stream-sim") -> FoundRun:
     """A manifest of what the account holds for ``run_id`` (see the module docstring for how it is found)."""
     identity = api.identity()
     marker = RUN_ID_MARKER.format(run_id=run_id)
@@ -344,7 +357,16 @@ def find_run(api: Api, run_id: str, *, buckets: tuple[str, ...] = (), key_prefix
     if object_buckets:
         name, prefix = next(iter(object_buckets.items()))
         bucket_record = BucketRecord(name=name, created=_bucket_created_by(api, name, run_id), object_prefix=prefix)
-    return Manifest(
+    warnings: tuple[str, ...] = ()
+    try:
+        ota_updates = _find_ota_updates(api, marker)
+    except Unsupported as e:
+        ota_updates = ()
+        warnings = (
+            f"OTA updates not searched: {e.message}; if the run made any, remove them (and their jobs "
+            "AFR_OTA-<id>) by hand or with `cleanup --manifest`",
+        )
+    manifest = Manifest(
         run_id=run_id,
         region=api.region,
         account_id=identity.account_id,
@@ -356,7 +378,32 @@ def find_run(api: Api, run_id: str, *, buckets: tuple[str, ...] = (), key_prefix
         stream=stream,
         policy=policy,
         things=things,
+        ota_updates=ota_updates,
     )
+    return FoundRun(manifest=manifest, warnings=warnings)
+
+
+def _find_ota_updates(api: Api, marker: str) -> tuple[OtaUpdateRecord, ...]:
+    """OTA updates whose description carries ``marker`` (``ota create`` writes it); their job, stream and targets."""
+    found = []
+    for summary in api.paginate(api.iot.list_ota_updates, items="otaUpdates", maxResults=250):
+        answer = api.maybe(api.iot.get_ota_update, otaUpdateId=summary["otaUpdateId"])
+        info = answer["otaUpdateInfo"] if answer is not None else {}
+        if marker not in str(info.get("description") or ""):
+            continue  # another run's, someone else's, or deleted since it was listed
+        ota_update_id = str(info["otaUpdateId"])
+        streams = [f.get("fileLocation", {}).get("stream", {}).get("streamId") for f in info.get("otaUpdateFiles", [])]
+        found.append(
+            OtaUpdateRecord(
+                ota_update_id=ota_update_id,
+                ota_update_arn=str(info.get("otaUpdateArn", "")),
+                job_id=str(info.get("awsIotJobId") or f"AFR_OTA-{ota_update_id}"),
+                job_arn=str(info.get("awsIotJobArn", "")),
+                stream_id=next((str(s) for s in streams if s), ""),
+                targets=tuple(str(t).rsplit("/", 1)[-1] for t in info.get("targets", [])),
+            )
+        )
+    return tuple(found)
 
 
 def _tagged(tags: list[dict[str, str]], run_id: str) -> bool:

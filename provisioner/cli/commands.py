@@ -9,6 +9,7 @@ runs one library function, and prints the result. ``ProvisionerError``s become `
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -439,8 +440,9 @@ def cleanup_command(
         stop = StopSignal()
         with catch_signals(stop):
             api = make_api(aws, dry_run=dry_run, stop=stop)
-            manifest = find_run(api, run_id, buckets=buckets, key_prefix=key_prefix)
-            report = cleanup_manifest(api, manifest, delete_local_files=False)
+            found = find_run(api, run_id, buckets=buckets, key_prefix=key_prefix)
+            report = cleanup_manifest(api, found.manifest, delete_local_files=False)
+            report = dataclasses.replace(report, warnings=found.warnings)
     print_report(report, api)
     if not report.ok:
         raise CleanupIncomplete(

@@ -438,6 +438,7 @@ def local_defaults(aws: AwsOptions, kwargs: dict[str, Any]) -> tuple[tuple[str, 
 def print_report(report: CleanupReport, api: Api) -> None:
     if report.dry_run:
         print_plan(api.planned, verb="removed")
+        _print_warnings(report.warnings)
         return
     for label in report.removed:
         console.print(f"[green]removed[/green]       {escape(label)}", highlight=False, soft_wrap=True)
@@ -448,8 +449,17 @@ def print_report(report: CleanupReport, api: Api) -> None:
     for label, reason in report.refused:
         line = f"[yellow]refused[/yellow]       {escape(label)}: {escape(reason)}"
         console.print(line, highlight=False, soft_wrap=True)
+    _print_warnings(report.warnings)
     refused = f", {len(report.refused)} refused (not the run's files)" if report.refused else ""
+    n = len(report.warnings)
+    warned = f", {n} warning{'' if n == 1 else 's'}" if n else ""
     click.echo(
         f"{len(report.removed)} removed, {len(report.already_gone)} already gone, {len(report.failed)} not removed"
         + refused
+        + warned
     )
+
+
+def _print_warnings(warnings: tuple[str, ...]) -> None:
+    for warning in warnings:
+        console.print(f"[yellow]warning[/yellow]       {escape(warning)}", highlight=False, soft_wrap=True)

@@ -133,3 +133,36 @@ def test_ota_create_against_aws_needs_a_signing_key(iot: LocalIot, tmp_path: Pat
     )
     assert wrong.exit_code == 2 and "not an EC P-256 key" in wrong.output
     assert json.loads(manifest_path.read_text())["ota_updates"] == []
+
+
+def test_cleanup_by_run_id_removes_the_runs_ota_update_and_its_job(iot: LocalIot, tmp_path: Path) -> None:
+    state, manifest_path = tmp_path / "state", tmp_path / "run.json"
+    result = run(
+        "up", "--local", state, "--stream-id", "fw-rid", "--generate", "4KiB", "--bucket", "fw-rid",
+        "--create-bucket", "--create-role", "--things", "1", "--thing-prefix", "rid", "--certs-dir",
+        tmp_path / "certs", "--manifest", manifest_path, *FAST,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    created = run("ota", "create", "--local", state, "--manifest", manifest_path, *FAST)
+    assert created.exit_code == 0, created.output
+    manifest = load_manifest(manifest_path)
+    (record,) = manifest.ota_updates
+    client = iot.client("iot")
+    assert client.describe_job(jobId=record.job_id)["job"]["status"] == "IN_PROGRESS"
+    manifest_path.unlink()  # the manifest is lost: the account is all cleanup has
+
+    cleanup = run("cleanup", "--local", state, "--run-id", manifest.run_id, *FAST)
+    assert cleanup.exit_code == 0, cleanup.output
+    assert "warning" not in cleanup.output
+    lines = cleanup.output.splitlines()
+    ota_line = lines.index(f"removed       OTA update {record.ota_update_id} and job {record.job_id}")
+    assert (
+        lines.index(f"removed       job {record.job_id} (cancel)")
+        < ota_line
+        < lines.index("removed       stream fw-rid")
+    )
+    # moto's state is per process: other tests' OTA updates and jobs may be listed too, never this run's
+    assert record.ota_update_id not in [u["otaUpdateId"] for u in client.list_ota_updates()["otaUpdates"]]
+    assert record.job_id not in [j["jobId"] for j in client.list_jobs()["jobs"]]
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        client.describe_job(jobId=record.job_id)

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from provisioner.cleanup import cleanup_manifest
+from provisioner.cleanup import cleanup_manifest, find_run
 from provisioner.errors import InputError
 from provisioner.manifest import (
     FirmwareObject,
@@ -199,3 +199,93 @@ def test_unknown_targets_are_refused_before_any_call(stubbed: Stubbed, tmp_path:
     with pytest.raises(InputError, match="nope not in the manifest"):
         create_ota(stubbed.api(), store, OtaOptions(targets=("nope",)), load_signing(key_path, cert_path))
     assert stubbed.order == []
+
+
+def _stub_find_run_until_ota(s: Stubbed) -> None:
+    """find_run's calls before the OTA search: the run's stream (in fw-bucket), no things, policy or role."""
+    _identity(s)
+    stream = {"streamId": "fw-test", "streamArn": f"{PREFIX}:stream/fw-test", "streamVersion": 1}
+    s.ok("iot", "list_streams", {"streams": [{**stream, "description": "fw [iot-stream-sim:run-id=r1]"}]})
+    files = [{"fileId": 0, "s3Location": {"bucket": "fw-bucket", "key": "iot-stream-sim/r1/0/fw.bin"}}]
+    info = {**stream, "description": "fw [iot-stream-sim:run-id=r1]", "files": files, "roleArn": ROLE_ARN}
+    s.ok("iot", "describe_stream", {"streamInfo": info}, {"streamId": "fw-test"})
+    s.ok("iot", "list_things", {"things": []})
+    s.error("iot", "get_policy", "ResourceNotFoundException", 404, {"policyName": "iot-stream-sim-device-r1"})
+    s.error("iam", "get_role", "NoSuchEntity", 404, {"RoleName": "iot-stream-sim-stream-r1"})
+    s.error("s3", "get_bucket_tagging", "NoSuchTagSet", 404, {"Bucket": "fw-bucket"})
+
+
+def _ota_info(ota_update_id: str, run_id: str) -> dict[str, Any]:
+    return {
+        "otaUpdateInfo": {
+            "otaUpdateId": ota_update_id,
+            "otaUpdateArn": f"{PREFIX}:otaupdate/{ota_update_id}",
+            "description": f"iot-stream-sim [iot-stream-sim:run-id={run_id}]",
+            "targets": [f"{PREFIX}:thing/sim-0", f"{PREFIX}:thing/sim-1"],
+            "otaUpdateFiles": [
+                {"fileName": "fw.bin", "fileLocation": {"stream": {"streamId": "fw-test", "fileId": 0}}}
+            ],
+            "otaUpdateStatus": "CREATE_COMPLETE",
+            "awsIotJobId": f"AFR_OTA-{ota_update_id}",
+            "awsIotJobArn": f"{PREFIX}:job/AFR_OTA-{ota_update_id}",
+        }
+    }
+
+
+def test_cleanup_by_run_id_finds_the_runs_ota_update_and_removes_it_before_the_stream(stubbed: Stubbed) -> None:
+    s = stubbed
+    _stub_find_run_until_ota(s)
+    # two pages; only the update whose description carries the run's marker is the run's
+    s.ok("iot", "list_ota_updates", {"otaUpdates": [{"otaUpdateId": "other"}], "nextToken": "t"}, {"maxResults": 250})
+    s.ok("iot", "get_ota_update", _ota_info("other", "r2"), {"otaUpdateId": "other"})
+    s.ok("iot", "list_ota_updates", {"otaUpdates": [{"otaUpdateId": "iss-r1"}]}, {"maxResults": 250, "nextToken": "t"})
+    s.ok("iot", "get_ota_update", _ota_info("iss-r1", "r1"), {"otaUpdateId": "iss-r1"})
+    found = find_run(s.api(), "r1")
+    assert found.warnings == ()
+    (record,) = found.manifest.ota_updates
+    assert (record.ota_update_id, record.job_id, record.stream_id) == ("iss-r1", JOB, "fw-test")
+    assert record.targets == ("sim-0", "sim-1")
+
+    s.ok("iot", "cancel_job", {"jobId": JOB}, {"jobId": JOB, "force": True})
+    s.ok("iot", "delete_ota_update", {}, {"otaUpdateId": "iss-r1", "forceDeleteAWSJob": True})
+    s.ok("iot", "delete_stream", {}, {"streamId": "fw-test"})
+    s.ok("s3", "list_object_versions", {"Versions": []}, {"Bucket": "fw-bucket", "Prefix": "iot-stream-sim/r1/"})
+    s.ok("s3", "list_multipart_uploads", {}, {"Bucket": "fw-bucket", "Prefix": "iot-stream-sim/r1/"})
+    report = cleanup_manifest(s.api(), found.manifest, delete_local_files=False)
+    assert report.ok and report.removed[:3] == (
+        f"job {JOB} (cancel)",
+        f"OTA update iss-r1 and job {JOB}",
+        "stream fw-test",
+    )
+    assert s.order == [
+        "sts.GetCallerIdentity",
+        "iot.ListStreams",
+        "iot.DescribeStream",
+        "iot.ListThings",
+        "iot.GetPolicy",
+        "iam.GetRole",
+        "s3.GetBucketTagging",
+        "iot.ListOTAUpdates",
+        "iot.GetOTAUpdate",
+        "iot.ListOTAUpdates",
+        "iot.GetOTAUpdate",
+        "iot.CancelJob",
+        "iot.DeleteOTAUpdate",
+        "iot.DeleteStream",
+        "s3.ListObjectVersions",
+        "s3.ListMultipartUploads",
+    ]
+
+
+def test_cleanup_by_run_id_warns_when_the_endpoint_lacks_list_ota_updates(stubbed: Stubbed) -> None:
+    s = stubbed
+    _stub_find_run_until_ota(s)
+    # LocalStack's answer for an operation it does not implement
+    message = "API action 'ListOTAUpdates' for service 'iot' not yet implemented or pro feature"
+    s.stubbers["iot"].add_client_error(
+        "list_ota_updates", service_error_code="InternalFailure", service_message=message, http_status_code=501
+    )
+    found = find_run(s.api(), "r1")
+    assert found.manifest.ota_updates == () and found.manifest.stream is not None
+    (warning,) = found.warnings
+    assert warning.startswith("OTA updates not searched: iot.list_ota_updates is not implemented by this endpoint")
