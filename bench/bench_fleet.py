@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import multiprocessing
 import os
@@ -31,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -70,9 +72,20 @@ async def _fleet_worker(args: argparse.Namespace) -> dict[str, Any]:
         crt_threads=args.crt_threads,
     )
     source = s3_source(target)
-    cpu0 = os.times()
+    gc_s = [0.0, 0.0, 0.0]
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.thread_time()
+        else:
+            gc_s[info["generation"]] += time.thread_time() - gc_started[0]
+
+    gc.callbacks.append(on_gc)
+    cpu0, threads0 = os.times(), _thread_cpu()
     run = await run_fleet(target, identities, download, fleet, source=source, progress=FleetProgress())
-    cpu1 = os.times()
+    cpu1, threads1 = os.times(), _thread_cpu()
+    gc.callbacks.remove(on_gc)
     s = run.summary
     return {
         "devices": s.devices,
@@ -94,7 +107,32 @@ async def _fleet_worker(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_user_s": cpu1.user - cpu0.user,
         "cpu_system_s": cpu1.system - cpu0.system,
         "memory": run.memory.to_dict() if run.memory else None,
+        "gc_s": [round(x, 3) for x in gc_s],
+        "thread_cpu_s": {name: round(threads1.get(name, 0.0) - threads0.get(name, 0.0), 3) for name in threads1},
     }
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds (user + system) per thread of this process, by thread name (/proc; empty elsewhere): the
+    event loop's thread is "loop", awscrt's event-loop threads "AwsEventLoop", every other thread "other"."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    totals: dict[str, float] = {}
+    main = threading.get_native_id()
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return totals
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        name = "loop" if int(tid) == main else ("AwsEventLoop" if comm.startswith("AwsEventLoop") else "other")
+        totals[name] = totals.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return totals
 
 
 async def _bare_worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,6 +152,7 @@ async def _bare_worker(args: argparse.Namespace) -> dict[str, Any]:
     meter = MemoryMeter()
     meter.start()
     started = loop.time()
+    cpu0, threads0 = os.times(), _thread_cpu()
 
     async def one(i: int, identity: Any) -> MqttTransport:
         await asyncio.sleep(max(0.0, started + i / args.connect_rate - loop.time()))  # connect pacing
@@ -126,6 +165,7 @@ async def _bare_worker(args: argparse.Namespace) -> dict[str, Any]:
 
     transports = await asyncio.gather(*(one(i, identity) for i, identity in enumerate(identities)))
     connected_s = loop.time() - started
+    cpu1, threads1 = os.times(), _thread_cpu()
     fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
     memory = meter.stop(len(identities))
     await asyncio.gather(*(t.close() for t in transports))
@@ -133,6 +173,8 @@ async def _bare_worker(args: argparse.Namespace) -> dict[str, Any]:
         "devices": len(transports),
         "connected_s": connected_s,
         "open_fds": fds,
+        "cpu_s": round(cpu1.user + cpu1.system - cpu0.user - cpu0.system, 3),
+        "thread_cpu_s": {name: round(threads1.get(name, 0.0) - threads0.get(name, 0.0), 3) for name in threads1},
         "memory": memory.to_dict() if memory else None,
     }
 
@@ -379,6 +421,9 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, Any, str]]:
         ("duplicates, share of blocks %", lambda r: r["duplicate_share"] * 100, ".2f"),
         ("CPU s: fleet", lambda r: r["fleet"]["cpu_user_s"] + r["fleet"]["cpu_system_s"], ".1f"),
         ("CPU us per verified block", lambda r: r["cpu_us_per_block"], ".1f"),
+        ("  event loop / awscrt threads us", lambda r: _split_per_block(r), ""),
+        ("  of which GC us (full collections)", lambda r: _gc_per_block(r), ""),
+        ("  connections alone (bare) us", lambda r: r["bare"]["cpu_s"] / max(1, r["fleet"]["blocks"]) * 1e6, ".1f"),
         ("CPU s: emulator, mosquitto", lambda r: f"{r['emulator_cpu_s']:.1f}, {r['broker_cpu_s']:.1f}", ""),
         ("RSS when devices start MiB", lambda r: r["fleet"]["memory"]["rss_start_kib"] / 1024, ".1f"),
         ("peak RSS MiB", lambda r: r["fleet"]["memory"]["rss_peak_kib"] / 1024, ".1f"),
@@ -388,6 +433,18 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, Any, str]]:
         ("bare: all connected after s", lambda r: r["bare"]["connected_s"], ".2f"),
         ("bare: open fds", lambda r: r["bare"]["open_fds"], ""),
     ]
+
+
+def _split_per_block(r: dict[str, Any]) -> str:
+    threads, blocks = r["fleet"].get("thread_cpu_s") or {}, max(1, r["fleet"]["blocks"])
+    if "loop" not in threads:
+        return "n/a"
+    return f"{threads['loop'] / blocks * 1e6:.1f} / {threads.get('AwsEventLoop', 0.0) / blocks * 1e6:.1f}"
+
+
+def _gc_per_block(r: dict[str, Any]) -> str:
+    gc_s, blocks = r["fleet"]["gc_s"], max(1, r["fleet"]["blocks"])
+    return f"{sum(gc_s) / blocks * 1e6:.1f} ({gc_s[2] / blocks * 1e6:.1f})"
 
 
 def print_table(report: dict[str, Any]) -> None:

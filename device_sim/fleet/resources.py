@@ -12,11 +12,18 @@ they name for every TLS context it creates (about 5 ms each, holding the GIL: 5 
 loop) even when the connection then replaces that trust store with its own CA. A fleet whose connections all bring
 a CA runs without the two variables (``system_trust_env_dropped`` puts them back afterwards, for in-process callers
 such as tests and ``device-sim demo``).
+
+``fleet_gc``: while a fleet runs, Python's cyclic garbage collector freezes what existed before (imports, the
+plan: never garbage) and runs its youngest generation every ``FLEET_GC_THRESHOLD0`` new container objects instead of
+700. A fleet's per-block work makes short-lived objects that reference counting frees, so collections find next to
+nothing; with the default settings a 1000-device run spent 1.25 s of its 15 s of CPU in them (0.72 s in full
+collections walking every device's objects), with these 0.34 s. Put back as they were when the fleet ends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import Iterator, MutableMapping
@@ -26,12 +33,14 @@ from pathlib import Path
 __all__ = [
     "FDS_PER_DEVICE",
     "FDS_RESERVED",
+    "FLEET_GC_THRESHOLD0",
     "SYSTEM_TRUST_ENV",
     "MemoryMeter",
     "MemoryUse",
     "OpenFilesLimit",
     "drop_system_trust_env",
     "ensure_open_files",
+    "fleet_gc",
     "system_trust_env_dropped",
 ]
 
@@ -44,6 +53,9 @@ FDS_RESERVED = 256
 
 #: Variables that make awscrt (s2n) load a CA bundle into every TLS context before our CA replaces it.
 SYSTEM_TRUST_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR")
+
+#: New container objects between two collections of the youngest generation while a fleet runs (default 700).
+FLEET_GC_THRESHOLD0 = 10_000
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -179,3 +191,27 @@ class MemoryMeter:
         return MemoryUse(
             start_kib=self._start, peak_kib=max(peak, self._start), devices=devices, peak_since_start=self._reset
         )
+
+
+_gc_users = 0
+_gc_saved: tuple[int, int, int] | None = None
+
+
+@contextlib.contextmanager
+def fleet_gc() -> Iterator[None]:
+    """The garbage collector's fleet settings (see the module docstring) for the duration of the block. Nested or
+    concurrent uses in one process (two fleets in one loop) share them; the last one out restores the settings."""
+    global _gc_users, _gc_saved
+    if _gc_users == 0:
+        _gc_saved = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(max(FLEET_GC_THRESHOLD0, _gc_saved[0]), _gc_saved[1], _gc_saved[2])
+    _gc_users += 1
+    try:
+        yield
+    finally:
+        _gc_users -= 1
+        if _gc_users == 0 and _gc_saved is not None:
+            gc.set_threshold(*_gc_saved)
+            gc.unfreeze()
+            _gc_saved = None

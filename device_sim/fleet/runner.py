@@ -18,12 +18,14 @@ several processes or machines run one fleet together; ``device-sim report merge`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +33,7 @@ from device_sim.device.device import Device, DeviceCancelled, DownloadSettings
 from device_sim.device.verify import S3Source
 from device_sim.engine.machine import SharedRtt
 from device_sim.fleet.plan import DeviceIdentity, FleetPlan, FleetSettings, FleetTarget
-from device_sim.fleet.resources import MemoryMeter, MemoryUse
+from device_sim.fleet.resources import MemoryMeter, MemoryUse, fleet_gc
 from device_sim.protocol.limits import ACCOUNT_CONNECTS_PER_SECOND
 from device_sim.results.metrics import DeviceMetrics, FailureKind, FleetSummary, aggregate, failure_reason
 from device_sim.transport import CrtResources, TransportSettings
@@ -73,9 +75,13 @@ def _crt_resources(threads: int) -> CrtResources:
 
 
 class FleetProgress:
-    """Live counters of a fleet run (mutated only in the event loop; read by the progress display)."""
+    """Live counters of a fleet run (mutated only in the event loop; read by the progress display).
 
-    __slots__ = ("bytes", "connecting", "devices", "downloading", "failed", "started_at", "verified")
+    The runners count through the methods: ``begin`` when the devices start, ``device()`` around each device's
+    run (connecting until its first bytes, then downloading), ``ended`` with its verdict (and, for a device
+    following a job, its execution's final status, counted in ``executions``)."""
+
+    __slots__ = ("bytes", "connecting", "devices", "downloading", "executions", "failed", "started_at", "verified")
 
     def __init__(self, devices: int = 0) -> None:
         self.devices = devices
@@ -84,6 +90,7 @@ class FleetProgress:
         self.verified = 0
         self.failed = 0
         self.bytes = 0
+        self.executions: Counter[str] = Counter()  # job executions by final status so far (fleet --jobs)
         self.started_at = time.monotonic()
 
     @property
@@ -94,6 +101,43 @@ class FleetProgress:
     def mb_per_s(self) -> float:
         elapsed = time.monotonic() - self.started_at
         return self.bytes / 1e6 / elapsed if elapsed > 0 else 0.0
+
+    def begin(self, devices: int) -> None:
+        """The fleet's devices start now (the throughput counts from here)."""
+        self.devices = devices
+        self.started_at = time.monotonic()
+
+    @contextlib.contextmanager
+    def device(self) -> Iterator[Callable[[int], None]]:
+        """One device's run: connecting until its first bytes, then downloading, until the block ends (however
+        it ends). Yields the device's ``on_progress`` callback; the verdict is counted by ``ended``."""
+        downloading = False
+
+        def received(nbytes: int) -> None:
+            nonlocal downloading
+            self.bytes += nbytes
+            if not downloading:
+                downloading = True
+                self.connecting -= 1
+                self.downloading += 1
+
+        self.connecting += 1
+        try:
+            yield received
+        finally:
+            if downloading:
+                self.downloading -= 1
+            else:
+                self.connecting -= 1
+
+    def ended(self, ok: bool, execution_status: str | None = None) -> None:
+        """A device's verdict (a device cancelled or never started is not ok)."""
+        if ok:
+            self.verified += 1
+        else:
+            self.failed += 1
+        if execution_status is not None:
+            self.executions[execution_status] += 1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -140,45 +184,23 @@ async def run_device(
 ) -> DeviceMetrics:
     """One device of a fleet from start to verdict. Cancellation still yields the device's metrics.
     ``shared_rtt``: the round-trip knowledge this fleet's devices share (one per fleet, see ``SharedRtt``)."""
-    first = True
-
-    def on_progress(nbytes: int) -> None:
-        nonlocal first
-        if progress is None:
-            return
-        progress.bytes += nbytes
-        if first:
-            first = False
-            progress.connecting -= 1
-            progress.downloading += 1
-
-    if progress is not None:
-        progress.connecting += 1
-    device = Device(
-        thing_name=identity.thing_name,
-        stream_id=target.stream_id,
-        transport=transport_for(identity, target, transport_options),
-        settings=download,
-        source=source,
-        resources=resources,
-        run_started=run_started,
-        settings_label=label,
-        on_progress=on_progress,
-        shared_rtt=shared_rtt,
-    )
-    try:
+    if progress is None:
+        progress = FleetProgress()  # counted, not shown
+    with progress.device() as on_progress:
+        device = Device(
+            thing_name=identity.thing_name,
+            stream_id=target.stream_id,
+            transport=transport_for(identity, target, transport_options),
+            settings=download,
+            source=source,
+            resources=resources,
+            run_started=run_started,
+            settings_label=label,
+            on_progress=on_progress,
+            shared_rtt=shared_rtt,
+        )
         result = await device.run()
-    finally:
-        if progress is not None:
-            if first:
-                progress.connecting -= 1
-            else:
-                progress.downloading -= 1
-    if progress is not None:
-        if result.ok:
-            progress.verified += 1
-        else:
-            progress.failed += 1
+    progress.ended(result.ok)
     return result.metrics
 
 
@@ -226,8 +248,7 @@ async def run_fleet(
     meter.start()
     started = loop.time()
     if progress is not None:
-        progress.devices = len(identities)
-        progress.started_at = time.monotonic()
+        progress.begin(len(identities))
 
     async def one(identity: DeviceIdentity, offset: float) -> DeviceMetrics:
         await asyncio.sleep(max(0.0, started + offset - loop.time()))  # connect pacing, not synchronisation
@@ -248,24 +269,25 @@ async def run_fleet(
             # Returned, not raised: a task that ends in a CancelledError (subclass or not) is merely "cancelled"
             # to gather(), which then hands out a bare CancelledError, and the device's partial metrics are lost.
             if progress is not None:
-                progress.failed += 1
+                progress.ended(False)
             return exc.result.metrics
 
-    tasks = [loop.create_task(one(identity, offset)) for identity, offset in zip(identities, offsets, strict=True)]
-    everything = asyncio.gather(*tasks, return_exceptions=True)
-    waiters: list[asyncio.Future[Any]] = [everything]
-    stop_task = loop.create_task(stop.wait()) if stop is not None else None
-    if stop_task is not None:
-        waiters.append(stop_task)
-    done, _ = await asyncio.wait(waiters, timeout=settings.deadline_s, return_when=asyncio.FIRST_COMPLETED)
-    interrupted = everything not in done
-    if interrupted:
-        log.warning("stopping the fleet: %d devices unfinished", sum(not t.done() for t in tasks))
-        for task in tasks:
-            task.cancel()
-    if stop_task is not None:
-        stop_task.cancel()
-    outcomes = await everything
+    with fleet_gc():
+        tasks = [loop.create_task(one(identity, offset)) for identity, offset in zip(identities, offsets, strict=True)]
+        everything = asyncio.gather(*tasks, return_exceptions=True)
+        waiters: list[asyncio.Future[Any]] = [everything]
+        stop_task = loop.create_task(stop.wait()) if stop is not None else None
+        if stop_task is not None:
+            waiters.append(stop_task)
+        done, _ = await asyncio.wait(waiters, timeout=settings.deadline_s, return_when=asyncio.FIRST_COMPLETED)
+        interrupted = everything not in done
+        if interrupted:
+            log.warning("stopping the fleet: %d devices unfinished", sum(not t.done() for t in tasks))
+            for task in tasks:
+                task.cancel()
+        if stop_task is not None:
+            stop_task.cancel()
+        outcomes = await everything
     wall_s = loop.time() - started
     memory = meter.stop(len(identities))
     records: list[DeviceMetrics] = []
@@ -274,12 +296,12 @@ async def run_fleet(
             records.append(outcome)
         elif isinstance(outcome, asyncio.CancelledError):  # cancelled in the pacing sleep, before run_device
             if progress is not None:
-                progress.failed += 1
+                progress.ended(False)
             records.append(_never_started(identity, label, wall_s))
         else:  # run_device reports its own failures; anything here is a bug, reported on the device
             log.error("device %s: %r", identity.thing_name, outcome)
             if progress is not None:
-                progress.failed += 1
+                progress.ended(False)
             records.append(
                 DeviceMetrics(
                     thing_name=identity.thing_name,

@@ -1,12 +1,12 @@
 """What the transport needs from a protocol driver (MQTT5 or MQTT 3.1.1 over awscrt).
 
 A driver owns one awscrt client. Its CRT callbacks run on awscrt's event-loop threads and do exactly one thing:
-``hop.post(handler, *args)``: append to the transport's ``LoopHop`` queue, and wake the event loop with
-``loop.call_soon_threadsafe`` only when that queue was empty. Everything else (reading awscrt's event objects,
-calling the transport's hooks) runs in the asyncio event loop, in the order awscrt produced the events: messages,
-lifecycle events and publish completions share the one queue. Operations return awscrt's
-``concurrent.futures.Future``s; the transport awaits them with ``asyncio.wrap_future`` (or, for ``publish_nowait``,
-hops their completion through the queue).
+``hop.post(handler, *args)``: append to the event loop's ``LoopHop`` queue (one per loop, shared by its
+transports), and wake the event loop with ``loop.call_soon_threadsafe`` only when that queue was empty. Everything
+else (reading awscrt's event objects, calling the transport's hooks) runs in the asyncio event loop, in the order
+awscrt produced the events: messages, lifecycle events and publish completions share the one queue. Operations
+return awscrt's ``concurrent.futures.Future``s; the transport awaits them with ``asyncio.wrap_future`` (or, for
+``publish_nowait``, hops their completion through the queue).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from device_sim.transport.settings import QoS
 
@@ -68,7 +69,25 @@ class LoopHop:
     ``call_soon``) and the drain goes on. Once the loop is closed, posts are dropped (nobody listens any more).
     """
 
-    __slots__ = ("_call", "_items", "_loop", "_scheduled", "wakeups")
+    __slots__ = ("__weakref__", "_call", "_items", "_loop", "_scheduled", "wakeups")
+
+    #: The hop each event loop's transports share (``for_loop``).
+    _shared: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopHop]] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def for_loop(cls, loop: asyncio.AbstractEventLoop) -> LoopHop:
+        """The one hop of ``loop``, shared by every transport running in it.
+
+        awscrt's event-loop thread serves many connections per turn (epoll hands it every socket that is ready),
+        so a fleet's messages arrive as bursts across devices. With one queue per loop such a burst costs one
+        wake-up of the loop; with one queue per transport it cost one wake-up (a ``call_soon_threadsafe`` with its
+        self-pipe write, and a turn of the loop) per device in the burst. Order is still awscrt's order, for every
+        transport. Created in the loop's thread (the transports' ``connect``), so no lock is needed here.
+        """
+        hop = cls._shared.get(loop)
+        if hop is None:
+            hop = cls._shared[loop] = cls(loop)
+        return hop
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop

@@ -153,6 +153,13 @@ class Mqtt5Driver:
             self._client.stop()
 
 
+# awscrt checks each callback of a new client with ``inspect.signature(callback).bind(None)``; a function that
+# carries ``__signature__`` skips the introspection (9 -> 4 us per callback, five per device a fleet connects).
+for _callback in ("_crt_publish", "_crt_success", "_crt_failure", "_crt_disconnection", "_crt_stopped"):
+    _function = getattr(Mqtt5Driver, _callback)
+    _function.__signature__ = inspect.signature(_function)
+
+
 # --------------------------------------------------------------------------------------- direct publish path
 
 

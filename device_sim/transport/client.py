@@ -95,7 +95,8 @@ class MqttTransport:
 
     @property
     def wakeups(self) -> int:
-        """Event-loop wake-ups awscrt's callbacks have cost so far (a burst of messages shares one)."""
+        """Event-loop wake-ups awscrt's callbacks have cost so far, counted for the event loop (its transports
+        share one queue, and a burst of messages, for any of them, shares one wake-up)."""
         return self._hop.wakeups if self._hop is not None else 0
 
     @property
@@ -113,7 +114,7 @@ class MqttTransport:
         """Connect (ConnectError with a hint on failure; the transport is then CLOSED)."""
         self._fire(Input.CONNECT)
         loop = self._loop = asyncio.get_running_loop()
-        self._hop = LoopHop(loop)
+        self._hop = LoopHop.for_loop(loop)
         self._pending = PendingOps(loop, self._hop)
         self._stopped = loop.create_future()
         try:
