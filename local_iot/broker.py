@@ -13,8 +13,10 @@ The configuration (see docs/broker.md for the why of each line):
 - TLS listener: ``require_certificate`` and local_iot's plugin (``local_iot/plugin/local_iot_plugin.c``, built by
   ``local_iot.plugin_build``): the client id must be a thing attached to a registered ACTIVE certificate (or, without
   a registry, the certificate's CN), a device may only use its own thing's stream topics, and a SUBSCRIBE outside
-  them is refused in the SUBACK. ``plugin=False`` falls back to the ACL file
-  (``pattern readwrite $aws/things/%u/streams/#``, granted SUBACKs, any client id).
+  them is refused in the SUBACK; a Jobs answer the Jobs service publishes on ``local-iot/jobs-reply/<thing>/...``
+  is delivered to client ``<thing>`` alone, subscribed or not. ``plugin=False`` falls back to the ACL file
+  (``pattern readwrite $aws/things/%u/streams/#``, granted SUBACKs, any client id; Jobs answers reach subscribers
+  only).
 - ``set_tcp_nodelay true``; ``max_queued_messages 1000``: at most 1000 messages wait for one client (a client that
   stops reading cannot grow the broker without bound; a download asks for at most 512 blocks per request);
   ``persistence false``; ``user root`` when run as root (otherwise mosquitto switches to user ``mosquitto`` and
@@ -342,6 +344,12 @@ class MosquittoBroker:
                 "this broker has no plain TCP port (BrokerConfig.mqtt_port is None): use socket_path"
             )
         return self._require(self._mqtt_port, "mqtt_port")
+
+    @property
+    def has_plugin(self) -> bool:
+        """Whether mosquitto runs local_iot's plugin (known after start()): the device policy on the TLS
+        listener, and Jobs answers delivered to the thing's client without a subscription."""
+        return self._plugin is not None
 
     @property
     def has_plain_port(self) -> bool:

@@ -164,6 +164,7 @@ class LocalIot:
                 socket_path=None if s.plain_port else str(self.broker.socket_path),
                 minute=s.jobs_minute_s,
                 on_change=self._on_jobs_change,
+                direct_replies=self.broker.has_plugin,  # always here: LocalIot's broker runs the plugin
             ).start()
             _write_json(self.state_dir / INFO_FILE, self.info)
             self._supervisor = threading.Thread(target=self._supervise, name="local-iot-supervisor", daemon=True)

@@ -7,9 +7,14 @@ publishes the answer and notifications at QoS 1, in order. Control-plane changes
 devices through the sink this service registers on the backend. A timer thread calls ``JobsBackend.tick`` at the
 core's next deadline (step timeouts, in-progress timeouts, rollout windows) and is woken after every change.
 
-Replies go to the requesting device only through its own subscription: mosquitto delivers to subscribers, while
-AWS IoT also delivers Jobs replies to a client that did not subscribe (docs/ota.md says what that means for the
-stock OTA agent).
+Answers reach the device that asked even when it did not subscribe to them, as on AWS IoT (AWS's OTA agent
+never subscribes to ``$next/get/accepted``). mosquitto delivers only to subscribers, so with ``direct_replies``
+(set when the broker runs local_iot's plugin) each ``accepted``/``rejected`` answer is published on the private
+topic ``local-iot/jobs-reply/<thing>/<answer topic>`` instead: the plugin delivers it to the client whose id is
+``<thing>`` (devices connect with client id = thing name) on the answer topic, subscribed or not, exactly once,
+and drops the private message (the broker acknowledges it with "not authorized"; that is expected). Without the
+plugin, answers go to the answer topic and reach subscribers only. Notifications (``notify``, ``notify-next``)
+always go to their own topics, to subscribers, as on AWS.
 """
 
 from __future__ import annotations
@@ -30,12 +35,27 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from .backend import JobsBackend, Wiring, jobs_backends, unwire, wire
 from .core import JobsOutgoing
 
-__all__ = ["JOBS_FILTER", "JobsService", "JobsServiceError"]
+__all__ = ["JOBS_FILTER", "REPLY_PREFIX", "JobsService", "JobsServiceError", "reply_topic"]
 
 log = logging.getLogger(__name__)
 
 JOBS_FILTER = "$aws/things/+/jobs/#"
 DEFAULT_CLIENT_ID = "local-iot-jobs-service"
+#: Where the service publishes an answer for the broker plugin to deliver to the thing's client alone.
+REPLY_PREFIX = "local-iot/jobs-reply/"
+_THINGS = "$aws/things/"
+_ANSWERS = ("/accepted", "/rejected")
+
+
+def reply_topic(topic: str) -> str | None:
+    """The private topic that carries the answer ``topic`` (``$aws/things/<thing>/jobs/.../accepted`` or
+    ``/rejected``) to the plugin, ``local-iot/jobs-reply/<thing>/<topic>``; None for any other topic."""
+    if not topic.startswith(_THINGS) or not topic.endswith(_ANSWERS):
+        return None
+    thing, sep, _ = topic[len(_THINGS) :].partition("/jobs/")
+    if not sep or not thing or "/" in thing:
+        return None
+    return f"{REPLY_PREFIX}{thing}/{topic}"
 
 
 class JobsServiceError(Exception):
@@ -57,8 +77,10 @@ class JobsService:
         minute: float = 60.0,
         on_change: Callable[[], None] | None = None,
         client_id: str = DEFAULT_CLIENT_ID,
+        direct_replies: bool = False,
     ) -> None:
         self._account_id, self._region, self._minute = account_id, region, minute
+        self._direct_replies = direct_replies
         self._wiring = Wiring(sink=self._publish, on_change=self._changed, minute=minute)
         self._host, self._port, self._socket_path = host, port, socket_path
         self._clock = clock
@@ -165,7 +187,8 @@ class JobsService:
     def _publish(self, out: list[JobsOutgoing]) -> None:
         with self._publish_lock:
             for message in out:
-                self._client.publish(message.topic, message.payload, qos=1)
+                topic = (reply_topic(message.topic) if self._direct_replies else None) or message.topic
+                self._client.publish(topic, message.payload, qos=1)
 
     def _changed(self) -> None:
         with self._wake:

@@ -18,6 +18,16 @@
  * - Certificate status (MOSQ_EVT_TICK): the registry file is re-read when it changes; clients whose certificate
  *   is no longer registered and ACTIVE (or no longer attached to their thing) are disconnected, as AWS does after
  *   UpdateCertificate to INACTIVE/REVOKED.
+ * - Jobs answers (MOSQ_EVT_MESSAGE): AWS delivers a Jobs answer to the client that asked even when it did not
+ *   subscribe to the answer topic. The Jobs service publishes each answer on the private topic
+ *   "local-iot/jobs-reply/<thing>/<answer topic>"; for such a message from a client without a certificate, the
+ *   plugin hands the payload (QoS, MQTT 5 properties) to mosquitto_broker_publish() addressed to client id <thing>
+ *   (= its thing name), which delivers it to that one client whether or not it subscribed (nothing when no
+ *   client has that id), and drops the private message (the sender gets PUBACK "not authorized"), so no
+ *   subscriber sees it. mosquitto 2.0 does not check read access for a message addressed to a client id, so the
+ *   answer topic must be one of that thing's own "$aws/things/<thing>/jobs/" topics. A device cannot use this
+ *   path: the prefix is outside its topics (dropped and disconnected by the ACL check above), and a message from
+ *   a client with a certificate is dropped here as well.
  *
  * Options: plugin_opt_registry PATH (lines "<sha256 hex> <STATUS> <thing>[,<thing>...]" or "-" for none;
  * rewritten atomically by local_iot), plugin_opt_allow PREFIX[,PREFIX...].
@@ -47,6 +57,8 @@ int X509_NAME_get_text_by_NID(void *name, int nid, char *buf, int len);
 
 #define MAX_PREFIXES 8
 #define MAX_ID 256
+#define JOBS_REPLY_PREFIX "local-iot/jobs-reply/"
+#define JOBS_TOPIC_PREFIX "$aws/things/"
 
 struct cert_entry {
 	char fingerprint[65];
@@ -334,6 +346,62 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	return MOSQ_ERR_ACL_DENIED;
 }
 
+/* The answer topic of a private Jobs reply when it is "<thing>/$aws/things/<thing>/jobs/<rest>", else NULL;
+ * the thing (client id) is copied to thing[MAX_ID + 1]. */
+static const char *jobs_answer_topic(const char *rest, char *thing)
+{
+	const char *slash = strchr(rest, '/');
+	size_t n = slash ? (size_t)(slash - rest) : 0;
+	if(n == 0 || n > MAX_ID){
+		return NULL;
+	}
+	memcpy(thing, rest, n);
+	thing[n] = '\0';
+	const char *answer = slash + 1;
+	size_t p = strlen(JOBS_TOPIC_PREFIX);
+	if(strncmp(answer, JOBS_TOPIC_PREFIX, p) != 0 || strncmp(answer + p, thing, n) != 0
+			|| strncmp(answer + p + n, "/jobs/", 6) != 0 || answer[p + n + 6] == '\0'){
+		return NULL;
+	}
+	return answer;
+}
+
+static int on_message(int event, void *event_data, void *userdata)
+{
+	struct mosquitto_evt_message *ed = event_data;
+	(void)event;
+	(void)userdata;
+	size_t prefix_len = strlen(JOBS_REPLY_PREFIX);
+	if(!ed->topic || strncmp(ed->topic, JOBS_REPLY_PREFIX, prefix_len) != 0){
+		return MOSQ_ERR_SUCCESS;
+	}
+	const char *sender = mosquitto_client_id(ed->client);
+	void *cert = mosquitto_client_certificate(ed->client);
+	if(cert){ /* a device: never (the ACL check refuses it first); drop it all the same */
+		X509_free(cert);
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, "local-iot: dropped a Jobs reply published by device %s",
+				sender ? sender : "?");
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	char thing[MAX_ID + 1];
+	const char *answer = jobs_answer_topic(ed->topic + prefix_len, thing);
+	if(!answer){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "local-iot: dropped '%s' from %s: not %s<thing>/%s<thing>/jobs/...",
+				ed->topic, sender ? sender : "?", JOBS_REPLY_PREFIX, JOBS_TOPIC_PREFIX);
+		return MOSQ_ERR_ACL_DENIED;
+	}
+	mosquitto_property *properties = NULL;
+	int rc = ed->properties ? mosquitto_property_copy_all(&properties, ed->properties) : MOSQ_ERR_SUCCESS;
+	if(rc == MOSQ_ERR_SUCCESS){
+		rc = mosquitto_broker_publish_copy(thing, answer, (int)ed->payloadlen, ed->payload, ed->qos, false, properties);
+	}
+	if(rc != MOSQ_ERR_SUCCESS){
+		mosquitto_property_free_all(&properties);
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "local-iot: could not deliver '%s' to %s (error %d)", answer, thing, rc);
+	}
+	return MOSQ_ERR_ACL_DENIED; /* the private message itself goes to nobody */
+}
+
 static bool registry_changed(void)
 {
 	struct stat st;
@@ -439,6 +507,9 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata, st
 	if(!rc){
 		rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_TICK, on_tick, NULL, NULL);
 	}
+	if(!rc){
+		rc = mosquitto_callback_register(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL, NULL);
+	}
 	mosquitto_log_printf(MOSQ_LOG_INFO, "local-iot plugin: %s, %d topic prefixes",
 			registry_path ? "certificate registry" : "client id = certificate CN", prefix_count);
 	return rc;
@@ -452,6 +523,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
 	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_TICK, on_tick, NULL);
+	mosquitto_callback_unregister(plugin_id, MOSQ_EVT_MESSAGE, on_message, NULL);
 	for(int i = 0; i < pending_kick_count; i++){
 		free(pending_kicks[i]);
 	}

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import base64
 import json
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from local_iot.ca import CertPaths
 from local_iot.runner import LocalIot, LocalIotSettings
-from tests.e2e.jobs_client import JobsDevice
+from tests.e2e.jobs_client import TIMEOUT, JobsDevice
 
 pytestmark = pytest.mark.e2e
 
@@ -357,3 +363,158 @@ def test_jobs_survive_a_restart(tmp_path: Path) -> None:
             assert device.request("$next/get", {})[1]["execution"]["jobId"] == other
         finally:
             device.close()
+
+
+# -- answers reach the device that asked, subscribed or not ------------------------------------------------------
+
+
+class RawClient:
+    """A paho client with only the subscriptions it is given: a device on the mutual-TLS listener (``paths``), MQTT
+    3.1.1 as AWS's OTA agent over coreMQTT, or without ``paths`` a local tool on the plain listener (MQTT 5). Every
+    delivered message goes to a queue; ``disconnected`` is set when the broker closes the connection."""
+
+    def __init__(self, iot: LocalIot, client_id: str, subscriptions: list[str], paths: CertPaths | None = None) -> None:
+        protocol = MQTTProtocolVersion.MQTTv311 if paths is not None else MQTTProtocolVersion.MQTTv5
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._kept: list[tuple[str, bytes]] = []
+        self.disconnected = threading.Event()
+        connected: queue.Queue[Any] = queue.Queue()
+        subscribed: queue.Queue[list[Any]] = queue.Queue()
+        self.client.on_connect = lambda c, u, f, rc, p: connected.put(rc)
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: subscribed.put(list(rcs))
+        self.client.on_message = lambda c, u, m: self.messages.put((m.topic, bytes(m.payload)))
+        self.client.on_disconnect = lambda c, u, f, rc, p: self.disconnected.set()
+        if paths is not None:
+            self.client.tls_set(
+                ca_certs=iot.info["ca_cert"], certfile=str(paths.cert_path), keyfile=str(paths.key_path)
+            )
+            self.client.connect("localhost", iot.info["tls_port"])
+        else:
+            self.client.connect("127.0.0.1", iot.info["mqtt_port"])
+        self.client.loop_start()
+        assert not connected.get(timeout=TIMEOUT).is_failure
+        for topic in subscriptions:
+            self.client.subscribe(topic, qos=1)
+            assert not any(rc.is_failure for rc in subscribed.get(timeout=TIMEOUT))
+
+    def publish(self, topic: str, body: Any) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(topic, json.dumps(body).encode(), qos=1)
+
+    def next_on(self, *topics: str) -> tuple[str, dict[str, Any]]:
+        """The next message on one of ``topics``; messages on other topics are kept for ``received()``."""
+        deadline = time.monotonic() + TIMEOUT
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                topic, payload = self.messages.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if topic in topics:
+                return topic, json.loads(payload)
+            self._kept.append((topic, payload))
+        raise AssertionError(f"nothing on {topics} within {TIMEOUT} s; seen {self._kept}")
+
+    def received(self) -> list[tuple[str, bytes]]:
+        """Everything delivered and not returned by ``next_on``."""
+        out, self._kept = self._kept, []
+        while not self.messages.empty():
+            out.append(self.messages.get_nowait())
+        return out
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def test_an_answer_reaches_a_device_that_did_not_subscribe_to_it(iot: LocalIot, tmp_path: Path) -> None:
+    """AWS's OTA agent subscribes to notify-next only, then asks ``$next/get``: the answer still reaches it, once."""
+    thing = uid("agent")
+    paths = iot.issue_device(thing, tmp_path / "certs")
+    job_id = create_job(iot, [thing])
+    jobs = f"$aws/things/{thing}/jobs/"
+    with RawClient(iot, thing, [jobs + "notify-next"], paths) as agent:
+        agent.publish(jobs + "$next/get", {"clientToken": "agent-1"})
+        topic, answer = agent.next_on(jobs + "$next/get/accepted", jobs + "$next/get/rejected")
+        assert topic == jobs + "$next/get/accepted" and answer["clientToken"] == "agent-1"
+        assert answer["execution"]["jobId"] == job_id and answer["execution"]["status"] == "QUEUED"
+        agent.publish(jobs + "no-such-job/update", {"status": "IN_PROGRESS", "clientToken": "agent-2"})
+        topic, answer = agent.next_on(jobs + "no-such-job/update/accepted", jobs + "no-such-job/update/rejected")
+        assert topic.endswith("/rejected") and answer["code"] == "ResourceNotFound"
+        assert answer["clientToken"] == "agent-2"
+        # The second round trip was answered after the first: a second copy of the first answer would be here.
+        assert [t for t, _ in agent.received() if not t.endswith("/notify-next")] == []
+
+
+def unread_topics(device: JobsDevice) -> list[str]:
+    """The topics of the messages delivered to ``device`` and not read by a request or a notification wait."""
+    unread = [topic for topic, _ in device._seen]
+    device._seen.clear()
+    while not device._messages.empty():
+        unread.append(device._messages.get_nowait()[0])
+    return unread
+
+
+def unread_answers(device: JobsDevice) -> list[str]:
+    """The unread answers (``accepted``/``rejected``) of ``device``; its own requests' echoes aside."""
+    return [topic for topic in unread_topics(device) if topic.endswith(("/accepted", "/rejected"))]
+
+
+def test_a_subscribed_device_gets_each_answer_once_and_no_one_else_sees_it(iot: LocalIot, devices: Any) -> None:
+    thing = uid("dev")
+    device = devices(thing)  # subscribed to $aws/things/<thing>/jobs/#
+    bystander = devices(uid("dev"))
+    with RawClient(iot, uid("monitor"), ["#", "$aws/things/+/jobs/#"]) as monitor:
+        device.publish("get", {"clientToken": "first"})
+        topic, payload = device.next_message(device.prefix + "get/accepted", device.prefix + "get/rejected")
+        assert (topic, json.loads(payload)["clientToken"]) == (device.prefix + "get/accepted", "first")
+        # Barrier: the next answer on the same topic; a second copy of the first would arrive before it.
+        kind, answer = device.request("get", {"clientToken": "second"})
+        assert (kind, answer["clientToken"]) == ("accepted", "second")
+        assert unread_answers(device) == []
+        # Barrier for the monitor: its own message comes back after everything routed to it before.
+        monitor.publish("local-iot-test/marker", {})
+        monitor.next_on("local-iot-test/marker")
+        seen = [t for t, _ in monitor.received()]
+        assert f"$aws/things/{thing}/jobs/get" in seen  # a local tool on the plain listener sees requests...
+        assert [t for t in seen if t.endswith(("/accepted", "/rejected")) or t.startswith("local-iot/")] == []
+    assert bystander.request("get", {})[0] == "accepted"
+    assert unread_answers(bystander) == []
+
+
+def test_a_device_cannot_send_a_jobs_reply_to_another_thing(iot: LocalIot, devices: Any, tmp_path: Path) -> None:
+    victim = devices(uid("victim"))
+    attacker_thing = uid("attacker")
+    paths = iot.issue_device(attacker_thing, tmp_path / "attacker")
+    forged = f"local-iot/jobs-reply/{victim.thing}/{victim.prefix}get/accepted"
+    with RawClient(iot, attacker_thing, [], paths) as attacker:
+        attacker.publish(forged, {"clientToken": "forged", "inProgressJobs": [], "queuedJobs": []})
+        assert attacker.disconnected.wait(TIMEOUT), "a publish outside the device's topics closes its connection"
+    # Barrier: the attacker's publish was handled before it was disconnected; the victim's next answer on the
+    # same topic comes after anything that publish could have queued for it.
+    kind, answer = victim.request("get", {"clientToken": "real"})
+    assert (kind, answer["clientToken"]) == ("accepted", "real")
+    assert unread_answers(victim) == []
+
+
+def test_a_private_reply_reaches_only_its_things_own_jobs_topics(iot: LocalIot, devices: Any) -> None:
+    """Even a local tool on the plain listener (trusted, as the Jobs service is) cannot use the private path to put
+    a message on any other topic of a thing's client: mosquitto delivers a plugin's message to a client id without
+    a read-permission check, so the plugin accepts only that thing's own Jobs topics."""
+    victim = devices(uid("victim"))
+    with RawClient(iot, uid("tool"), []) as tool:
+        for answer_topic in ("$aws/things/someone-else/jobs/get/accepted", f"$aws/things/{victim.thing}/streams/x"):
+            info = tool.publish(f"local-iot/jobs-reply/{victim.thing}/{answer_topic}", {"clientToken": "forged"})
+            info.wait_for_publish(TIMEOUT)  # the broker has handled it (and dropped the private message)
+    kind, answer = victim.request("get", {"clientToken": "real"})  # barrier: answered after those were handled
+    assert (kind, answer["clientToken"]) == ("accepted", "real")
+    unread = unread_topics(victim)
+    assert [topic for topic in unread if not topic.startswith(victim.prefix)] == []
+    assert [topic for topic in unread if topic.endswith(("/accepted", "/rejected"))] == []
