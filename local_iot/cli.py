@@ -34,20 +34,23 @@ def main(verbose: int) -> None:
 
 
 class FiniteFloat(click.ParamType):  # type: ignore[type-arg]
-    """A float in [low, high]; NaN and infinities are refused (click's FloatRange lets NaN through)."""
+    """A float in [low, high] (``(low, high]`` with ``above_low``); NaN and infinities are refused (click's
+    FloatRange lets NaN through)."""
 
     name = "float"
 
-    def __init__(self, low: float, high: float) -> None:
-        self.low, self.high = low, high
+    def __init__(self, low: float, high: float, *, above_low: bool = False) -> None:
+        self.low, self.high, self.above_low = low, high, above_low
 
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
         try:
             number = float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             self.fail(f"{value!r} is not a number", param, ctx)
-        if not math.isfinite(number) or not self.low <= number <= self.high:
-            self.fail(f"{value!r} is not a finite number from {self.low:g} to {self.high:g}", param, ctx)
+        low_ok = number > self.low if self.above_low else number >= self.low
+        if not math.isfinite(number) or not low_ok or number > self.high:
+            what = f"above {self.low:g} and at most" if self.above_low else f"from {self.low:g} to"
+            self.fail(f"{value!r} is not a finite number {what} {self.high:g}", param, ctx)
         return number
 
 
@@ -136,6 +139,15 @@ def _check_spec(parse, value: str | None, param: str) -> str | None:  # type: ig
 @click.option("--faults", default=None, help="Fault spec, e.g. 'drop=0.1,dup=0.05,reorder=0.1' (see README).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for fault injection.")
 @click.option(
+    "--jobs-minute-s",
+    type=FiniteFloat(0, 86400, above_low=True),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long a Jobs minute lasts: step timeouts (stepTimeoutInMinutes), in-progress timeouts and rollout "
+    "rates (maximumPerMinute) count in it. Shorten it to see timeouts and rollouts pass quickly.",
+)
+@click.option(
     "--fresh", is_flag=True, help="Forget the state dir's saved control plane and ports first (keeps the CA)."
 )
 def up(
@@ -151,6 +163,7 @@ def up(
     quotas: str,
     faults: str | None,
     seed: int,
+    jobs_minute_s: float,
     fresh: bool,
 ) -> None:
     """Start everything, write STATE_DIR/local-iot.json, and run until Ctrl-C or SIGTERM.
@@ -179,6 +192,7 @@ def up(
         quotas=quotas,
         faults=faults,
         seed=seed,
+        jobs_minute_s=jobs_minute_s,
     )
     stop = threading.Event()
 
@@ -209,6 +223,8 @@ def up(
                 "unauthenticated, anyone who reaches it can change or reset everything"
             )
             click.echo(f"  latency {latency_ms} ms, quotas {quotas}, faults {faults or 'none'}, seed {seed}")
+            if jobs_minute_s != 60.0:
+                click.echo(f"  a Jobs minute lasts {jobs_minute_s:g} s")
             click.echo(f"  written: {Path(info['state_dir']) / INFO_FILE}")
             click.echo("# use it from another shell (dummy credentials; never your real ones):")
             for key, value in iot.environment().items():
