@@ -25,6 +25,7 @@ import click
 
 from device_sim.cli.errors import BadArguments, exit_code_of_signal
 from device_sim.cli.jobs import job_options, run_jobs_fleet_command
+from device_sim.cli.live import live_progress
 from device_sim.cli.locust import locust_options, locust_topology_given, run_locust
 from device_sim.cli.options import (
     ReportFailed,
@@ -278,23 +279,12 @@ async def run_with_display(
     assert target is not None
     progress = FleetProgress(len(plan.identities))
     own_ca = not target.no_tls and target.ca is not None
-    with _stop_on_signals(loop, stop, signals), system_trust_env_dropped(own_ca):
-        if quiet or not sys.stderr.isatty():
-            return await run_plan(plan, source=source, progress=progress, stop=stop, download=download)
-        from rich.console import Console
-        from rich.live import Live
-
-        class View:
-            def __rich__(self) -> str:
-                p = progress
-                return (
-                    f"[bold]{title}[/] waiting {p.waiting}  connecting {p.connecting}  "
-                    f"downloading {p.downloading}  [green]verified {p.verified}[/]  "
-                    f"[red]failed {p.failed}[/]  {p.mb_per_s:.2f} MB/s"
-                )
-
-        with Live(View(), console=Console(stderr=True), refresh_per_second=4, transient=True):
-            return await run_plan(plan, source=source, progress=progress, stop=stop, download=download)
+    with (
+        _stop_on_signals(loop, stop, signals),
+        system_trust_env_dropped(own_ca),
+        live_progress(progress, title, quiet=quiet),
+    ):
+        return await run_plan(plan, source=source, progress=progress, stop=stop, download=download)
 
 
 def print_summary(run: FleetRun) -> None:

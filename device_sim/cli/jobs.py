@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from device_sim.cli.errors import BadArguments, exit_code_of_signal
+from device_sim.cli.live import live_progress
 from device_sim.cli.options import ReportFailed
 from device_sim.cli.rich_tables import print_summary_table
 from device_sim.device.jobs import JobDevice, JobResult, JobSettings
@@ -158,17 +159,18 @@ def run_jobs_fleet_command(
         for sig in SIGNALS:  # stop the devices, still write the reports
             loop.add_signal_handler(sig, on_signal, sig)
         try:
-            return await run_jobs_fleet(
-                target,
-                plan.identities,
-                plan.download,
-                plan.fleet,
-                jobs,
-                stream_id=stream_id,
-                source=source,
-                progress=progress,
-                stop=stop,
-            )
+            with live_progress(progress, f"jobs fleet of {len(plan.identities)}", quiet=params["quiet"]):
+                return await run_jobs_fleet(
+                    target,
+                    plan.identities,
+                    plan.download,
+                    plan.fleet,
+                    jobs,
+                    stream_id=stream_id,
+                    source=source,
+                    progress=progress,
+                    stop=stop,
+                )
         finally:
             for sig in SIGNALS:
                 loop.remove_signal_handler(sig)

@@ -110,44 +110,22 @@ async def run_job_device(
     crt_threads: int | None = None,
     progress: FleetProgress | None = None,
 ) -> JobResult:
-    """One device following its job, with the fleet's progress counters."""
-    first = True
-
-    def on_progress(nbytes: int) -> None:
-        nonlocal first
-        if progress is None:
-            return
-        progress.bytes += nbytes
-        if first:
-            first = False
-            progress.connecting -= 1
-            progress.downloading += 1
-
-    if progress is not None:
-        progress.connecting += 1
-    device = JobDevice(
-        thing_name=identity.thing_name,
-        transport=transport_for(identity, target, transport_options),
-        settings=download,
-        jobs=jobs,
-        source=source,
-        resources=fleet_crt_resources(crt_threads),
-        run_started=run_started,
-        on_progress=on_progress,
-    )
-    try:
+    """One device following its job, with the fleet's progress counters (and its execution's final status)."""
+    if progress is None:
+        progress = FleetProgress()  # counted, not shown
+    with progress.device() as on_progress:
+        device = JobDevice(
+            thing_name=identity.thing_name,
+            transport=transport_for(identity, target, transport_options),
+            settings=download,
+            jobs=jobs,
+            source=source,
+            resources=fleet_crt_resources(crt_threads),
+            run_started=run_started,
+            on_progress=on_progress,
+        )
         result = await device.run()
-    finally:
-        if progress is not None:
-            if first:
-                progress.connecting -= 1
-            else:
-                progress.downloading -= 1
-    if progress is not None:
-        if result.ok:
-            progress.verified += 1
-        else:
-            progress.failed += 1
+    progress.ended(result.ok, result.status)
     return result
 
 
@@ -174,7 +152,7 @@ async def run_jobs_fleet(
     offsets = [i / settings.connect_rate + rng.uniform(0, settings.start_jitter) for i in range(len(identities))]
     started = loop.time()
     if progress is not None:
-        progress.devices = len(identities)
+        progress.begin(len(identities))
 
     async def one(identity: DeviceIdentity, offset: float) -> JobResult:
         await asyncio.sleep(max(0.0, started + offset - loop.time()))  # connect pacing, not synchronisation
@@ -210,16 +188,14 @@ async def run_jobs_fleet(
     for identity, outcome in zip(identities, outcomes, strict=True):
         if isinstance(outcome, JobResult):
             records.append(outcome.metrics)
-            job_records.append(
-                JobRecord(
-                    thing_name=outcome.thing_name, job_id=outcome.job_id, status=outcome.status, reason=outcome.reason
-                )
-            )
+            job_records.append(_record(outcome))
             continue
         message = "the run stopped before this device finished its job"
         if not isinstance(outcome, asyncio.CancelledError):
             message = f"internal error: {outcome!r}"
         metrics, record = _cancelled(identity, label, wall_s, message)
+        if progress is not None:
+            progress.ended(False, record.status)
         records.append(metrics)
         job_records.append(record)
     summary = aggregate(

@@ -10,7 +10,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import pty
 import queue
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +31,7 @@ from device_sim.device.jobs import NO_JOB, JobDevice, JobResult, JobSettings, pa
 from device_sim.device.types import DownloadSettings
 from device_sim.fleet.jobs import ota_plan, run_jobs_fleet
 from device_sim.fleet.plan import FleetSettings, read_target, s3_source
-from device_sim.fleet.runner import transport_for
+from device_sim.fleet.runner import FleetProgress, transport_for
 from device_sim.transport.settings import FlowControl
 from local_iot.runner import LocalIot, LocalIotSettings
 from provisioner.cli import main as provisioner
@@ -184,6 +189,7 @@ def test_a_fleet_of_50_through_one_ota_update(run: Run) -> None:
     job_id = ota_create(run, *fleet, rollout_per_minute="1000")
     target, identities = read_target(run.manifest)
     plan = ota_plan(run.manifest)
+    progress = FleetProgress()
     outcome = asyncio.run(
         run_jobs_fleet(
             target,
@@ -193,9 +199,14 @@ def test_a_fleet_of_50_through_one_ota_update(run: Run) -> None:
             JobSettings(signing_cert=plan.signing_cert, wait_s=30),
             stream_id=plan.stream_id,
             source=s3_source(target),
+            progress=progress,
         )
     )
     assert outcome.by_status == {"SUCCEEDED": 50}, [j for j in outcome.jobs if j.status != "SUCCEEDED"]
+    # the live counters the display draws, kept by the same FleetProgress methods as a plain fleet's
+    assert (progress.devices, progress.verified, progress.failed, progress.bytes) == (50, 50, 0, 50 << 20)
+    assert (progress.waiting, progress.connecting, progress.downloading) == (0, 0, 0)
+    assert progress.executions == {"SUCCEEDED": 50}
     assert outcome.ok and {j.job_id for j in outcome.jobs} == {job_id}
     assert all(r.verified for r in outcome.records) and outcome.summary.verified == 50
     status = cli("ota", "status", "--local", run.state, "--manifest", run.manifest)
@@ -245,6 +256,50 @@ def test_the_command_line_chain_ota_create_fleet_jobs_ota_status(
     )  # fmt: skip
     assert again.exit_code == 1, again.output
     assert "dev-0: job - NO_JOB" in again.output and "<failure" in (reports / "junit.xml").read_text()
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _fleet_jobs_process(run: Run, tmp_path: Path, *, stderr: int) -> subprocess.Popen[bytes]:
+    """``device-sim fleet --jobs`` for dev-2 and dev-3 in a process of its own (its stderr: a terminal or a pipe)."""
+    args = ["fleet", "--jobs", "--manifest", run.manifest, "--offset", "2", "--devices", "2", "--report-dir",
+            tmp_path / "reports", "--flow-control", "none", "--block-size", "16KiB", "--job-wait", "30"]  # fmt: skip
+    env = {**os.environ, **run.iot.environment(), "COLUMNS": "200"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "device_sim", *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=stderr
+    )
+
+
+def test_fleet_jobs_draws_live_progress_on_a_terminal_and_plain_lines_when_piped(run: Run, tmp_path: Path) -> None:
+    job_id = ota_create(run, "dev-2", "dev-3")
+    controller, terminal = pty.openpty()
+    process = _fleet_jobs_process(run, tmp_path, stderr=terminal)
+    os.close(terminal)
+    drawn = bytearray()
+    while True:  # the terminal's output until the process closes it (EIO on Linux, b"" elsewhere)
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(controller)
+    stdout, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, stdout.decode()
+    screen = ANSI.sub("", drawn.decode(errors="replace"))
+    assert "jobs fleet of 2 waiting" in screen and "downloading" in screen, screen
+    assert "executions: 2 SUCCEEDED" in screen, screen  # the final redraw, before the line is taken away
+    assert f"jobs {job_id}: 2 devices: 2 SUCCEEDED" in stdout.decode()
+
+    job_id = ota_create(run, "dev-2", "dev-3")
+    process = _fleet_jobs_process(run, tmp_path, stderr=subprocess.PIPE)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stdout.decode() + stderr.decode()
+    assert f"jobs {job_id}: 2 devices: 2 SUCCEEDED" in stdout.decode()
+    for output in (stdout, stderr):
+        assert b"\x1b" not in output and b"\r" not in output and b"waiting" not in output, output
 
 
 def test_download_job_follows_one_things_job(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
