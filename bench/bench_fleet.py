@@ -86,6 +86,9 @@ async def _fleet_worker(args: argparse.Namespace) -> dict[str, Any]:
     run = await run_fleet(target, identities, download, fleet, source=source, progress=FleetProgress())
     cpu1, threads1 = os.times(), _thread_cpu()
     gc.callbacks.remove(on_gc)
+    from device_sim.transport._driver import LoopHop
+
+    wakeups = LoopHop.for_loop(asyncio.get_running_loop()).wakeups
     s = run.summary
     return {
         "devices": s.devices,
@@ -108,6 +111,7 @@ async def _fleet_worker(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_system_s": cpu1.system - cpu0.system,
         "memory": run.memory.to_dict() if run.memory else None,
         "gc_s": [round(x, 3) for x in gc_s],
+        "loop_wakeups": wakeups,
         "thread_cpu_s": {name: round(threads1.get(name, 0.0) - threads0.get(name, 0.0), 3) for name in threads1},
     }
 
@@ -423,6 +427,7 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, Any, str]]:
         ("CPU us per verified block", lambda r: r["cpu_us_per_block"], ".1f"),
         ("  event loop / awscrt threads us", lambda r: _split_per_block(r), ""),
         ("  of which GC us (full collections)", lambda r: _gc_per_block(r), ""),
+        ("  blocks per event-loop wake-up", lambda r: r["fleet"]["blocks"] / max(1, r["fleet"]["loop_wakeups"]), ".1f"),
         ("  connections alone (bare) us", lambda r: r["bare"]["cpu_s"] / max(1, r["fleet"]["blocks"]) * 1e6, ".1f"),
         ("CPU s: emulator, mosquitto", lambda r: f"{r['emulator_cpu_s']:.1f}, {r['broker_cpu_s']:.1f}", ""),
         ("RSS when devices start MiB", lambda r: r["fleet"]["memory"]["rss_start_kib"] / 1024, ".1f"),

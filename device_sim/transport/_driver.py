@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import ctypes
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,6 +57,29 @@ class Driver(Protocol):
     def stop(self) -> None:
         """Begin disconnecting for good; ``stopped`` follows (maybe only after awscrt's own delays)."""
         ...
+
+
+#: awscrt threads that keep their Python thread state (``keep_thread_state``).
+_kept_thread_states: set[int] = set()
+
+
+def keep_thread_state() -> None:
+    """Let the calling awscrt thread keep a Python thread state for good. Call it from a CRT callback.
+
+    awscrt's event-loop threads are not Python threads: every callback into Python takes the GIL with
+    ``PyGILState_Ensure`` and gives it back with ``PyGILState_Release``. When the thread has no thread state, Ensure
+    creates one (a ``gettid`` and an ``mmap`` of its 16 KiB frame stack) and Release destroys it again (a ``munmap``,
+    whose TLB shoot-down interrupts the other cores too) -- for every received message. One extra Ensure that is
+    never released keeps the count of the thread's state above zero: awscrt's own Release then only gives back the
+    GIL and the next Ensure reuses the state. Measured with a 1000-device fleet: awscrt's threads' CPU per block
+    halved (6.0 -> 3.1 s for 256k blocks), the process's system time fell from 4.2 to 1.2 s. The kept state is
+    one per awscrt thread (a few), for the life of the process.
+    """
+    ident = threading.get_ident()
+    if ident in _kept_thread_states:
+        return
+    _kept_thread_states.add(ident)
+    ctypes.pythonapi.PyGILState_Ensure()  # the GIL is held (we are in a callback): only the count goes up
 
 
 class LoopHop:

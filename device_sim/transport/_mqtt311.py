@@ -17,7 +17,7 @@ from awscrt import mqtt  # type: ignore[import-untyped]
 from awscrt.io import ClientTlsContext  # type: ignore[import-untyped]
 
 from device_sim.protocol.limits import CONNECTION_BYTES_PER_SECOND, CONNECTION_PUBLISHES_PER_SECOND
-from device_sim.transport._driver import CrtFuture, DriverHooks, LoopHop
+from device_sim.transport._driver import CrtFuture, DriverHooks, LoopHop, keep_thread_state
 from device_sim.transport.crt import CrtResources, socket_options
 from device_sim.transport.errors import BrokerRefusal, SubscribeRejected
 from device_sim.transport.settings import FlowControl, QoS, TransportSettings
@@ -100,9 +100,11 @@ class Mqtt311Driver:
         self._post(self._hooks.interrupted, error)
 
     def _crt_resumed(self, connection: mqtt.Connection, return_code: Any, session_present: bool, **kwargs: Any) -> None:
+        keep_thread_state()  # this connection's messages arrive on this thread
         self._post(self._hooks.connected, session_present)
 
     def _crt_connect_done(self, future: CrtFuture) -> None:
+        keep_thread_state()
         self._post(self._on_connect_done, future)
 
     def _crt_disconnect_done(self, future: CrtFuture) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from awscrt import mqtt5  # type: ignore[import-untyped]
 from awscrt.io import ClientTlsContext  # type: ignore[import-untyped]
 
-from device_sim.transport._driver import CrtFuture, DriverHooks, LoopHop
+from device_sim.transport._driver import CrtFuture, DriverHooks, LoopHop, keep_thread_state
 from device_sim.transport.crt import CrtResources, socket_options
 from device_sim.transport.errors import BrokerRefusal, SubscribeRejected
 from device_sim.transport.settings import FlowControl, QoS, TransportSettings
@@ -81,6 +81,7 @@ class Mqtt5Driver:
         self._post(self._deliver, packet.topic, packet.payload)
 
     def _crt_success(self, data: mqtt5.LifecycleConnectSuccessData) -> None:
+        keep_thread_state()  # this connection's messages arrive on this thread
         self._post(self._on_success, data)
 
     def _crt_failure(self, data: mqtt5.LifecycleConnectFailureData) -> None:

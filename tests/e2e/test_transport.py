@@ -33,6 +33,7 @@ from device_sim.transport import (
     InvalidSettings,
     MqttProtocol,
     MqttTransport,
+    QoS,
     SubscribeRejected,
     TransportClosed,
     TransportSettings,
@@ -722,3 +723,33 @@ def test_a_burst_of_messages_arrives_in_order_through_the_hop(broker: MosquittoB
         print(f"\n{protocol.value}: {count} messages, {wakeups} event-loop wake-ups")
 
     run(main)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_awscrt_threads_keep_their_python_thread_state(broker: MosquittoBroker, protocol: MqttProtocol) -> None:
+    """The transport lets awscrt's event-loop threads keep one Python thread state (``keep_thread_state``) instead
+    of a new one for every callback: a thread-local value set in one awscrt callback is still there in the next.
+    With a fresh thread state per callback each would find the thread-local empty."""
+    local = threading.local()
+    seen: list[tuple[int, bool]] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with MqttTransport(plain(broker, protocol), on_message=Inbox()) as mqtt:
+            driver = mqtt._driver
+            assert driver is not None
+            for i in range(3):
+                done = asyncio.Event()
+
+                def probe(_future: object, done: asyncio.Event = done) -> None:  # on the thread completing it
+                    seen.append((threading.get_ident(), getattr(local, "mark", False)))
+                    local.mark = True
+                    loop.call_soon_threadsafe(done.set)
+
+                driver.publish(DATA_TOPIC, b"probe %d" % i, QoS.AT_LEAST_ONCE).add_done_callback(probe)
+                await asyncio.wait_for(done.wait(), 10)
+
+    run(main)
+    threads = {ident for ident, _ in seen}
+    assert len(seen) == 3 and len(threads) == 1 and threading.get_ident() not in threads  # one awscrt thread
+    assert [mark for _, mark in seen] == [False, True, True]
