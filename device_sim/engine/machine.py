@@ -201,6 +201,8 @@ class DownloadEngine:
             if not in_flight:  # cannot happen: RUNNING always has a request in flight
                 return self._now
             timeout = self._timeout()
+            if len(in_flight) == 1:  # the usual case: no generator for one request
+                return self._deadline(in_flight[0], timeout)
             return min(self._deadline(r, timeout) for r in in_flight)
         if state is EngineState.BACKOFF:
             return self._backoff_until

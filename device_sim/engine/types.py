@@ -52,6 +52,10 @@ class EngineState(Enum):
     COMPLETE = "complete"
     FAILED = "failed"
 
+    # Members are singletons compared by identity, so identity hashing is consistent; Enum's own __hash__ is
+    # Python code (hash of the name), and the engine hashes a (state, input) pair for every input it takes.
+    __hash__ = object.__hash__
+
     @property
     def terminal(self) -> bool:
         return self in (EngineState.COMPLETE, EngineState.FAILED)
@@ -68,6 +72,8 @@ class EngineInput(Enum):
     CANCEL = "cancel"
     REQUEST_SENT = "request_sent"
     LINK_RESUMED = "link_resumed"
+
+    __hash__ = object.__hash__  # as EngineState's
 
 
 class FailureReason(Enum):
