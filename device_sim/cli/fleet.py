@@ -24,7 +24,7 @@ from typing import Any
 import click
 
 from device_sim.cli.errors import BadArguments, exit_code_of_signal
-from device_sim.cli.jobs import job_options, run_jobs_fleet_command
+from device_sim.cli.jobs import job_options, job_settings, run_jobs_fleet_command
 from device_sim.cli.live import live_progress
 from device_sim.cli.locust import locust_options, locust_topology_given, run_locust
 from device_sim.cli.options import (
@@ -175,6 +175,7 @@ def build_plan(params: dict[str, Any], *, manifest: Path | None = None) -> Fleet
             download=download,
             fleet=fleet,
             report_dir=params["report_dir"],
+            jobs=job_settings(params, None) if params.get("jobs") else None,
         )
     except (PlanError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
@@ -323,9 +324,7 @@ def _write(report_dir: Path, summary: Any, records: list[DeviceMetrics], sweep: 
 @download_options
 def fleet_command(**params: Any) -> None:
     """Run many devices from a manifest at once, verify every one, write reports."""
-    if params["jobs"]:
-        if params["engine"] != "asyncio":
-            raise click.UsageError("--jobs runs with --engine asyncio")
+    if params["jobs"] and params["engine"] == "asyncio":
         run_jobs_fleet_command(params, _prepare)
         return
     if params["engine"] == "locust":

@@ -16,7 +16,7 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from device_sim.results.files import ReportWriteError, write_reports
 from device_sim.results.jobs import write_jobs_reports
 from device_sim.transport import TransportSettings
 
-__all__ = ["job_options", "job_settings", "run_job_download", "run_jobs_fleet_command"]
+__all__ = ["job_options", "job_settings", "jobs_line", "run_job_download", "run_jobs_fleet_command"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -134,6 +134,12 @@ def run_job_download(
         sys.exit(1)
 
 
+def jobs_line(job_ids: Sequence[str], devices: int, by_status: Mapping[str, int], wall_s: float) -> str:
+    """The last line of a jobs fleet, e.g. ``jobs AFR_OTA-x: 50 devices: 2 FAILED, 48 SUCCEEDED in 9.31 s``."""
+    counts = ", ".join(f"{n} {status}" for status, n in by_status.items())
+    return f"jobs {', '.join(job_ids) or '-'}: {devices} devices: {counts} in {wall_s:.2f} s"
+
+
 def run_jobs_fleet_command(
     params: dict[str, Any], prepare: Callable[[dict[str, Any]], tuple[FleetPlan, S3Source | None]]
 ) -> None:
@@ -180,9 +186,8 @@ def run_jobs_fleet_command(
     for record in outcome.jobs:
         if record.status != "SUCCEEDED":
             click.echo(f"{record.thing_name}: job {record.job_id or '-'} {record.status}: {record.reason}", err=True)
-    counts = ", ".join(f"{n} {status}" for status, n in outcome.by_status.items())
     job_ids = sorted({j.job_id for j in outcome.jobs if j.job_id})
-    click.echo(f"jobs {', '.join(job_ids) or '-'}: {len(outcome.jobs)} devices: {counts} in {outcome.wall_s:.2f} s")
+    click.echo(jobs_line(job_ids, len(outcome.jobs), outcome.by_status, outcome.wall_s))
     try:
         paths = write_reports(params["report_dir"], outcome.summary, list(outcome.records))
         extra = write_jobs_reports(params["report_dir"], [j.to_dict() for j in outcome.jobs])

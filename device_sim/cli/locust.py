@@ -4,7 +4,7 @@ The command checks the options and builds the fleet plan, then runs ``python -m 
 device_sim/fleet/locust/locustfile.py`` with Locust's topology options and the plan as data (``--device-sim-plan``,
 a worker: ``--device-sim-manifest``, its copy of the manifest), and waits for it (Ctrl-C reaches Locust, which
 still writes the reports). Afterwards, on the master (or in one-process mode), it prints the summary table from
-the reports.
+the reports (with ``--jobs`` also the jobs line of ``fleet --jobs``, from jobs.json).
 
 Exit codes: those of the run: 0 every device verified; 1 a device failed, never reported, or its worker was lost;
 2 bad arguments; 6 the reports could not be written. A worker exits 0 unless its device host failed.
@@ -13,6 +13,7 @@ Exit codes: those of the run: 0 every device verified; 1 a device failed, never 
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 
 import click
 
+from device_sim.cli.jobs import jobs_line
 from device_sim.cli.rich_tables import print_summary_table
 from device_sim.fleet.plan import FleetPlan
 
@@ -217,10 +219,12 @@ def _print_report_summary(report_dir: Path, started: float) -> None:
     try:
         if path.stat().st_mtime < started:
             return  # from an earlier run: this one wrote none
-        import json
-
         summary = FleetSummary.from_dict(json.loads(path.read_text())["summary"])
     except (OSError, ValueError, KeyError, MetricsFormatError):
         return
     print_summary_table(summary)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # a jobs run (fleet --jobs) wrote jobs.json
+        if (report_dir / "jobs.json").stat().st_mtime >= started:
+            jobs = json.loads((report_dir / "jobs.json").read_text())
+            click.echo(jobs_line(jobs["job_ids"], len(jobs["devices"]), jobs["by_status"], summary.wall_s))
     click.echo(f"reports: {report_dir}")

@@ -18,7 +18,7 @@ import asyncio
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,29 @@ from device_sim.device.device import DownloadSettings
 from device_sim.device.jobs import JobDevice, JobResult, JobSettings
 from device_sim.device.verify import S3Source
 from device_sim.fleet.plan import DeviceIdentity, FleetSettings, FleetTarget, PlanError, _load
-from device_sim.fleet.runner import FleetProgress, fleet_crt_resources, settings_dict, transport_for
+from device_sim.fleet.runner import (
+    FleetProgress,
+    fleet_crt_resources,
+    run_until_stopped,
+    settings_dict,
+    transport_for,
+)
 from device_sim.results.metrics import DeviceMetrics, FailureKind, FleetSummary, aggregate, failure_reason
 
-__all__ = ["JobRecord", "JobsFleetRun", "OtaPlan", "ota_plan", "run_job_device", "run_jobs_fleet"]
+__all__ = [
+    "STOPPED_IN_JOB",
+    "JobRecord",
+    "JobsFleetRun",
+    "OtaPlan",
+    "job_record",
+    "ota_plan",
+    "run_job_device",
+    "run_jobs_fleet",
+    "with_job",
+]
+
+#: Why a device that was stopped while it followed its job (or before it started) has no outcome.
+STOPPED_IN_JOB = "the run stopped before this device finished its job"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -79,8 +98,8 @@ def ota_plan(manifest: Path) -> OtaPlan:
     return OtaPlan(stream_id=last.stream_id, job_id=last.job_id, targets=last.targets, signing_cert=last.signing_cert)
 
 
-def _cancelled(identity: DeviceIdentity, label: str, at: float, message: str) -> tuple[DeviceMetrics, JobRecord]:
-    metrics = DeviceMetrics(
+def _cancelled(identity: DeviceIdentity, label: str, at: float, message: str) -> DeviceMetrics:
+    return DeviceMetrics(
         thing_name=identity.thing_name,
         settings=label,
         verified=False,
@@ -88,14 +107,26 @@ def _cancelled(identity: DeviceIdentity, label: str, at: float, message: str) ->
         failure_message=message,
         started_at=at,
         ended_at=at,
-        job_status="CANCELLED",
-        job_reason=message,
     )
-    return metrics, JobRecord(thing_name=identity.thing_name, job_id=None, status="CANCELLED", reason=message)
 
 
-def _record(result: JobResult) -> JobRecord:
-    return JobRecord(thing_name=result.thing_name, job_id=result.job_id, status=result.status, reason=result.reason)
+def with_job(metrics: DeviceMetrics) -> DeviceMetrics:
+    """A jobs fleet's device record: one that never reported a job (stopped before it started, its Locust worker
+    lost) is CANCELLED, with its failure message as the reason."""
+    if metrics.job_status is not None:
+        return metrics
+    return replace(metrics, job_status="CANCELLED", job_reason=metrics.failure_message or "")
+
+
+def job_record(metrics: DeviceMetrics) -> JobRecord:
+    """The jobs report's row of a device (``with_job``'s record)."""
+    metrics = with_job(metrics)
+    return JobRecord(
+        thing_name=metrics.thing_name,
+        job_id=metrics.job_id,
+        status=str(metrics.job_status),
+        reason=metrics.job_reason or "",
+    )
 
 
 async def run_job_device(
@@ -169,35 +200,21 @@ async def run_jobs_fleet(
         )
 
     tasks = [loop.create_task(one(identity, offset)) for identity, offset in zip(identities, offsets, strict=True)]
-    everything = asyncio.gather(*tasks, return_exceptions=True)
-    waiters: list[asyncio.Future[Any]] = [everything]
-    stop_task = loop.create_task(stop.wait()) if stop is not None else None
-    if stop_task is not None:
-        waiters.append(stop_task)
-    done, _ = await asyncio.wait(waiters, timeout=settings.deadline_s, return_when=asyncio.FIRST_COMPLETED)
-    interrupted = everything not in done
-    if interrupted:
-        for task in tasks:
-            task.cancel()
-    if stop_task is not None:
-        stop_task.cancel()
-    outcomes = await everything
+    outcomes, interrupted = await run_until_stopped(tasks, stop=stop, deadline_s=settings.deadline_s)
     wall_s = loop.time() - started
     records: list[DeviceMetrics] = []
-    job_records: list[JobRecord] = []
     for identity, outcome in zip(identities, outcomes, strict=True):
         if isinstance(outcome, JobResult):
             records.append(outcome.metrics)
-            job_records.append(_record(outcome))
             continue
-        message = "the run stopped before this device finished its job"
+        message = STOPPED_IN_JOB
         if not isinstance(outcome, asyncio.CancelledError):
             message = f"internal error: {outcome!r}"
-        metrics, record = _cancelled(identity, label, wall_s, message)
+        metrics = with_job(_cancelled(identity, label, wall_s, message))
         if progress is not None:
-            progress.ended(False, record.status)
+            progress.ended(False, metrics.job_status)
         records.append(metrics)
-        job_records.append(record)
+    job_records = [job_record(m) for m in records]
     summary = aggregate(
         records,
         wall_s=wall_s,

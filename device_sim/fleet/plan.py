@@ -20,6 +20,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from device_sim.device.jobs import JobSettings
 from device_sim.device.types import DownloadSettings, SinkKind
 from device_sim.device.verify import S3Source
 from device_sim.protocol.limits import DEFAULT_PRICE_PER_MILLION_MESSAGES_USD
@@ -238,6 +239,15 @@ def _fields_json(obj: Any) -> dict[str, Any]:
     return {f.name: _jsonable(getattr(obj, f.name)) for f in fields(obj)}
 
 
+def _jobs_from_json(data: Mapping[str, Any] | None) -> JobSettings | None:
+    if data is None:
+        return None
+    values = dict(data)
+    if values.get("signing_cert") is not None:
+        values["signing_cert"] = Path(values["signing_cert"])
+    return JobSettings(**values)
+
+
 def _download_from_json(data: Mapping[str, Any]) -> DownloadSettings:
     values = dict(data)
     for name in ("out", "state_dir"):
@@ -269,6 +279,9 @@ class FleetPlan:
     download: DownloadSettings = field(default_factory=lambda: DownloadSettings(sink=SinkKind.DIGEST))
     fleet: FleetSettings = field(default_factory=FleetSettings)
     report_dir: Path = Path("reports")
+    #: Every device follows its next OTA job (``fleet --jobs``) instead of downloading the manifest's stream. A
+    #: ``signing_cert`` given here must be at that path on every machine; None: each machine's manifest's.
+    jobs: JobSettings | None = None
     #: Resolved from the manifest by ``load``; not part of the JSON (each machine reads its own manifest).
     target: FleetTarget | None = None
     identities: tuple[DeviceIdentity, ...] = ()
@@ -310,6 +323,7 @@ class FleetPlan:
                 "download": _fields_json(self.download),
                 "fleet": _fields_json(self.fleet),
                 "report_dir": str(self.report_dir),
+                "jobs": _fields_json(self.jobs) if self.jobs is not None else None,
             },
             separators=(",", ":"),
         )
@@ -328,6 +342,7 @@ class FleetPlan:
                 download=_download_from_json(data["download"]),
                 fleet=FleetSettings(**{**data["fleet"], "transport": _transport_from_json(data["fleet"]["transport"])}),
                 report_dir=Path(data["report_dir"]),
+                jobs=_jobs_from_json(data.get("jobs")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise PlanError(f"not a fleet plan: {exc!r}") from None

@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from device_sim.device.device import Device, DeviceCancelled, DownloadSettings
 from device_sim.device.verify import S3Source
@@ -50,10 +50,12 @@ __all__ = [
     "run_device",
     "run_fleet",
     "run_plan",
+    "run_until_stopped",
     "settings_dict",
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def fleet_crt_threads(cores: int | None = None) -> int:
@@ -274,20 +276,7 @@ async def run_fleet(
 
     with fleet_gc():
         tasks = [loop.create_task(one(identity, offset)) for identity, offset in zip(identities, offsets, strict=True)]
-        everything = asyncio.gather(*tasks, return_exceptions=True)
-        waiters: list[asyncio.Future[Any]] = [everything]
-        stop_task = loop.create_task(stop.wait()) if stop is not None else None
-        if stop_task is not None:
-            waiters.append(stop_task)
-        done, _ = await asyncio.wait(waiters, timeout=settings.deadline_s, return_when=asyncio.FIRST_COMPLETED)
-        interrupted = everything not in done
-        if interrupted:
-            log.warning("stopping the fleet: %d devices unfinished", sum(not t.done() for t in tasks))
-            for task in tasks:
-                task.cancel()
-        if stop_task is not None:
-            stop_task.cancel()
-        outcomes = await everything
+        outcomes, interrupted = await run_until_stopped(tasks, stop=stop, deadline_s=settings.deadline_s)
     wall_s = loop.time() - started
     memory = meter.stop(len(identities))
     records: list[DeviceMetrics] = []
@@ -319,6 +308,29 @@ async def run_fleet(
         price_per_million=settings.price_per_million,
     )
     return FleetRun(records=tuple(records), summary=summary, wall_s=wall_s, interrupted=interrupted, memory=memory)
+
+
+async def run_until_stopped(
+    tasks: Sequence[asyncio.Task[T]], *, stop: asyncio.Event | None, deadline_s: float | None
+) -> tuple[list[T | BaseException], bool]:
+    """Wait for every device task, or until ``stop`` is set or ``deadline_s`` passed: then the unfinished ones are
+    cancelled (and end as they do when cancelled). Returns the outcomes in task order (a result or the exception)
+    and whether the run was stopped early."""
+    loop = asyncio.get_running_loop()
+    everything = asyncio.gather(*tasks, return_exceptions=True)
+    waiters: list[asyncio.Future[Any]] = [everything]
+    stop_task = loop.create_task(stop.wait()) if stop is not None else None
+    if stop_task is not None:
+        waiters.append(stop_task)
+    done, _ = await asyncio.wait(waiters, timeout=deadline_s, return_when=asyncio.FIRST_COMPLETED)
+    interrupted = everything not in done
+    if interrupted:
+        log.warning("stopping the fleet: %d devices unfinished", sum(not t.done() for t in tasks))
+        for task in tasks:
+            task.cancel()
+    if stop_task is not None:
+        stop_task.cancel()
+    return list(await everything), interrupted
 
 
 def settings_dict(download: DownloadSettings, settings: FleetSettings, devices: int) -> dict[str, Any]:

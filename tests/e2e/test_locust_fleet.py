@@ -29,6 +29,8 @@ from device_sim.cli import main as device_sim
 from device_sim.cli.locust import ENGINE_PATH
 from device_sim.results.files import REPORT_FILES
 from local_iot.runner import LocalIot, LocalIotSettings
+from provisioner.cli import main as provisioner
+from provisioner.manifest import load_manifest
 
 from .test_fleet import provision
 
@@ -225,6 +227,45 @@ def test_the_deadline_stops_every_device_and_still_reports(
     assert all(r["failure_message"] == "the run stopped before this device started" for r in cancelled)
     summary = json.loads((reports / "summary.json").read_text())["summary"]
     assert 2 <= summary["wall_s"] < 30  # stopped at the deadline, not after the 600 s of start jitter
+
+
+@pytest.mark.slow
+def test_fleet_jobs_on_two_processes_reports_every_devices_execution(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with LocalIot(LocalIotSettings(state_dir=tmp_path / "state")) as iot:
+        manifest = provision(iot, tmp_path, monkeypatch, things=10, stream="ljobs")
+        targets = ",".join(f"ljobs-{i}" for i in range(8))  # ljobs-8 and ljobs-9 get no job
+        created = CliRunner().invoke(
+            provisioner,
+            ["ota", "create", "--local", str(iot.state_dir), "--manifest", str(manifest), "--targets", targets,
+             "--tps", "1000"],
+        )  # fmt: skip
+        assert created.exit_code == 0, created.output
+        job_id = load_manifest(manifest).ota_updates[-1].job_id
+        reports = tmp_path / "reports"
+        result = CliRunner().invoke(
+            device_sim,
+            ["fleet", "--jobs", "--engine", "locust", "--processes", "2", "--manifest", str(manifest), "--quiet",
+             "--report-dir", str(reports), "--block-size", "16KiB", "--job-wait", "2"],
+        )  # fmt: skip
+        assert result.exit_code == 1, result.output  # two devices found no job
+        assert f"jobs {job_id}: 10 devices: 2 NO_JOB, 8 SUCCEEDED" in result.output
+        jobs = {r["thing_name"]: r for r in csv.DictReader((reports / "jobs.csv").read_text().splitlines())}
+        assert {name: (r["job_id"], r["status"]) for name, r in jobs.items()} == {
+            **{f"ljobs-{i}": (job_id, "SUCCEEDED") for i in range(8)},
+            **{f"ljobs-{i}": ("", "NO_JOB") for i in (8, 9)},
+        }
+        summary = json.loads((reports / "summary.json").read_text())["summary"]
+        assert summary["executions_by_status"] == {"NO_JOB": 2, "SUCCEEDED": 8}
+        assert summary["settings"]["engine"] == "locust" and summary["settings"]["jobs"] is True
+        assert summary["settings"]["workers"] == 2 and summary["verified"] == 8
+        by_device = {r["thing_name"]: r for r in rows(reports)}
+        assert by_device["ljobs-9"]["failure_reason"] == "job:NO_JOB" and by_device["ljobs-0"]["verified"] == "true"
+        assert int(ET.parse(reports / "junit.xml").getroot().get("failures", -1)) == 2
+        status = CliRunner().invoke(provisioner, ["ota", "status", "--local", str(iot.state_dir), "--manifest",
+                                                  str(manifest)])  # fmt: skip
+        assert status.exit_code == 0 and "8 things: 8 SUCCEEDED" in status.output, status.output
 
 
 def free_port() -> int:

@@ -5,8 +5,9 @@ locks deadlock when two native threads contend for them (awscrt's callback threa
 ``asyncio.to_thread`` all would), so the devices do not run inside it. Each worker starts one device host and
 talks to it in JSON lines (``messages``): the host reads ``Config`` (the fleet plan as data, resolved against
 this machine's manifest), then ``Run`` per device, and runs each with ``fleet.run_device``,
-the very coroutine the single-process fleet runs, with the fleet's awscrt threads (``fleet_crt_resources``) and
-one S3 source cache.
+the very coroutine the single-process fleet runs (a jobs plan, ``fleet --jobs``: ``fleet.jobs.run_job_device``,
+the device following its next OTA job, with the code-signing certificate of this machine's manifest unless the
+plan names one), with the fleet's awscrt threads (``fleet_crt_resources``) and one S3 source cache.
 Every device ends in exactly one ``Finished`` line carrying its ``DeviceMetrics``, also when it is stopped:
 ``Stop`` or the end of stdin (the worker quit or died) cancels every device, and those that had not started
 report as ``cancelled``. ``Progress`` lines carry the live counters once a second. The protocol pipe is the
@@ -24,11 +25,13 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from device_sim.device.device import DeviceCancelled
 from device_sim.device.verify import S3Source
 from device_sim.engine.machine import SharedRtt
+from device_sim.fleet.jobs import STOPPED_IN_JOB, ota_plan, run_job_device
 from device_sim.fleet.locust.messages import (
     Config,
     Finished,
@@ -79,16 +82,23 @@ class DeviceHost:
         except PlanError as exc:
             self._send(HostFailed(message=f"fleet plan: {exc}"))
             return False
-        assert plan.target is not None
+        target = plan.target
+        assert target is not None
+        stream_id = target.stream_id
+        if plan.jobs is not None:  # the OTA update's stream, and this machine's code-signing certificate
+            ota = ota_plan(plan.manifest)  # read already by from_json: no new PlanError
+            stream_id = ota.stream_id or stream_id
+            if plan.jobs.signing_cert is None:
+                plan = replace(plan, jobs=replace(plan.jobs, signing_cert=ota.signing_cert))
         self._plan = plan
         self._resources = fleet_crt_resources(plan.fleet.crt_threads)
-        if not plan.target.no_tls and plan.target.ca is not None:
+        if not target.no_tls and target.ca is not None:
             drop_system_trust_env()  # every connection brings its CA: spare awscrt parsing the system bundle
         self._manifest = str(plan.manifest)
         self._identities = {identity.thing_name: identity for identity in plan.identities}
         if plan.verify_with_s3:
-            source = s3_source(plan.target)
-            await asyncio.to_thread(source.prepare, plan.target.stream_id)  # boto3 clients + file locations, once
+            source = s3_source(target)
+            await asyncio.to_thread(source.prepare, stream_id)  # boto3 clients + file locations, once
             self._source = source
         self._send(Ready(pid=os.getpid(), identities=len(plan.identities)))
         return True
@@ -103,7 +113,7 @@ class DeviceHost:
     def _ended(self, run: Run, run_started: float, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if run.index not in self._reported:  # cancelled before its first step: the coroutine never ran
-            self._progress.failed += 1
+            self._progress.ended(False)
             self._finish(run, self._failed(run, None, _NOT_STARTED, asyncio.get_running_loop(), run_started))
 
     def stop(self) -> None:
@@ -133,32 +143,47 @@ class DeviceHost:
         try:
             await asyncio.sleep(run.delay_s)  # connect pacing: spreads one step of Locust's spawn staircase
         except asyncio.CancelledError:
-            self._progress.failed += 1
+            self._progress.ended(False)
             self._finish(run, self._failed(run, None, _NOT_STARTED, loop, run_started))
             return
         assert plan.target is not None  # a configured host's plan is resolved
         try:
-            record = await run_device(
-                identity,
-                plan.target,
-                plan.download,
-                transport_options=plan.fleet.transport,
-                source=self._source,
-                resources=self._resources,
-                run_started=run_started,
-                label=plan.label,
-                progress=self._progress,
-                shared_rtt=self._shared_rtt,
-            )
+            if plan.jobs is not None:
+                result = await run_job_device(
+                    identity,
+                    plan.target,
+                    plan.download,
+                    plan.jobs,
+                    transport_options=plan.fleet.transport,
+                    source=self._source,
+                    run_started=run_started,
+                    crt_threads=plan.fleet.crt_threads,
+                    progress=self._progress,
+                )
+                record = result.metrics
+            else:
+                record = await run_device(
+                    identity,
+                    plan.target,
+                    plan.download,
+                    transport_options=plan.fleet.transport,
+                    source=self._source,
+                    resources=self._resources,
+                    run_started=run_started,
+                    label=plan.label,
+                    progress=self._progress,
+                    shared_rtt=self._shared_rtt,
+                )
         except DeviceCancelled as exc:
-            self._progress.failed += 1
+            self._progress.ended(False)
             record = exc.result.metrics
         except asyncio.CancelledError:
-            self._progress.failed += 1
-            record = self._failed(run, None, _NOT_STARTED, loop, run_started)
+            self._progress.ended(False)
+            why = STOPPED_IN_JOB if plan.jobs is not None else _NOT_STARTED
+            record = self._failed(run, None, why, loop, run_started)
         except Exception as exc:  # run_device reports its own failures: anything here is a bug, kept on the device
             log.exception("device %s", run.thing_name)
-            self._progress.failed += 1
+            self._progress.ended(False)
             record = self._failed(run, "host", repr(exc), loop, run_started)
         self._finish(run, record)
 

@@ -5,8 +5,9 @@ user count to the fleet size and its spawn rate to ``--connect-rate`` (``-u``/``
 Locust's ramp is the connect pacing. (Not a load shape: Locust does not handle SIGTERM while a headless shape
 runs.) The master (``locust_fleet.master``) hands each user's claim a distinct device and writes the
 same reports as ``device-sim fleet``; each worker (``locust_fleet.worker``) runs its devices with the same
-``run_device`` coroutine in a plain asyncio child process, the device host (``locust_fleet.host``), and fires
-Locust request events ("connect", "first block", "download") so Locust's statistics and web UI show the run.
+``run_device`` coroutine (``run_job_device`` with ``--jobs``) in a plain asyncio child process, the device host
+(``locust_fleet.host``), and fires Locust request events ("connect", "first block", "download") so Locust's
+statistics and web UI show the run.
 A user runs its device once and then parks: a user that returned would be re-spawned by Locust.
 
 The run comes as data: ``--device-sim-plan`` carries the ``FleetPlan`` JSON that ``device-sim fleet --engine

@@ -7,10 +7,11 @@ missing from Locust's worker list (its devices are then recorded as lost, naming
 stay unclaimed after Locust's ramp (users Locust gave a worker that went away: it asks Locust to re-dispatch),
 whether the deadline has passed (devices are told to stop and get ``STOP_GRACE_S`` to report), whether no
 worker is left, and whether every device has reported. Then it writes the same reports as ``device-sim fleet``
-(``aggregate`` and ``write_reports`` over the records in manifest order), sets Locust's exit code (0 only if
-every device verified; 1 if any failed, never reported or was lost, or a worker failed; 6 if the reports could
-not be written) and ends the run (headless: quit; web UI: stop, the UI stays up). Ctrl-C or SIGTERM still write
-the reports, from Locust's ``quitting`` event. Every ``PROGRESS_LOG_S`` it logs one line of live counts.
+(``aggregate`` and ``write_reports`` over the records in manifest order; a jobs plan adds jobs.csv/jobs.json as
+``fleet --jobs`` does), sets Locust's exit code (0 only if every device verified; 1 if any failed, never reported
+or was lost, or a worker failed; 6 if the reports could not be written) and ends the run (headless: quit; web UI:
+stop, the UI stays up). Ctrl-C or SIGTERM still write the reports, from Locust's ``quitting`` event. Every
+``PROGRESS_LOG_S`` it logs one line of live counts.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import gevent
 
+from device_sim.fleet.jobs import job_record, with_job
 from device_sim.fleet.locust.ledger import LOST, FleetLedger, WorkerInfo
 from device_sim.fleet.locust.messages import (
     CLAIM,
@@ -41,6 +43,7 @@ from device_sim.fleet.locust.worker import DeviceFailed
 from device_sim.fleet.plan import FleetPlan
 from device_sim.fleet.runner import settings_dict
 from device_sim.results.files import ReportWriteError, write_reports
+from device_sim.results.jobs import write_jobs_reports
 from device_sim.results.metrics import FleetSummary, aggregate
 
 __all__ = ["EXIT_REPORTS_FAILED", "MasterAgent"]
@@ -281,11 +284,15 @@ class MasterAgent:
         self.ledger.close()
         wall_s = self._done_at if self._done_at is not None else self.elapsed()
         records = self.ledger.final_records(wall_s, why_unstarted=self._why_unstarted)
+        jobs = self._plan.jobs is not None
+        if jobs:  # a device that never reported its job counts as CANCELLED, as in ``run_jobs_fleet``
+            records = [with_job(r) for r in records]
         summary = aggregate(
             records,
             wall_s=wall_s,
             settings={
                 **settings_dict(self._plan.download, self._plan.fleet, len(self._plan.identities)),
+                **({"jobs": True} if jobs else {}),
                 "engine": "locust",
                 "workers": len(self.ledger.workers),
             },
@@ -294,12 +301,14 @@ class MasterAgent:
         self.summary = summary
         code = 0 if summary.all_verified and not self.worker_failures else 1
         try:
-            paths = write_reports(self._plan.report_dir, summary, records)
-        except ReportWriteError as exc:
+            paths = [*write_reports(self._plan.report_dir, summary, records).values()]
+            if jobs:
+                paths += write_jobs_reports(self._plan.report_dir, [job_record(r).to_dict() for r in records])
+        except (ReportWriteError, OSError) as exc:
             log.error("%s", exc)
             code = EXIT_REPORTS_FAILED
         else:
-            log.info("reports: %s", ", ".join(str(p) for p in paths.values()))
+            log.info("reports: %s", ", ".join(str(p) for p in paths))
         for failure in self.worker_failures:
             log.error("a worker failed: %s", failure)
         lost = self.ledger.lost_devices()

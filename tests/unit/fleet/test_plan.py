@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from device_sim.device.jobs import JobSettings
 from device_sim.device.types import DownloadSettings, SinkKind
 from device_sim.fleet.plan import (
     FleetPlan,
@@ -118,6 +119,16 @@ def test_the_plan_survives_json_and_is_resolved_against_another_machines_manifes
     remote = FleetPlan.from_json(text, manifest=_manifest(other))
     assert remote.identities[0].cert == other / "certs" / "sim-0.cert.pem"
     assert [i.thing_name for i in remote.identities] == ["sim-0", "sim-1"]
+    assert again.jobs is None
+
+
+def test_a_jobs_plan_carries_its_job_settings(tmp_path: Path) -> None:
+    jobs = JobSettings(wait_s=5.0, progress_interval_s=0.5, step_timeout_minutes=3, signing_cert=tmp_path / "cs.pem")
+    plan = FleetPlan.load(_manifest(tmp_path), jobs=jobs)
+    again = FleetPlan.from_json(plan.to_json())
+    assert again.jobs == jobs and isinstance(again.jobs.signing_cert, Path)
+    unsigned = FleetPlan.from_json(FleetPlan.load(_manifest(tmp_path), jobs=JobSettings()).to_json())
+    assert unsigned.jobs == JobSettings()
 
 
 def test_a_damaged_plan_says_so(tmp_path: Path) -> None:
