@@ -274,9 +274,8 @@ async def run_fleet(
                 progress.ended(False)
             return exc.result.metrics
 
-    with fleet_gc():
-        tasks = [loop.create_task(one(identity, offset)) for identity, offset in zip(identities, offsets, strict=True)]
-        outcomes, interrupted = await run_until_stopped(tasks, stop=stop, deadline_s=settings.deadline_s)
+    tasks = [loop.create_task(one(identity, offset)) for identity, offset in zip(identities, offsets, strict=True)]
+    outcomes, interrupted = await run_until_stopped(tasks, stop=stop, deadline_s=settings.deadline_s)
     wall_s = loop.time() - started
     memory = meter.stop(len(identities))
     records: list[DeviceMetrics] = []
@@ -315,7 +314,14 @@ async def run_until_stopped(
 ) -> tuple[list[T | BaseException], bool]:
     """Wait for every device task, or until ``stop`` is set or ``deadline_s`` passed: then the unfinished ones are
     cancelled (and end as they do when cancelled). Returns the outcomes in task order (a result or the exception)
-    and whether the run was stopped early."""
+    and whether the run was stopped early. The garbage collector has its fleet settings meanwhile (``fleet_gc``)."""
+    with fleet_gc():
+        return await _wait_for_devices(tasks, stop=stop, deadline_s=deadline_s)
+
+
+async def _wait_for_devices(
+    tasks: Sequence[asyncio.Task[T]], *, stop: asyncio.Event | None, deadline_s: float | None
+) -> tuple[list[T | BaseException], bool]:
     loop = asyncio.get_running_loop()
     everything = asyncio.gather(*tasks, return_exceptions=True)
     waiters: list[asyncio.Future[Any]] = [everything]
