@@ -1,8 +1,10 @@
 """Small shared helpers for files and sizes, used by device_sim, provisioner and local_iot alike.
 
 ``atomic_write`` replaces a file all or nothing (a temporary file in the same directory, fsync, rename, fsync of the
-directory), so a crash or Ctrl-C leaves the old file or the new one, never half of one. ``parse_size`` reads the
-sizes users type (``4096``, ``4KiB``, ``1MiB``, ``1.5MB``).
+directory), so a crash or Ctrl-C leaves the old file or the new one, never half of one. ``durable=False`` skips
+both fsyncs (readers still see the old file or the new one, never half of one; after a power loss or OS crash the
+file may be old or empty): for derived files that are rebuilt anyway and written too often for an fsync each.
+``parse_size`` reads the sizes users type (``4096``, ``4KiB``, ``1MiB``, ``1.5MB``).
 """
 
 from __future__ import annotations
@@ -18,11 +20,19 @@ from typing import BinaryIO
 __all__ = ["atomic_write", "parse_size"]
 
 
-def atomic_write(path: Path, data: bytes | str | Callable[[BinaryIO], None], *, mode: int | None = None) -> None:
+def atomic_write(
+    path: Path,
+    data: bytes | str | Callable[[BinaryIO], None],
+    *,
+    mode: int | None = None,
+    durable: bool = True,
+) -> None:
     """Create or replace ``path`` with ``data`` (bytes, UTF-8 text, or a function that writes to a binary file).
 
     ``mode`` None: a normal file (0666 less the umask). A mode is applied exactly, whatever the umask (0600 for
-    private keys and state). Raises ``OSError``; the temporary file never stays behind, even on KeyboardInterrupt.
+    private keys and state). ``durable=False``: no fsync of the file nor of the directory (still an atomic rename:
+    readers never see half a file; only a power loss or OS crash may lose it). Raises ``OSError``; the temporary
+    file never stays behind, even on KeyboardInterrupt.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
@@ -34,7 +44,8 @@ def atomic_write(path: Path, data: bytes | str | Callable[[BinaryIO], None], *, 
             else:
                 f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
@@ -42,6 +53,8 @@ def atomic_write(path: Path, data: bytes | str | Callable[[BinaryIO], None], *, 
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if not durable:
+        return
     with contextlib.suppress(OSError):  # the rename itself is durable once the directory is synced
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:

@@ -57,3 +57,21 @@ def test_a_failing_writer_leaves_the_old_file_and_no_temporary(tmp_path: Path) -
 def test_an_unwritable_directory_is_an_oserror(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         atomic_write(tmp_path / "missing" / "f", b"x")
+
+
+def test_durable_false_replaces_atomically_without_any_fsync(
+    tmp_path: Path, open_umask: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "derived"
+    path.write_bytes(b"old")
+    old_inode = path.stat().st_ino
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    atomic_write(path, "new", mode=0o600, durable=False)
+    assert synced == []
+    assert path.read_bytes() == b"new"
+    assert path.stat().st_ino != old_inode  # a new file renamed over the old one, not the old one rewritten
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["derived"]
+    atomic_write(path, "durable", mode=0o600)
+    assert len(synced) == 2  # the default still syncs the file and its directory
