@@ -18,6 +18,7 @@ import socket
 import threading
 import urllib.request
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -33,7 +34,15 @@ from local_iot.jobs.api import JobsApi
 from local_iot.moto_catalog import MotoCatalog
 from local_iot.streams_api import StreamsApi
 
-__all__ = ["DUMMY_CREDENTIALS", "ControlPlane", "ControlPlaneError", "MotoCatalog", "aws_environment"]
+__all__ = [
+    "DUMMY_CREDENTIALS",
+    "ChangeListener",
+    "ControlChange",
+    "ControlPlane",
+    "ControlPlaneError",
+    "MotoCatalog",
+    "aws_environment",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +76,25 @@ def _check_profile() -> None:
 
 
 _SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/[^/,\s]+/([^/,\s]+)/aws4_request")
-ChangeListener = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ControlChange:
+    """A request that may have changed state (any method but GET/HEAD), as change listeners see it."""
+
+    service: str  # the SigV4 scope's service ("iot", "s3"...); "" for an unsigned request (moto-api)
+    method: str  # "POST", "PUT", "PATCH", "DELETE"
+    path: str  # the URL path, percent-decoded, without the query ("/things/bench-1/principals")
+    principal: str = ""  # the x-amzn-principal header (AttachThingPrincipal, DetachThingPrincipal), else ""
+
+
+ChangeListener = Callable[[ControlChange], None]
 
 
 class _Guard:
     """WSGI middleware: one request at a time (so a state snapshot never sees half a change), and after every
-    request that may change state (not GET/HEAD) the listeners are told which service it was for ("" unknown)."""
+    request that may change state (not GET/HEAD) the listeners are told which one (``ControlChange``), before the
+    response goes out: what a listener writes is in place when the client sees the answer."""
 
     def __init__(self, app: Any, lock: threading.RLock, listeners: list[ChangeListener]) -> None:
         self._app = app
@@ -82,12 +104,18 @@ class _Guard:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         with self._lock:
             body = list(self._app(environ, start_response))
-            if environ.get("REQUEST_METHOD", "GET") not in ("GET", "HEAD"):
+            method = environ.get("REQUEST_METHOD", "GET")
+            if method not in ("GET", "HEAD"):
                 scope = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
-                service = scope.group(1) if scope else ""
+                change = ControlChange(
+                    service=scope.group(1) if scope else "",
+                    method=method,
+                    path=environ.get("PATH_INFO", ""),
+                    principal=environ.get("HTTP_X_AMZN_PRINCIPAL", ""),
+                )
                 for listener in list(self._listeners):
                     try:
-                        listener(service)
+                        listener(change)
                     except Exception:
                         log.exception("control-plane change listener failed")
         return body
@@ -116,7 +144,8 @@ class ControlPlane:
         self._listeners: list[ChangeListener] = []
 
     def add_change_listener(self, listener: ChangeListener) -> None:
-        """``listener(service)`` runs (under ``lock``) after every request that may have changed state."""
+        """``listener(change)`` runs (under ``lock``, before the response is sent) after every request that may
+        have changed state."""
         self._listeners.append(listener)
 
     @property

@@ -34,10 +34,10 @@ from cryptography import x509
 
 from .broker import BrokerConfig, BrokerError, MosquittoBroker
 from .ca import SERVER_CERT_NAME, CertPaths, LocalCA
-from .control_plane import ControlPlane, ControlPlaneError
+from .control_plane import ControlChange, ControlPlane, ControlPlaneError
 from .files import private_dir, write_private
 from .jobs.mqtt import JobsService
-from .persistence import STATE_FILE, RegistryWriter, StateSaver, render_registry, restore
+from .persistence import STATE_FILE, RegistryWriter, StateSaver, restore
 from .service_mqtt import StreamService
 
 __all__ = ["INFO_FILE", "LOCAL_HOST", "LocalIot", "LocalIotError", "LocalIotSettings", "load_info", "reset_state"]
@@ -125,11 +125,9 @@ class LocalIot:
                 log.info("control plane state restored from %s", state_file)
             self.control_plane = control.start()
             broker_dir = private_dir(self.state_dir / "broker")
-            self._registry = RegistryWriter(
-                broker_dir / REGISTRY_NAME, lambda: render_registry(control.account_id, control.region)
-            )
+            self._registry = RegistryWriter(broker_dir / REGISTRY_NAME, control.account_id, control.region)
             with control.lock:
-                self._registry.update()
+                self._registry.rebuild()
             if s.persist:
                 self._saver = StateSaver(state_file, control.lock).start()
             control.add_change_listener(self._on_control_change)
@@ -295,11 +293,11 @@ class LocalIot:
         if self._saver is not None:
             self._saver.changed()
 
-    def _on_control_change(self, service: str) -> None:
+    def _on_control_change(self, change: ControlChange) -> None:
         if self._saver is not None:
             self._saver.changed()
-        if self._registry is not None and service in ("iot", ""):
-            self._registry.update()
+        if self._registry is not None:
+            self._registry.apply(change)  # only requests that can change it touch the file (registry_effect)
 
     def _server_certificate(self) -> tuple[Path, Path]:
         """The server certificate in ca/, re-issued only when its SANs are not the wanted hosts."""

@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import cbor2
 import paho.mqtt.client as mqtt
@@ -76,6 +77,42 @@ def test_stream_download_over_mutual_tls(local_iot: LocalIot, tmp_path: Path) ->
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+def test_the_registry_follows_certificate_calls_before_they_return(local_iot: LocalIot, tmp_path: Path) -> None:
+    """What the broker reads is in place when a call that changed a certificate or attachment returns (a device
+    may connect right after), and a call that cannot change it (CreateThing) leaves the file alone."""
+    registry = local_iot.state_dir / "broker" / "registry"
+    iot = local_iot.client("iot")
+    before = registry.stat()
+    iot.create_thing(thingName="reg-thing")
+    iot.create_thing(thingName="reg-other")
+    after = registry.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    paths = local_iot.issue_device("reg-thing", tmp_path, register=False)
+    cert = iot.register_certificate_without_ca(certificatePem=paths.cert_path.read_text(), status="ACTIVE")
+    assert f"{cert['certificateId']} ACTIVE -\n" in registry.read_text()
+    iot.attach_thing_principal(thingName="reg-thing", principal=cert["certificateArn"])
+    assert f"{cert['certificateId']} ACTIVE reg-thing\n" in registry.read_text()
+
+    connected: queue.Queue[Any] = queue.Queue()  # at once: the plugin re-reads the registry on CONNECT
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="reg-thing")
+    client.tls_set(
+        ca_certs=local_iot.info["ca_cert"],
+        certfile=str(paths.cert_path),
+        keyfile=str(paths.key_path),
+        tls_version=ssl.PROTOCOL_TLS_CLIENT,
+    )
+    client.on_connect = lambda c, u, f, rc, p: connected.put(rc)
+    client.connect("localhost", local_iot.info["tls_port"])
+    client.loop_start()
+    try:
+        assert not connected.get(timeout=10).is_failure
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    iot.update_certificate(certificateId=cert["certificateId"], newStatus="INACTIVE")
+    assert f"{cert['certificateId']} INACTIVE reg-thing\n" in registry.read_text()
 
 
 def test_local_iot_up_command(tmp_path: Path) -> None:
