@@ -27,6 +27,7 @@ from device_sim.device.jobs import JobDevice, JobResult, JobSettings
 from device_sim.device.verify import S3Source
 from device_sim.fleet.plan import DeviceIdentity, FleetSettings, FleetTarget, PlanError, _load
 from device_sim.fleet.runner import (
+    CONNECT_PHASE_TAIL_S,
     FleetProgress,
     fleet_crt_resources,
     run_until_stopped,
@@ -200,7 +201,9 @@ async def run_jobs_fleet(
         )
 
     tasks = [loop.create_task(one(identity, offset)) for identity, offset in zip(identities, offsets, strict=True)]
-    outcomes, interrupted = await run_until_stopped(tasks, stop=stop, deadline_s=settings.deadline_s)
+    outcomes, interrupted = await run_until_stopped(
+        tasks, stop=stop, deadline_s=settings.deadline_s, connecting_until=started + max(offsets) + CONNECT_PHASE_TAIL_S
+    )
     wall_s = loop.time() - started
     records: list[DeviceMetrics] = []
     for identity, outcome in zip(identities, outcomes, strict=True):

@@ -39,6 +39,7 @@ from device_sim.results.metrics import DeviceMetrics, FailureKind, FleetSummary,
 from device_sim.transport import CrtResources, TransportSettings
 
 __all__ = [
+    "CONNECT_PHASE_TAIL_S",
     "DeviceIdentity",
     "FleetProgress",
     "FleetRun",
@@ -150,6 +151,9 @@ class FleetRun:
     interrupted: bool  # stopped by the stop event or the deadline
     memory: MemoryUse | None = None  # the process's RSS when the devices started and its peak (Linux only)
 
+
+#: How long after its last paced start a fleet's connect phase is taken to last (fleet_gc freezes until then).
+CONNECT_PHASE_TAIL_S = 10.0
 
 #: A fleet's connects queue behind each other's TLS handshakes: a connect slower than the transport's default 1 s
 #: is normal there, and a Python TLS probe per slow device would add one more handshake each (see tls_probe).
@@ -275,7 +279,9 @@ async def run_fleet(
             return exc.result.metrics
 
     tasks = [loop.create_task(one(identity, offset)) for identity, offset in zip(identities, offsets, strict=True)]
-    outcomes, interrupted = await run_until_stopped(tasks, stop=stop, deadline_s=settings.deadline_s)
+    outcomes, interrupted = await run_until_stopped(
+        tasks, stop=stop, deadline_s=settings.deadline_s, connecting_until=started + max(offsets) + CONNECT_PHASE_TAIL_S
+    )
     wall_s = loop.time() - started
     memory = meter.stop(len(identities))
     records: list[DeviceMetrics] = []
@@ -310,12 +316,17 @@ async def run_fleet(
 
 
 async def run_until_stopped(
-    tasks: Sequence[asyncio.Task[T]], *, stop: asyncio.Event | None, deadline_s: float | None
+    tasks: Sequence[asyncio.Task[T]],
+    *,
+    stop: asyncio.Event | None,
+    deadline_s: float | None,
+    connecting_until: float | None = None,
 ) -> tuple[list[T | BaseException], bool]:
     """Wait for every device task, or until ``stop`` is set or ``deadline_s`` passed: then the unfinished ones are
     cancelled (and end as they do when cancelled). Returns the outcomes in task order (a result or the exception)
-    and whether the run was stopped early. The garbage collector has its fleet settings meanwhile (``fleet_gc``)."""
-    with fleet_gc():
+    and whether the run was stopped early. The garbage collector has its fleet settings meanwhile (``fleet_gc``;
+    ``connecting_until``, on the loop's clock: when the last device should have connected)."""
+    with fleet_gc(freeze_until=connecting_until):
         return await _wait_for_devices(tasks, stop=stop, deadline_s=deadline_s)
 
 

@@ -105,3 +105,52 @@ def test_fleet_uses_half_the_cores_for_awscrt_between_one_and_four() -> None:
     assert [fleet_crt_threads(n) for n in (1, 2, 3, 4, 8, 16, 64)] == [1, 1, 1, 2, 4, 4, 4]
     with pytest.raises(ValueError, match="crt threads 0"):
         FleetSettings(crt_threads=0)
+
+
+# ------------------------------------------------------------------------------------------------------ fleet_gc
+
+
+def test_fleet_gc_freezes_raises_the_young_threshold_and_puts_everything_back() -> None:
+    import gc
+
+    from device_sim.fleet.resources import FLEET_GC_THRESHOLD0, fleet_gc
+
+    before, frozen_before = gc.get_threshold(), gc.get_freeze_count()
+    with fleet_gc():
+        assert gc.get_threshold()[0] == max(FLEET_GC_THRESHOLD0, before[0])
+        assert gc.get_freeze_count() > frozen_before  # what existed before is out of the collector's way
+        with fleet_gc():  # a second fleet in the same process shares the settings
+            pass
+        assert gc.get_threshold()[0] == max(FLEET_GC_THRESHOLD0, before[0])
+    assert gc.get_threshold() == before
+    assert frozen_before == 0 and gc.get_freeze_count() == 0  # unfrozen again (nothing else here freezes)
+
+
+def test_fleet_gc_freezes_what_connecting_devices_built_until_the_connect_phase_ends() -> None:
+    import asyncio
+    import gc
+
+    from device_sim.fleet.resources import fleet_gc
+
+    async def main() -> tuple[int, int, int]:
+        loop = asyncio.get_running_loop()
+        every = 0.01
+        with fleet_gc(freeze_until=loop.time() + 2 * every, every_s=every):
+            at_start = gc.get_freeze_count()
+            built = [[i] for i in range(1000)]  # long-lived containers made while "connecting"
+            later = loop.create_future()
+            # timers fire in deadline order: this one comes after the first re-freeze (every) has run
+            loop.call_later(every * 1.5, later.set_result, None)
+            await later
+            after_freeze = gc.get_freeze_count()
+            stopped = loop.create_future()
+            loop.call_later(every * 6, stopped.set_result, None)  # past freeze_until: the freezing stopped
+            await stopped
+            more = [[i] for i in range(1000)]  # made after the connect phase: left to the collector
+            at_end = gc.get_freeze_count()
+            del built, more
+        return at_start, after_freeze, at_end
+
+    at_start, after_freeze, at_end = asyncio.run(main())
+    assert after_freeze >= at_start + 1000
+    assert at_end < after_freeze + 1000
