@@ -4,8 +4,14 @@ How this works:
 - ``snapshot()`` pickles moto's S3, IAM and IoT backends (buckets with every object version and its bytes, roles
   and policies, things, certificates, IoT policies and attachments) and local_iot's stream backend (streams and
   IoT tags) into one blob; ``restore()`` puts them back into this process's moto before the control plane serves.
-  ``StateSaver`` writes the blob to ``<state_dir>/control-plane.pickle`` (atomically, 0600) within
-  ``SAVE_DELAY`` of every change and once more on stop, so a SIGKILL loses at most the last ``SAVE_DELAY`` seconds.
+  ``StateSaver`` writes the blob to ``<state_dir>/control-plane.pickle`` (atomically, 0600) once more on stop and,
+  while changes come in, spaced by ``save_delay(d) = max(SAVE_DELAY, SAVE_SPACING * d)`` seconds, d being how long
+  the last snapshot took (it holds the control-plane lock, so requests wait meanwhile): the first change after a
+  quiet spell is saved SAVE_DELAY (0.2 s) after it, and the next save starts no sooner than ``save_delay(d)``
+  after the previous one ended, so snapshots take at most about 1/(SAVE_SPACING + 1) of the time however large
+  the state grows. The bound: a SIGKILL loses at most the changes of the last ``save_delay(d)`` seconds plus up to
+  two saves' time (one under way when the change came, and the one that writes it): 0.2 s and a few ms for a
+  small state (d < 20 ms), a few seconds with tens of thousands of things.
   The file is only ever read by local_iot from its own 0700 state dir (pickle runs code: never load one you did
   not write).
 - ``render_registry()`` lists every certificate of the account and region as
@@ -57,19 +63,24 @@ from .streams_backend import streams_backends
 
 __all__ = [
     "SAVE_DELAY",
+    "SAVE_SPACING",
     "STATE_FILE",
     "RegistryWriter",
     "StateSaver",
     "registry_effect",
     "render_registry",
     "restore",
+    "save_delay",
     "snapshot",
 ]
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "control-plane.pickle"
+#: The shortest wait between a change and its save (gathers a burst of changes into one write).
 SAVE_DELAY = 0.2
+#: While changes come in, the next save waits at least this many times the last snapshot's duration.
+SAVE_SPACING = 10.0
 _SERVICES = ("s3", "iam", "iot", "sts")
 _FORMAT = 1
 
@@ -113,16 +124,24 @@ def restore(blob: bytes) -> None:
                 bd[account][region] = backend
 
 
+def save_delay(last_snapshot_s: float) -> float:
+    """How long the saver waits after a save before the next one (see the module docstring)."""
+    return max(SAVE_DELAY, SAVE_SPACING * last_snapshot_s)
+
+
 class StateSaver:
-    """Writes snapshots to ``path`` on a thread, at most every SAVE_DELAY seconds while changes come in."""
+    """Writes snapshots to ``path`` on a thread while changes come in, spaced by ``save_delay()``."""
 
     def __init__(self, path: Path, lock: threading.RLock) -> None:
         self._path = path
         self._lock = lock  # held by the control plane for every request: no snapshot of a half-made change
         self._dirty = threading.Event()
-        self._stopping = False
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="local-iot-state-saver", daemon=True)
         self.saves = 0
+        #: How long the last snapshot held the lock (pickling); the next save waits ``save_delay()`` of it.
+        self.last_snapshot_s = 0.0
+        self._last_end = float("-inf")  # time.monotonic() when the last save ended
 
     def start(self) -> StateSaver:
         self._thread.start()
@@ -133,12 +152,15 @@ class StateSaver:
 
     def save_now(self) -> None:
         with self._lock:
+            began = time.monotonic()
             blob = snapshot()
+            self.last_snapshot_s = time.monotonic() - began
         write_private(self._path, blob)
         self.saves += 1
+        self._last_end = time.monotonic()
 
     def stop(self) -> None:
-        self._stopping = True
+        self._stop.set()
         self._dirty.set()
         if self._thread.is_alive():
             self._thread.join()
@@ -147,12 +169,13 @@ class StateSaver:
     def _run(self) -> None:
         while True:
             self._dirty.wait()
-            if self._stopping:
+            if self._stop.is_set():
                 return
-            time.sleep(SAVE_DELAY)  # gather a burst of changes into one write
+            # gather a burst of changes into one write, and space the saves of a large state
+            due = max(time.monotonic() + SAVE_DELAY, self._last_end + save_delay(self.last_snapshot_s))
+            if self._stop.wait(due - time.monotonic()):
+                return  # stop() saves
             self._dirty.clear()
-            if self._stopping:  # stop() sets the flag before the event: its set() is never lost by this clear()
-                return
             try:
                 self.save_now()
             except Exception:

@@ -1,4 +1,4 @@
-"""The broker's certificate registry (local_iot.persistence) behind a real control plane.
+"""The broker's certificate registry and the state saver (local_iot.persistence) behind a real control plane.
 
 The registry is checked the way the broker sees it: the file is read the moment a boto3 call returns (no waiting),
 and compared with a full render of moto's state; calls that cannot change it must leave the file itself alone
@@ -8,6 +8,8 @@ and compared with a full render of moto's state; calls that cannot change it mus
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +17,17 @@ from typing import Any
 
 import pytest
 
+from local_iot import persistence
 from local_iot.ca import LocalCA
 from local_iot.control_plane import ControlChange, ControlPlane
 from local_iot.persistence import (
+    SAVE_DELAY,
+    SAVE_SPACING,
     RegistryWriter,
+    StateSaver,
     registry_effect,
     render_registry,
+    save_delay,
 )
 
 
@@ -182,3 +189,56 @@ def test_the_first_rebuild_replaces_a_file_left_by_an_earlier_run(emulator: Emul
         assert not writer.rebuild()  # unchanged: not written again
     assert stale.read_text() == emulator.full_render()
     assert oct(stale.stat().st_mode & 0o777) == oct(0o600)
+
+
+# -- the state saver ------------------------------------------------------------------------------------------------
+
+
+def test_save_delay_grows_with_the_snapshot_time() -> None:
+    assert save_delay(0.0) == SAVE_DELAY
+    assert save_delay(SAVE_DELAY / SAVE_SPACING / 2) == SAVE_DELAY
+    assert save_delay(0.3) == pytest.approx(0.3 * SAVE_SPACING)
+
+
+def test_a_slow_snapshot_spaces_the_next_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    snapshot_s = 0.08  # the next save waits at least SAVE_SPACING times that (0.8 s)
+    started: list[float] = []
+    ended: list[float] = []
+
+    def slow_snapshot() -> bytes:
+        started.append(time.monotonic())
+        time.sleep(snapshot_s)
+        return b"state"
+
+    monkeypatch.setattr(persistence, "snapshot", slow_snapshot)
+    saver = StateSaver(tmp_path / "state.pickle", threading.RLock()).start()
+    try:
+        saver.changed()
+        deadline = time.monotonic() + 30
+        while saver.saves < 1:
+            assert time.monotonic() < deadline, "no first save"
+            time.sleep(0.01)
+        ended.append(time.monotonic())
+        saver.changed()
+        while saver.saves < 2:
+            assert time.monotonic() < deadline, "no second save"
+            time.sleep(0.01)
+    finally:
+        saver.stop()
+    assert saver.last_snapshot_s >= snapshot_s
+    assert started[1] - ended[0] >= SAVE_SPACING * snapshot_s * 0.95
+    assert (tmp_path / "state.pickle").read_bytes() == b"state"
+
+
+def test_stop_does_not_wait_for_a_long_spacing_and_saves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(persistence, "snapshot", lambda: b"last")
+    saver = StateSaver(tmp_path / "state.pickle", threading.RLock()).start()
+    saver.last_snapshot_s = 60.0  # as after a huge snapshot: the next save is 10 minutes away
+    saver.save_now()
+    saver.last_snapshot_s = 60.0
+    saver.changed()
+    began = time.monotonic()
+    saver.stop()
+    assert time.monotonic() - began < 5
+    assert saver.saves == 2
+    assert (tmp_path / "state.pickle").read_bytes() == b"last"
