@@ -12,37 +12,79 @@ from html import escape
 
 from device_sim.results.metrics import MEGABYTE, DeviceMetrics, FleetSummary, aggregate_progress
 from device_sim.results.svg import Series, histogram_chart, line_chart
-from device_sim.results.sweep import SweepPoint, format_size
-from device_sim.results.tables import SWEEP_COLUMNS, fmt_usd, summary_rows, sweep_best_lines, sweep_rows
+from device_sim.results.sweep import SweepPoint, best_by_cost, best_by_time, format_size
+from device_sim.results.tables import (
+    SWEEP_COLUMNS,
+    fmt_usd,
+    hidden_columns_note,
+    summary_rows,
+    sweep_best_lines,
+    sweep_columns_shown,
+    sweep_rows,
+)
 
-__all__ = ["MAX_FAILURE_ROWS", "render_html"]
+__all__ = ["MAX_FAILURE_ROWS", "render_html", "report_title"]
 
 #: The failures table lists at most this many devices (devices.csv has them all).
 MAX_FAILURE_ROWS = 500
 
 _CSS = """
-body { font-family: sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+body { font-family: sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1000px; color: #222; }
+.scroll { overflow-x: auto; margin: 0.5em 0 1.5em; }
+table { border-collapse: collapse; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td { overflow-wrap: anywhere; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.summary td:first-child { white-space: nowrap; }
+table.sweep { font-size: 0.9em; }
+table.sweep th { text-align: right; } table.sweep th:first-child { text-align: left; }
+table.sweep td:first-child { white-space: nowrap; }
 .verdict { font-size: 1.2em; font-weight: bold; padding: 0.5em; }
 .ok { background: #e6f4e6; } .fail { background: #fbe3e3; }
-.best { font-weight: bold; }
+.best { font-weight: bold; } tr.best { background: #e6f4e6; }
 svg.chart { display: block; margin: 0.5em 0 1.5em; max-width: 100%; height: auto; }
 """
 
 
-def _table(headers: Sequence[str] | None, rows: Sequence[Sequence[str]], *, numeric_from: int | None = None) -> str:
+def _table(
+    headers: Sequence[str] | None,
+    rows: Sequence[Sequence[str]],
+    *,
+    numeric_from: int | None = None,
+    css_class: str = "",
+    row_classes: Sequence[str] = (),
+) -> str:
+    """A table in a horizontally scrolling box, so a wide table never widens the page."""
     head = "<thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr></thead>" if headers else ""
     body = []
-    for row in rows:
+    for n, row in enumerate(rows):
         cells = []
         for k, cell in enumerate(row):
             cls = ' class="num"' if numeric_from is not None and k >= numeric_from else ""
             cells.append(f"<td{cls}>{escape(cell)}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table>{head}<tbody>{''.join(body)}</tbody></table>"
+        row_cls = f' class="{row_classes[n]}"' if n < len(row_classes) and row_classes[n] else ""
+        body.append(f"<tr{row_cls}>{''.join(cells)}</tr>")
+    table_cls = f' class="{css_class}"' if css_class else ""
+    return f'<div class="scroll"><table{table_cls}>{head}<tbody>{"".join(body)}</tbody></table></div>'
+
+
+def report_title(summary: FleetSummary, sweep: Sequence[SweepPoint] | None = None) -> str:
+    """What run this is, in words: ``device-sim fleet: 12 devices, 4KiB blocks, cbor`` or
+    ``device-sim block-size sweep: 8 settings, 96 device runs``."""
+    settings = summary.settings_dict
+    if sweep:
+        return f"device-sim block-size sweep: {len(sweep)} settings, {summary.devices} device runs"
+    kind = "OTA job fleet" if summary.executions_by_status or settings.get("jobs") is True else "fleet"
+    parts = [f"{summary.devices} device{'' if summary.devices == 1 else 's'}"]
+    block_size = settings.get("block_size")
+    if isinstance(block_size, int) and not isinstance(block_size, bool):
+        parts.append(f"{format_size(block_size)} blocks")
+    for key in ("format", "profile"):
+        value = settings.get(key)
+        if isinstance(value, str) and value:
+            parts.append(value)
+    return f"device-sim {kind}: {', '.join(parts)}"
 
 
 def _verdict(summary: FleetSummary) -> str:
@@ -64,7 +106,9 @@ def _failures(records: Sequence[DeviceMetrics]) -> str:
     note = ""
     if len(failed) > MAX_FAILURE_ROWS:
         note = f"<p>... and {len(failed) - MAX_FAILURE_ROWS} more (see devices.csv).</p>"
-    return _table(("device", "settings", "reason", "message", "bytes"), rows, numeric_from=4) + note
+    return (
+        _table(("device", "settings", "reason", "message", "bytes"), rows, numeric_from=4, css_class="failures") + note
+    )
 
 
 _SWEEP_CHARTS: tuple[tuple[str, str, Callable[[SweepPoint], float]], ...] = (
@@ -112,6 +156,12 @@ def _group_name(p: SweepPoint) -> str:
 
 def _sweep_section(points: Sequence[SweepPoint]) -> str:
     best = "".join(f'<p class="best">{escape(line)}</p>' for line in sweep_best_lines(points))
+    winners = {id(p) for p in (best_by_time(points), best_by_cost(points)) if p is not None}
+    row_classes = ["best" if id(p) in winners else "" for p in points]
+    shown, hidden = sweep_columns_shown(points)
+    headers = [SWEEP_COLUMNS[k] for k in shown]
+    rows = [[row[k] for k in shown] for row in sweep_rows(points)]
+    note = f"<p>{escape(hidden_columns_note(hidden))} (sweep.csv has every column).</p>" if hidden else ""
     spread = line_chart(
         _spread_series(points),
         title="Download time per setting over the devices (median and p90; one group: min to max)",
@@ -133,7 +183,8 @@ def _sweep_section(points: Sequence[SweepPoint]) -> str:
     )
     return (
         f"<h2>Block-size sweep</h2>{best}"
-        + _table(SWEEP_COLUMNS, sweep_rows(points), numeric_from=1)
+        + _table(headers, rows, numeric_from=1, css_class="sweep", row_classes=row_classes)
+        + note
         + "<p>Rank settings on local_iot only with AWS-like latency and quotas (--latency-ms, --quotas aws); "
         "without them small blocks look better than they would on AWS.</p>" + spread + charts
     )
@@ -143,6 +194,7 @@ def render_html(
     summary: FleetSummary, records: Sequence[DeviceMetrics], *, sweep: Sequence[SweepPoint] | None = None
 ) -> str:
     """The whole page as text."""
+    title = report_title(summary, sweep)
     downloads = [r.download_s for r in records if r.download_s is not None]
     progress = aggregate_progress(records)
     progress_chart = line_chart(
@@ -155,11 +207,11 @@ def render_html(
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>device-sim report</title><style>{_CSS}</style></head><body>",
-        "<h1>device-sim fleet report</h1>",
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
         _verdict(summary),
         "<h2>Summary</h2>",
-        _table(None, summary_rows(summary)),
+        _table(None, summary_rows(summary), css_class="summary"),
         f"<p>Cost estimate: US${escape(fmt_usd(summary.cost_usd))} for {summary.metered_messages:,} metered "
         "messages (5 KB steps of payload + topic, each message sent or received).</p>",
         "<h2>Download time</h2>",

@@ -7,12 +7,13 @@ the SVG is escaped. No dependencies, no scripts, no external assets.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from html import escape
 
-__all__ = ["Series", "fmt_number", "histogram", "histogram_chart", "line_chart", "nice_ticks"]
+__all__ = ["Series", "fmt_number", "histogram", "histogram_chart", "line_chart", "nice_ticks", "tick_labels"]
 
 WIDTH = 640
 HEIGHT = 300
@@ -54,6 +55,20 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     first = math.floor(lo / step + 1e-9)
     last = math.ceil(hi / step - 1e-9)
     return [float(f"{k * step:.12g}") for k in range(first, last + 1)]  # no 0.30000000000000004 labels
+
+
+def tick_labels(ticks: Sequence[float]) -> list[str]:
+    """Labels for evenly spaced ticks, all with the same number of decimals: as many as the step needs, so no two
+    ticks share a label and none is rounded to a value it is not (``2.010, 2.015, 2.020``, not ``2.01, 2.02, 2.02``).
+    """
+    if len(ticks) < 2:
+        return [fmt_number(t) for t in ticks]
+    step = min(abs(b - a) for a, b in itertools.pairwise(ticks)) or 1.0
+    for decimals in range(13):
+        labels = [f"{t:,.{decimals}f}" for t in ticks]
+        if all(abs(float(label.replace(",", "")) - t) <= step * 1e-6 for label, t in zip(labels, ticks, strict=True)):
+            return ["0" if float(label.replace(",", "")) == 0 else label for label in labels]
+    return [fmt_number(t) for t in ticks]
 
 
 def histogram(values: Sequence[float], bins: int | None = None) -> list[tuple[float, float, int]]:
@@ -132,8 +147,9 @@ def _no_data(canvas: _Canvas) -> str:
     return canvas.render()
 
 
-def _ticks(lo: float, hi: float, fmt: Callable[[float], str] = fmt_number) -> list[tuple[float, str]]:
-    return [(t, fmt(t)) for t in nice_ticks(lo, hi)]
+def _ticks(lo: float, hi: float) -> list[tuple[float, str]]:
+    ticks = nice_ticks(lo, hi)
+    return list(zip(ticks, tick_labels(ticks), strict=True))
 
 
 def histogram_chart(
@@ -148,14 +164,17 @@ def histogram_chart(
     y_ticks = _ticks(0, max(c for _, _, c in counts))
     canvas.set_range(x_ticks[0][0], x_ticks[-1][0], 0, y_ticks[-1][0])
     canvas.axes(x_ticks, y_ticks)
-    for lo, hi, count in counts:
+    width = counts[0][1] - counts[0][0]  # bin edges with the decimals their width needs: 2.01173-2.01442
+    decimals = max(0, 2 - math.floor(math.log10(width))) if width > 0 else 3
+    edges = [f"{edge:,.{decimals}f}" for edge in [lo for lo, _, _ in counts] + [counts[-1][1]]]
+    for k, (lo, hi, count) in enumerate(counts):
         if not count:
             continue
         x, y = canvas.px(lo), canvas.py(count)
         w = max(1.0, canvas.px(hi) - x - 1)
         canvas.parts.append(
             f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{canvas.py(0) - y:.1f}" fill="{_COLORS[0]}">'
-            f"<title>{escape(fmt_number(lo))}-{escape(fmt_number(hi))}: {count}</title></rect>"
+            f"<title>{escape(edges[k])}-{escape(edges[k + 1])}: {count}</title></rect>"
         )
     return canvas.render()
 
@@ -190,7 +209,11 @@ def line_chart(
         pad = (hi - lo) * 0.05 or 0.5
         x_range = (lo - pad, hi + pad)
     else:
-        x_ticks = [(t, x_tick_format(t)) for t in nice_ticks(min(xs), max(xs))]
+        x_ticks = (
+            _ticks(min(xs), max(xs))
+            if x_tick_format is fmt_number
+            else [(t, x_tick_format(t)) for t in nice_ticks(min(xs), max(xs))]
+        )
         x_range = (x_ticks[0][0], x_ticks[-1][0])
     y_ticks = _ticks(min(0.0, *ys) if y_from_zero else min(ys), max(ys))
     canvas.set_range(*x_range, y_ticks[0][0], y_ticks[-1][0])

@@ -18,10 +18,12 @@ __all__ = [
     "SWEEP_COLUMNS",
     "fmt_seconds",
     "fmt_usd",
+    "hidden_columns_note",
     "render_summary_text",
     "render_sweep_table",
     "summary_rows",
     "sweep_best_lines",
+    "sweep_columns_shown",
     "sweep_rows",
 ]
 
@@ -56,6 +58,15 @@ def fmt_usd(value: float) -> str:
     return f"{value:.6f}" if value < 1 else f"{value:,.2f}"
 
 
+def _setting_text(value: object) -> str:
+    """A setting as a person reads it: ``yes``/``no``, ``-`` for none (never Python's ``True``/``None``)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
 def _pairs_text(pairs: Sequence[tuple[str, int]]) -> str:
     return ", ".join(f"{name} {count}" for name, count in pairs) or "none"
 
@@ -69,8 +80,8 @@ def _dist_text(d: Distribution | None) -> str:
 def summary_rows(summary: FleetSummary) -> list[tuple[str, str]]:
     """``(name, value)`` rows describing one run, in display order."""
     s = summary
-    settings = ", ".join(f"{k}={v}" for k, v in s.settings) or "-"
-    return [
+    settings = ", ".join(f"{k}={_setting_text(v)}" for k, v in s.settings) or "-"
+    rows = [
         ("settings", settings),
         ("devices", f"{s.devices}: {s.verified} verified, {s.failed} failed"),
         ("wall time", f"{s.wall_s:.3f} s"),
@@ -94,6 +105,9 @@ def summary_rows(summary: FleetSummary) -> list[tuple[str, str]]:
         ),
         ("cost estimate", f"US${fmt_usd(s.cost_usd)} at US${s.price_per_million_usd:g} per million messages"),
     ]
+    if s.executions_by_status:  # devices that followed an OTA job (fleet --jobs): their executions' final status
+        rows.insert(2, ("job executions", _pairs_text(s.executions_by_status)))
+    return rows
 
 
 def render_summary_text(summary: FleetSummary) -> str:
@@ -134,6 +148,44 @@ def sweep_rows(points: Sequence[SweepPoint]) -> list[tuple[str, ...]]:
     return rows
 
 
+#: Columns that always stay in a sweep table, even when they hold the same value in every row.
+_KEEP_COLUMNS = frozenset(
+    {
+        "setting",
+        "block size",
+        "devices",
+        "wall s",
+        "median s",
+        "p90 s",
+        "MB/s",
+        "messages",
+        "cost US$",
+        "verified/failed",
+    }
+)
+
+
+def sweep_columns_shown(points: Sequence[SweepPoint]) -> tuple[list[int], list[str]]:
+    """Indexes of the ``SWEEP_COLUMNS`` worth showing on a screen and the names of the ones left out: a column that
+    says nothing (``-`` or zero in every row, e.g. the device profiles' stall columns in an engine sweep) is left
+    out, so the table fits a terminal or a page. The plain text table and ``sweep.csv`` keep every column."""
+    rows = sweep_rows(points)
+    shown: list[int] = []
+    hidden: list[str] = []
+    for k, name in enumerate(SWEEP_COLUMNS):
+        empty = bool(rows) and all(row[k] in ("-", "0", "0.0", "0.000") for row in rows)
+        if empty and name not in _KEEP_COLUMNS:
+            hidden.append(name)
+        else:
+            shown.append(k)
+    return shown, hidden
+
+
+def hidden_columns_note(hidden: Sequence[str]) -> str:
+    """The sentence under a table that left columns out (empty when none)."""
+    return f"columns left out (- or 0 for every setting): {', '.join(hidden)}" if hidden else ""
+
+
 def sweep_best_lines(points: Sequence[SweepPoint]) -> list[str]:
     """``best by time: ...`` and ``best by cost: ...`` sentences (empty for no points)."""
     fastest, cheapest = best_by_time(points), best_by_cost(points)
@@ -158,9 +210,14 @@ def _spread(p: SweepPoint) -> str:
 
 
 def render_sweep_table(points: Sequence[SweepPoint]) -> str:
-    """The sweep as a fixed-width text table followed by the best settings."""
+    """The sweep as a fixed-width text table followed by the best settings (numbers right-aligned)."""
     rows = [SWEEP_COLUMNS, *sweep_rows(points)]
     widths = [max(len(row[k]) for row in rows) for k in range(len(SWEEP_COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if k == 0 else cell.rjust(w) for k, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join([*lines, *sweep_best_lines(points)])
