@@ -280,6 +280,8 @@ class DownloadEngine:
             counters.invalid_blocks += 1
             return state
         self._last_rx = self._now
+        if self._shared is not None:
+            self._shared.last_block = self._now
         if ledger.has(index):
             counters.duplicates += 1
             self._reorder.duplicate(index)  # after a fast re-request of it: that was spurious, wait longer
@@ -489,6 +491,17 @@ class DownloadEngine:
             return request.last_activity + max(timeout, self.settings.max_timeout)
         last_rx = self._last_rx
         quiet = request.last_activity if last_rx is None or last_rx < request.last_activity else last_rx
+        shared = self._shared
+        if shared is not None and self._rtt.srtt is None and self.settings.request_timeout is None:
+            # No sample of our own yet (the first request): while the fleet's other devices receive blocks, the
+            # service is alive and only busy (all devices ask at once as they connect), so keep waiting, up to
+            # max_timeout after the request left.
+            fleet_rx = shared.last_block
+            if fleet_rx is not None and fleet_rx > quiet:
+                return min(
+                    fleet_rx + timeout + self._pacing_gap,
+                    request.last_activity + max(timeout, self.settings.max_timeout),
+                )
         deadline = quiet + timeout + self._pacing_gap
         if request.top_seen and self.settings.fast_retry:
             grace = min(timeout, self._reorder.scale * self._rtt.fast_retry_grace(request.gap(), timeout))

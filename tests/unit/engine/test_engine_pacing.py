@@ -186,3 +186,45 @@ def test_a_spurious_timeout_anywhere_stretches_the_whole_fleet() -> None:
     _late_answer(victim)  # the victim proves one of its timeouts spurious
     assert victim.stats.spurious_timeouts == 1 and shared.timeouts.scale == 2
     assert other.stats.timeout == pytest.approx(2 * before)
+
+
+def test_a_first_request_waits_while_the_fleet_receives_blocks() -> None:
+    """Before its first sample a device cannot tell a busy service from a lost request; its fleet can. While other
+    devices keep receiving blocks its first request does not time out (up to max_timeout after it was sent); a
+    device alone, or a fleet that went quiet, times out as before."""
+    shared = SharedRtt()
+    newcomer, busy, alone = _engine_with(shared), _engine_with(shared), _engine_with(None)
+    for engine in (newcomer, busy, alone):
+        engine.start(0.0)
+        engine.next_actions()
+    now = 0.0
+    for index in range(5):  # the busy device gets a block every 0.5 s for 2.5 s
+        now += 0.5
+        busy.receive_block(_small(index), now)
+        busy.next_actions()
+        for engine in (newcomer, alone):
+            engine.handle_timer(now)
+            engine.next_actions()
+    assert alone.stats.timeouts >= 1  # 1 s initial timeout, nothing else to go by
+    assert newcomer.stats.timeouts == 0  # the service is alive: its first request keeps waiting
+    timer = newcomer.get_timer()
+    assert timer is not None and timer == pytest.approx(now + 1.0)  # the fleet's last block + the initial timeout
+    newcomer.handle_timer(timer)  # the fleet went quiet: now it is a timeout
+    assert newcomer.stats.timeouts == 1
+
+
+def test_a_first_request_waits_for_the_fleet_at_most_max_timeout() -> None:
+    shared = SharedRtt()
+    newcomer, busy = _engine_with(shared, max_timeout=3.0), _engine_with(shared)
+    for engine in (newcomer, busy):
+        engine.start(0.0)
+        engine.next_actions()
+    now, index = 0.0, 0
+    while now < 3.2:  # the fleet never goes quiet
+        now += 0.4
+        busy.receive_block(_small(index % 8), now)
+        busy.next_actions()
+        index += 1
+        newcomer.handle_timer(now)
+        newcomer.next_actions()
+    assert newcomer.stats.timeouts == 1  # at 3 s after it was sent, whatever the fleet does
