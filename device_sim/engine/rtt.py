@@ -202,14 +202,14 @@ class SpuriousTimeouts:
 class SharedRtt:
     """What the engines of one process learn about the service they share (RFC 2140: TCP control block sharing).
 
-        A fleet's devices all wait in the same service queue: a device that connected when the emulator was idle has a
-        round-trip estimate far below what the others already see, and a device proves a timeout spurious only after
-        paying for it. Every engine given the same ``SharedRtt`` feeds it its clean samples and its proved-spurious
-        timeouts; its idle timeout is then never below the fleet's (``floor``), and a spurious timeout anywhere stretches
-        every device's timer like its own (``SpuriousTimeouts`` rules, shared). A device that has no round-trip sample
-    of its own yet cannot tell a busy service from a lost request; the fleet can: while other devices keep receiving
-    blocks (``last_block``), its first request's idle timer waits, up to ``max_timeout`` after it was sent.
-    Event-loop only (no locking).
+    A fleet's devices all wait in the same service queue: a device that connected when the emulator was idle has a
+    round-trip estimate far below what the others already see, and a device proves a timeout spurious only after
+    paying for it. Every engine given the same ``SharedRtt`` feeds it its clean samples and its proved-spurious
+    timeouts; its idle timeout is then never below the fleet's (``floor``), and a spurious timeout anywhere
+    stretches every device's timer like its own (``SpuriousTimeouts`` rules, shared). A device that has no
+    round-trip sample of its own yet cannot tell a busy service from a lost request; the fleet can: while other
+    devices keep receiving blocks (``last_block``), its first request's idle timer waits, up to ``max_timeout``
+    after it was sent. Event-loop only (no locking).
     """
 
     __slots__ = ("_estimate", "last_block", "timeouts")
