@@ -82,3 +82,29 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     store.flush()
     assert not path.exists() and not journal_path(path).exists()
     assert store.manifest.thing("sim-0") is not None
+
+
+def test_whole_writes_are_spaced_by_ten_times_their_own_duration(tmp_path: Path) -> None:
+    """A whole write of a big manifest is slow; the next one waits 10 x as long as it took (the journal has every
+    step meanwhile), so rewriting a growing manifest cannot take over the run."""
+    now = [0.0]
+
+    def clock() -> float:  # every reading is 0.5 s later: each whole write "takes" 0.5 s
+        now[0] += 0.5
+        return now[0]
+
+    path = tmp_path / "run.json"
+    store = ManifestStore(
+        Manifest(run_id="r1", region="us-east-1", account_id="123456789012", created_at="now"),
+        path,
+        full_save_every=1.0,
+        clock=clock,
+    )
+    store.update(store.manifest)
+    assert store.full_save_spacing == pytest.approx(5.0)
+    for i in range(6):  # 0.5 s apart: 3 s after the whole write, not yet due at 1 s spacing x 10
+        store.record_thing(ThingRecord(name=f"sim-{i}", arn=f"arn:thing/sim-{i}"))
+    assert "sim-" not in path.read_text() and journal_path(path).exists()  # all in the journal, none whole
+    for i in range(6, 12):
+        store.record_thing(ThingRecord(name=f"sim-{i}", arn=f"arn:thing/sim-{i}"))
+    assert "sim-" in path.read_text()  # past 5 s: written whole again
