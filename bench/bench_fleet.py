@@ -214,10 +214,10 @@ def _size(text: str) -> int:
 
 
 class LocalIotProcess:
-    """``local-iot up`` as a child process (or one a previous ``--keep-running`` run left); ``env`` points boto3
-    at it. Stopped by its PID."""
+    """``local-iot up`` with ``extra`` options as a child process (or one a previous ``--keep-running`` run left);
+    ``env`` points boto3 at it. Stopped by its PID. bench_sweep.py uses it too."""
 
-    def __init__(self, state_dir: Path, *, attach: bool = False) -> None:
+    def __init__(self, state_dir: Path, *extra: str, attach: bool = False) -> None:
         self.state_dir = state_dir
         self.proc: subprocess.Popen[str] | None = None
         pid_file = state_dir.parent / "local-iot.pid"
@@ -227,7 +227,7 @@ class LocalIotProcess:
         else:
             with (state_dir.parent / "local-iot.log").open("w") as log:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "local_iot", "up", "--state-dir", str(state_dir)],
+                    [sys.executable, "-m", "local_iot", "up", "--state-dir", str(state_dir), *extra],
                     stdout=subprocess.PIPE,
                     stderr=log,
                     text=True,
@@ -259,9 +259,13 @@ class LocalIotProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
-def provision(iot: LocalIotProcess, work: Path, devices: int, size: int) -> tuple[Path, float]:
+def provision(iot: LocalIotProcess, work: Path, devices: int, size: int, name: str = "bench") -> tuple[Path, float]:
+    """``provisioner up`` of ``devices`` things ``<name>-<i>`` and a ``size``-byte stream ``<name>fw`` (not timed by
+    the benches: the seconds it took are returned)."""
     manifest = work / "run.json"
     cmd = [
         sys.executable,
@@ -271,19 +275,19 @@ def provision(iot: LocalIotProcess, work: Path, devices: int, size: int) -> tupl
         "--local",
         str(iot.state_dir),
         "--stream-id",
-        "benchfw",
+        f"{name}fw",
         "--generate",
         str(size),
         "--seed",
         "7",
         "--bucket",
-        "bench-fw",
+        f"{name}-fw",
         "--create-bucket",
         "--create-role",
         "--things",
         str(devices),
         "--thing-prefix",
-        "bench",
+        name,
         "--certs-dir",
         str(work / "certs"),
         "--manifest",

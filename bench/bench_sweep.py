@@ -42,16 +42,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_fleet import LocalIotProcess, _size, provision  # noqa: E402  # the fleet bench's, shared
 
 TARGET_RATIO = 1.15  # 128 KiB median / 64 KiB median
 BASELINE, BIG = 64 * 1024, 128 * 1024
 DEFAULT_BLOCKS = "1KiB,4KiB,16KiB,64KiB,128KiB"
-
-
-def _size(text: str) -> int:
-    from device_sim.cli.options import parse_size
-
-    return parse_size(text)
 
 
 def _sizes(text: str) -> list[int]:
@@ -65,69 +62,6 @@ def _label(block: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ child processes
-
-
-class LocalIotProcess:
-    """``local-iot up`` with ``extra`` options as a child process (or one a previous ``--keep-running`` run left);
-    ``env`` points boto3 at it. Stopped by its PID."""
-
-    def __init__(self, state_dir: Path, *extra: str, attach: bool = False) -> None:
-        self.state_dir = state_dir
-        self.proc: subprocess.Popen[str] | None = None
-        pid_file = state_dir.parent / "local-iot.pid"
-        if attach:
-            self.pid = int(pid_file.read_text())
-            os.kill(self.pid, 0)  # still running? (ProcessLookupError otherwise)
-        else:
-            with (state_dir.parent / "local-iot.log").open("w") as log:
-                self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "local_iot", "up", "--state-dir", str(state_dir), *extra],
-                    stdout=subprocess.PIPE,
-                    stderr=log,
-                    text=True,
-                    cwd=ROOT,
-                )
-            self.pid = self.proc.pid
-            pid_file.write_text(str(self.pid))
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:  # the "written:" line comes after local-iot.json is in place
-                if "written:" in line:
-                    break
-            else:
-                raise RuntimeError(f"local-iot up exited with {self.proc.wait()}; see {state_dir.parent}/local-iot.log")
-        from local_iot.control_plane import aws_environment
-        from local_iot.runner import load_info
-
-        self.info = load_info(state_dir)
-        self.env = {**os.environ, **aws_environment(self.info["aws_endpoint_url"], self.info["region"])}
-        self.env.pop("AWS_PROFILE", None)
-
-    def stop(self) -> None:
-        if self.proc is None:
-            os.kill(self.pid, signal.SIGTERM)  # attached: not our child, nothing to wait for
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-def provision(iot: LocalIotProcess, work: Path, devices: int, size: int) -> tuple[Path, float]:
-    manifest = work / "run.json"
-    cmd = [sys.executable, "-m", "provisioner", "up", "--local", str(iot.state_dir), "--stream-id", "sweepfw"]
-    cmd += ["--generate", str(size), "--seed", "7", "--bucket", "sweep-fw", "--create-bucket", "--create-role"]
-    cmd += ["--things", str(devices), "--thing-prefix", "sweep", "--certs-dir", str(work / "certs")]
-    cmd += ["--manifest", str(manifest), "--tps", "1000"]
-    t0 = time.perf_counter()
-    done = subprocess.run(cmd, env=iot.env, cwd=work, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"provisioner up failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return manifest, time.perf_counter() - t0
 
 
 _POINT_LINE = re.compile(r"^\[\d+/\d+\] ")
@@ -328,7 +262,7 @@ def main() -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-                manifest, provision_s = provision(iot, work, args.devices, args.size)
+                manifest, provision_s = provision(iot, work, args.devices, args.size, name="sweep")
             runs_dir = work / time.strftime("sweep-%Y%m%d-%H%M%S")  # a --reuse never overwrites an earlier run
             runs_dir.mkdir()
             for n in range(1, args.rounds + 1):
