@@ -17,6 +17,7 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def write_private(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` atomically, mode 0600 from the moment the file exists."""
-    atomic_write(path, data, mode=0o600)
+def write_private(path: Path, data: str | bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically, mode 0600 from the moment the file exists. ``durable=False``: no
+    fsync (for derived files rewritten often, see ``atomic_write``)."""
+    atomic_write(path, data, mode=0o600, durable=durable)

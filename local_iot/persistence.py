@@ -54,8 +54,6 @@ from typing import Any, Literal
 import moto.backends
 from moto.iot.models import iot_backends
 
-from device_sim.fileio import atomic_write
-
 from .control_plane import ControlChange
 from .files import write_private
 from .jobs.backend import jobs_backends
@@ -309,7 +307,7 @@ class RegistryWriter:
     def _flush(self) -> bool:
         if not self._dirty and self.writes:  # the first call writes: a file left by an earlier run is replaced
             return False
-        atomic_write(self.path, self.text(), mode=0o600, durable=False)  # derived data: rebuilt at every start
+        write_private(self.path, self.text(), durable=False)  # derived data: rebuilt at every start
         self._dirty = False
         self.writes += 1
         return True
