@@ -5,6 +5,7 @@
 
 from device_sim.protocol.bitmap import bitmap_from_hex, bitmap_to_hex, decode_bitmap, encode_bitmap, highest_bit
 from device_sim.protocol.codec import (
+    DataLayout,
     decode_answer,
     decode_data_block,
     decode_request,
@@ -48,6 +49,7 @@ __all__ = [
     "OUT_OF_RANGE_MESSAGE",
     "Answer",
     "DataBlock",
+    "DataLayout",
     "DescribeStreamRequest",
     "ErrorCode",
     "FileInfo",

@@ -18,6 +18,12 @@ import binascii
 from collections.abc import Mapping
 
 from device_sim.protocol._wire import (
+    _F,
+    _I,
+    _L,
+    _P,
+    _START_C,
+    _START_F,
     BREAK,
     FIELD_NAMES,
     KEY_BITMAP,
@@ -246,6 +252,67 @@ def _aws_layout_block(payload: bytes) -> DataBlock | None:
     return DataBlock(
         client_token=token, file_id=file_id, block_index=index, block_length=length, payload=payload[pos:-1]
     )
+
+
+class DataLayout:
+    """The data messages of one download, recognised with two C-level byte comparisons (the device's hot path).
+
+    Within one download the service sends every full block in the same bytes but for the block index and the
+    data: ``bf [61 63 <token>] 61 66 <f> 61 69 <i> 61 6c <l> 61 70 <p head> <data> ff`` (docs/protocol.md
+    section 4), where the token, the file id and the block length are the download's own. ``full_block`` checks
+    the constant prefix and the constant middle with ``bytes.startswith``, reads the minimal head of ``i`` and
+    checks the length and the closing break; anything else (another token or file id, the short last block, a
+    JSON message, another key order or head width) returns None and goes through ``decode_data_block``, which
+    also explains what is wrong. Whatever ``full_block`` accepts, ``decode_data_block`` decodes to the same block
+    (a property test holds them to it).
+    """
+
+    __slots__ = ("_middle", "_prefixes", "_size")
+
+    def __init__(self, client_token: str | None, file_id: int, block_size: int) -> None:
+        ids = cbor_int(file_id) + _I
+        bare = _START_F + ids
+        # AWS echoes a token it was sent; the prefix without one also serves a service that leaves it out.
+        self._prefixes = (bare,) if client_token is None else (_START_C + cbor_text(client_token) + _F + ids, bare)
+        self._middle = _L + cbor_int(block_size) + _P + cbor_head(2, block_size)
+        self._size = block_size
+
+    def full_block(self, payload: bytes) -> tuple[int, bytes] | None:
+        """``(block index, data)`` of a full-size block of this download in AWS's layout; None otherwise."""
+        for prefix in self._prefixes:
+            if payload.startswith(prefix):
+                break
+        else:
+            return None
+        pos = len(prefix)
+        try:
+            head = payload[pos]
+            if head < 24:
+                index, pos = head, pos + 1
+            elif head == 24:
+                index, pos = payload[pos + 1], pos + 2
+                if index < 24:
+                    return None
+            elif head == 25:
+                index, pos = (payload[pos + 1] << 8) | payload[pos + 2], pos + 3
+                if index < 0x100:
+                    return None
+            elif head == 26:
+                index, pos = int.from_bytes(payload[pos + 1 : pos + 5], "big"), pos + 5
+                if index < 0x10000:
+                    return None
+            else:
+                return None
+        except IndexError:
+            return None
+        middle = self._middle
+        if not payload.startswith(middle, pos):
+            return None
+        pos += len(middle)
+        end = pos + self._size
+        if len(payload) != end + 1 or payload[end] != 0xFF:
+            return None
+        return index, payload[pos:end]
 
 
 def decode_data_block_general(payload: bytes, fmt: Format) -> DataBlock:

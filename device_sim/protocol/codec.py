@@ -12,10 +12,12 @@ translation of cbor2/json exceptions happen in one place, ``_wire.load_document`
 from __future__ import annotations
 
 from device_sim.protocol import _device, _service
+from device_sim.protocol._device import DataLayout
 from device_sim.protocol.messages import Answer, Request
 from device_sim.protocol.topics import Format, Operation
 
 __all__ = [
+    "DataLayout",
     "decode_answer",
     "decode_data_block",
     "decode_request",

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from device_sim.protocol import (
     DataBlock,
+    DataLayout,
     DescribeStreamRequest,
     ErrorCode,
     FileInfo,
@@ -294,3 +295,60 @@ def test_data_fast_path_agrees_with_the_general_decoder(block: DataBlock, data: 
 @given(block=data_blocks())
 def test_aws_layout_takes_the_fast_path(block: DataBlock) -> None:
     assert _aws_layout_block(encode_answer(block, CBOR)) == block
+
+
+# --------------------------------------------------------------------------------------- the device's hot path
+
+
+@given(block=data_blocks(), own=st.booleans(), data=st.data())
+def test_the_data_layout_takes_exactly_this_downloads_full_blocks_and_agrees_with_the_decoder(
+    block: DataBlock, own: bool, data: st.DataObject
+) -> None:
+    """``DataLayout.full_block`` accepts a message only when ``decode_data_block`` decodes it to a block of this
+    download (its token, or none; its file id; the full block length), and then to the same index and bytes; it
+    accepts every such message the service encodes; mutated messages never decode differently through it."""
+    size = len(block.payload)
+    token = block.client_token if own else data.draw(tokens)
+    file_id = block.file_id if own or data.draw(st.booleans()) else (block.file_id + 1) % 256
+    block_size = size if own or data.draw(st.booleans()) else size + 1
+    layout = DataLayout(token, file_id, block_size)
+    message = encode_data_block(CBOR, block.file_id, block.block_index, block.payload, block.client_token)
+    if data.draw(st.booleans()):  # flip, cut or extend the message somewhere
+        mutated = bytearray(message)
+        at = data.draw(st.integers(0, len(mutated) - 1))
+        change = data.draw(st.sampled_from(["flip", "cut", "extend"]))
+        if change == "flip":
+            mutated[at] ^= 1 << data.draw(st.integers(0, 7))
+        elif change == "cut":
+            del mutated[at:]
+        else:
+            mutated[at:at] = data.draw(st.binary(min_size=1, max_size=3))
+        message = bytes(mutated)
+    fields = layout.full_block(message)
+    try:
+        decoded: DataBlock | None = decode_data_block(message, CBOR)
+    except RemoteProtocolError:
+        decoded = None
+    ours = (
+        decoded is not None
+        and decoded.client_token in (token, None)
+        and decoded.file_id == file_id
+        and decoded.block_length == block_size
+    )
+    if fields is not None:
+        assert decoded is not None and ours
+        assert fields == (decoded.block_index, decoded.payload)
+    elif message == encode_data_block(CBOR, block.file_id, block.block_index, block.payload, block.client_token):
+        assert not ours  # an unchanged message of this download always takes the hot path
+
+
+def test_the_data_layout_reads_every_width_of_the_block_index() -> None:
+    payload = bytes(range(256)) * 4
+    layout = DataLayout("tok", 7, len(payload))
+    for index in (0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1):
+        message = encode_data_block(CBOR, 7, index, payload, "tok")
+        assert layout.full_block(message) == (index, payload)
+        assert layout.full_block(encode_data_block(CBOR, 7, index, payload, None)) == (index, payload)
+    assert layout.full_block(encode_data_block(CBOR, 7, 2**32, payload, "tok")) is None  # 8-byte head: decoder
+    assert layout.full_block(encode_data_block(CBOR, 7, 1, payload[:-1], "tok")) is None  # the short last block
+    assert layout.full_block(encode_data_block(JSON, 7, 1, payload, "tok")) is None
