@@ -8,6 +8,9 @@ block is there, ``finish()`` returns the SHA-256 and size of the whole file.
 - ``MemorySink``: the file in a bytearray.
 - ``DigestSink``: a streaming SHA-256. In-order blocks are hashed on arrival; an out-of-order block waits in a dict
   until the gap before it fills, so memory does not grow with the file for in-order delivery.
+- ``ReferenceSink``: compares every block with a copy of the file known in advance (the S3 object a device verifies
+  against, fetched once per fleet): one memory comparison per block instead of hashing it; only differing blocks
+  are kept, to hash what really arrived when it is not the reference.
 - ``FileSink``: writes into ``<path>.part``. With a state directory it is resumable: the bitmap of received blocks
   is persisted atomically (temp file + fsync + rename + directory fsync) every ``flush_every_blocks`` blocks or
   ``flush_every_s`` seconds, and always *after* an fsync of the data it covers, so a bit on disk never stands for a
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from device_sim.fileio import atomic_write
-from device_sim.protocol.limits import block_count, block_length
+from device_sim.protocol.limits import block_count
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +141,12 @@ class _Layout:
         return cls(file_size, block_size, block_count(file_size, block_size))
 
     def check(self, index: int, offset: int, data: bytes) -> None:
-        if not 0 <= index < self.total_blocks:
-            raise SinkUsageError(f"block {index} is outside the file (it has {self.total_blocks} blocks)")
-        if offset != index * self.block_size:
-            raise SinkUsageError(f"block {index} must start at byte {index * self.block_size}, not {offset}")
-        expected = block_length(self.file_size, self.block_size, index)
+        total, size = self.total_blocks, self.block_size
+        if not 0 <= index < total:
+            raise SinkUsageError(f"block {index} is outside the file (it has {total} blocks)")
+        if offset != index * size:
+            raise SinkUsageError(f"block {index} must start at byte {index * size}, not {offset}")
+        expected = size if index < total - 1 else self.file_size - offset  # the last block is the rest
         if len(data) != expected:
             raise SinkUsageError(f"block {index} must be {expected} bytes long, got {len(data)}")
 
@@ -340,6 +344,83 @@ class DigestSink:
     def close(self) -> None:
         self._pending.clear()
         self._buffered = 0
+
+    def abort(self) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------------- ReferenceSink
+
+
+class ReferenceSink:
+    """Checks each block against ``reference``, the file's expected bytes, instead of hashing it.
+
+    A device that verifies against S3 knows the object before it downloads (a fleet fetches it once and shares it):
+    comparing a block with its place in that object is one ``memcmp``, where hashing it cost SHA-256 plus a CRC-32.
+    A block that equals the reference is only counted; one that differs is kept, so that ``finish()`` can hash
+    what really arrived (the reference with those blocks in their places) and ``first_mismatch`` names the first.
+    When every block matched, ``finish()`` returns ``reference_sha256`` (the caller hashed the reference once).
+    """
+
+    def __init__(self, reference: bytes, reference_sha256: str, block_size: int) -> None:
+        self._layout = _Layout.of(len(reference), block_size)
+        self._reference = reference
+        self._view = memoryview(reference)
+        self._sha256 = reference_sha256
+        self._have = bytearray(self._layout.total_blocks)
+        self._count = 0
+        self._differing: dict[int, bytes] = {}
+
+    @property
+    def file_size(self) -> int:
+        return self._layout.file_size
+
+    @property
+    def block_size(self) -> int:
+        return self._layout.block_size
+
+    @property
+    def first_mismatch(self) -> int | None:
+        """The lowest block that differed from the reference (None: none so far)."""
+        return min(self._differing) if self._differing else None
+
+    def write(self, index: int, offset: int, data: bytes) -> bool:
+        self._layout.check(index, offset, data)
+        if self._have[index]:
+            return False
+        self._have[index] = 1
+        self._count += 1
+        if not self._reference.startswith(data, offset):  # a memcmp (comparing memoryviews goes byte by byte)
+            self._differing[index] = bytes(data)
+        return True
+
+    def has(self, index: int) -> bool:
+        return 0 <= index < len(self._have) and bool(self._have[index])
+
+    def received_blocks(self) -> Iterator[int]:
+        return (i for i, have in enumerate(self._have) if have)
+
+    def finish(self) -> SinkResult:
+        total = self._layout.total_blocks
+        if self._count != total:
+            first = self._have.find(0)
+            raise SinkUsageError(
+                f"{total - self._count} of {total} blocks are missing (first: block {first})",
+                hint="call finish() only after every block was written",
+            )
+        if not self._differing:
+            return SinkResult(sha256=self._sha256, size=self._layout.file_size)
+        digest, view, size = hashlib.sha256(), self._view, self._layout.block_size
+        start = 0
+        for index in sorted(self._differing):
+            digest.update(view[start : index * size])
+            digest.update(self._differing[index])
+            start = index * size + len(self._differing[index])
+        digest.update(view[start:])
+        return SinkResult(sha256=digest.hexdigest(), size=self._layout.file_size)
+
+    def close(self) -> None:
+        self._differing.clear()
 
     def abort(self) -> None:
         self.close()

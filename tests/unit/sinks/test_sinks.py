@@ -19,6 +19,7 @@ from device_sim.sinks import (
     DigestSink,
     FileSink,
     MemorySink,
+    ReferenceSink,
     ResumeKey,
     ResumeStatus,
     SinkResult,
@@ -47,13 +48,16 @@ def expected(data: bytes) -> SinkResult:
 # ------------------------------------------------------------------------------------------- common behaviour
 
 
-@pytest.fixture(params=["memory", "digest", "file"])
+@pytest.fixture(params=["memory", "digest", "reference", "file"])
 def make_sink(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
     def make(size: int, block_size: int) -> BlockSink:
         if request.param == "memory":
             return MemorySink(size, block_size)
         if request.param == "digest":
             return DigestSink(size, block_size)
+        if request.param == "reference":  # the common tests write payload(size): the sink's reference is that
+            data = payload(size)
+            return ReferenceSink(data, hashlib.sha256(data).hexdigest(), block_size)
         return FileSink(tmp_path / "out.bin", size, block_size)
 
     return make
@@ -310,3 +314,43 @@ def test_a_sigkilled_writer_resumes_with_only_intact_blocks(tmp_path: Path) -> N
     sink.commit()
     assert (tmp_path / "fw.bin").read_bytes() == data
     assert os.listdir(state) == []
+
+
+# ------------------------------------------------------------------------------------------------- ReferenceSink
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    size=st.integers(0, 9000),
+    block_size=st.sampled_from([256, 1000, 1024]),
+    seed=st.integers(0, 1000),
+    changes=st.lists(st.integers(0, 9000), max_size=4),
+)
+def test_reference_sink_hashes_what_arrived_and_names_the_first_block_that_differs(
+    size: int, block_size: int, seed: int, changes: list[int]
+) -> None:
+    reference = payload(size, seed)
+    arrived = bytearray(reference)
+    for at in changes:
+        if at < size:
+            arrived[at] ^= 0x5A
+    sink = ReferenceSink(reference, hashlib.sha256(reference).hexdigest(), block_size)
+    order = blocks_of(bytes(arrived), block_size)
+    random.Random(seed).shuffle(order)
+    for index, offset, data in order + order[:2]:  # the duplicates at the end change nothing
+        sink.write(index, offset, data)
+    assert sink.finish() == expected(bytes(arrived))
+    bad = [i for i, o, data in blocks_of(bytes(arrived), block_size) if data != reference[o : o + len(data)]]
+    assert sink.first_mismatch == (bad[0] if bad else None)
+
+
+def test_reference_sink_keeps_only_the_blocks_that_differ() -> None:
+    reference = payload(64 * 1024)
+    sink = ReferenceSink(reference, hashlib.sha256(reference).hexdigest(), 1024)
+    for index, offset, data in blocks_of(reference, 1024):
+        if index == 9:
+            data = bytes(len(data))
+        assert sink.write(index, offset, data)
+    assert list(sink._differing) == [9]  # 1 KiB kept, not the file
+    assert sink.first_mismatch == 9
+    assert sink.finish().sha256 != hashlib.sha256(reference).hexdigest()
