@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from device_sim.engine.types import EngineUsageError
 from device_sim.protocol.limits import MAX_BITMAP_BYTES, MAX_OFFSET, block_count, block_length
-from device_sim.protocol.messages import DataBlock
 
 _MISSING = 0
 _CLAIMED = 1
@@ -88,13 +87,13 @@ class BlockLedger:
                 self._status[index] = _HAVE
                 self.have_count += 1
 
-    def fits(self, block: DataBlock) -> bool:
-        """Index inside the file and the exact length its position demands (the last block is the rest)."""
-        index = block.block_index
+    def fits(self, index: int, length_field: int, nbytes: int) -> bool:
+        """Index inside the file, and the length field and the data of the exact length its position demands (the
+        last block is the rest)."""
         if not 0 <= index < self.total:
             return False
         expected = self.block_size if index < self.total - 1 else self._last_length
-        return block.block_length == expected and len(block.payload) == expected
+        return length_field == expected and nbytes == expected
 
     def store(self, index: int, now: float) -> tuple[InFlight | None, bool]:
         """Mark a new block stored. Returns the request that asked for it and whether its time is a clean

@@ -113,6 +113,11 @@ class DownloadEngine:
         self._now = now
         self._created_at = now
         self._actions: list[Action] = []
+        #: Changes whenever a deadline of ``get_timer()`` may have moved earlier; between changes deadlines only
+        #: move later, so a caller whose timer is armed at an earlier ``get_timer()`` may leave it (a timer that
+        #: fires early finds nothing due and is armed again). Not counted: a lower estimate that other engines
+        #: taught a shared ``SharedRtt``; the timer notices it when it next fires (a timeout that much later).
+        self.deadline_epoch = 0
         self._counters = EngineStats()
         #: The longest quiet gap the service's byte pacing alone can cause: one block's worth of the connection's
         #: throughput quota (8 ms for 4 KiB at 512 KiB/s, 250 ms for 128 KiB). Smaller blocks trickle and keep
@@ -186,6 +191,11 @@ class DownloadEngine:
         stats.spurious_timeouts = self._timeouts.spurious
         return stats
 
+    @property
+    def has_actions(self) -> bool:
+        """Whether ``next_actions()`` has anything (cheaper than asking for the list)."""
+        return bool(self._actions)
+
     def next_actions(self) -> list[Action]:
         """The actions produced since the last call, in order. Carry them out in that order."""
         actions, self._actions = self._actions, []
@@ -219,6 +229,32 @@ class DownloadEngine:
     def receive_block(self, block: DataBlock, now: float) -> None:
         """A data message for this stream. Invalid and duplicate blocks are counted and ignored."""
         self._apply(EngineInput.RECEIVE_BLOCK, now, lambda: self._on_block(block))
+
+    def receive_data(self, index: int, payload: bytes, now: float) -> bool:
+        """``receive_block`` for the hot path, without a DataBlock or a WriteBlock: a block the caller knows to be of
+        this file with a length field equal to ``len(payload)`` (``DataLayout.full_block`` checks both).
+
+        True: the block is new and valid; store ``payload`` as block ``index`` now, before carrying out
+        ``next_actions()`` (they hold no WriteBlock for it). False: nothing to store here -- a duplicate, an invalid
+        or a stale block (counted as ``receive_block`` counts them), or any block outside RUNNING, which goes
+        through ``receive_block`` itself (a WriteBlock for it is then among ``next_actions()``).
+        """
+        ledger = self._ledger
+        if self._state is not EngineState.RUNNING or now < self._now or ledger.has(index):
+            block = DataBlock(file_id=self.file_id, block_index=index, block_length=len(payload), payload=payload)
+            self.receive_block(block, now)
+            return False
+        nbytes = len(payload)
+        if not ledger.fits(index, nbytes, nbytes):
+            self.receive_block(
+                DataBlock(file_id=self.file_id, block_index=index, block_length=nbytes, payload=payload), now
+            )
+            return False
+        self._now = self._last_rx = now
+        if self._shared is not None:
+            self._shared.last_block = now
+        self._state = self._store_new(index, nbytes)  # RUNNING or COMPLETE, as TRANSITIONS allows
+        return True
 
     def receive_rejection(self, rejection: Rejection, now: float) -> None:
         """A ``rejected`` message for this stream."""
@@ -260,6 +296,7 @@ class DownloadEngine:
                 f"time went backwards ({now} after {self._now})", hint="pass a monotonic clock such as loop.time()"
             )
         self._now = now
+        self.deadline_epoch += 1
         new_state = handler()
         if new_state not in allowed:
             raise AssertionError(f"bug: {engine_input.value} led {self._state.name} to {new_state.name}")
@@ -276,7 +313,7 @@ class DownloadEngine:
     def _on_block(self, block: DataBlock) -> EngineState:
         state, ledger, counters = self._state, self._ledger, self._counters
         index = block.block_index
-        if block.file_id != self.file_id or not ledger.fits(block):
+        if block.file_id != self.file_id or not ledger.fits(index, block.block_length, len(block.payload)):
             counters.invalid_blocks += 1
             return state
         self._last_rx = self._now
@@ -294,22 +331,35 @@ class DownloadEngine:
         if state in (EngineState.NEEDS_DESCRIBE, EngineState.FAILED):
             counters.stale_blocks += 1
             return state
-        request, clean_sample = ledger.store(index, self._now)
-        if request is not None and clean_sample:
-            self._rtt.sample(self._now - request.sent_at)
-            if self._shared is not None:
-                self._shared.sample(self._now - request.sent_at)
-        counters.blocks_received += 1
-        counters.bytes_received += len(block.payload)
         self._actions.append(
             WriteBlock(index=index, offset_bytes=index * self.settings.block_size, payload=block.payload)
         )
-        if self._stall:
+        return self._store_new(index, len(block.payload))
+
+    def _store_new(self, index: int, nbytes: int) -> EngineState:
+        """A new valid block (written by the caller): the ledger, the round trip, the counters, the next request.
+        Bumps ``deadline_epoch`` whenever a deadline may have moved earlier: a request's first block (it is known to
+        have left now, and usually gives the round-trip sample), any other sample, a highest block with lower ones
+        missing, the end of a stall, a new request, the end."""
+        now, state, ledger, counters = self._now, self._state, self._ledger, self._counters
+        request, clean_sample = ledger.store(index, now)
+        if request is not None and (clean_sample or request.top_seen or request.received == 1):
+            self.deadline_epoch += 1
+            if clean_sample:
+                self._rtt.sample(now - request.sent_at)
+                if self._shared is not None:
+                    self._shared.sample(now - request.sent_at)
+        counters.blocks_received += 1
+        counters.bytes_received += nbytes
+        if self._stall is not _NO_STALL:
             self._stall = _NO_STALL
+            self.deadline_epoch += 1
         self._throttle_streak = 0
         if ledger.complete:
+            self.deadline_epoch += 1
             return self._complete()
-        if state is EngineState.RUNNING:
+        if state is EngineState.RUNNING and len(ledger.in_flight) < self.settings.inflight:
+            self.deadline_epoch += 1
             self._fill()
         return state
 
@@ -471,7 +521,7 @@ class DownloadEngine:
     # ----------------------------------------------------------------------------------------- helpers
 
     def _timeout(self) -> float:
-        timeout = self._rtt.timeout(math.floor(self._stall) if self._stall else 0)
+        timeout = self._rtt.timeout(math.floor(self._stall) if self._stall is not _NO_STALL else 0)
         if self.settings.request_timeout is not None:  # a fixed timeout is never stretched
             return timeout
         scale, shared = self._timeouts.scale, self._shared

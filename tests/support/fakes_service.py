@@ -182,8 +182,14 @@ class LinkSimulation:
         faults: Faults,
         rng: random.Random,
         have: set[int] | None = None,
+        fast_share: float = 0.5,
     ) -> None:
+        """``fast_share``: the share of this file's data blocks fed through ``receive_data`` (the device's hot path,
+        the block written at once when it returns True) instead of ``receive_block``; chosen by a generator of its
+        own, so the link's schedule does not change with it."""
         self.service = service
+        self._fast_share = fast_share
+        self._paths = random.Random(len(service.files[file_id]) * 7919 + settings.block_size)
         self.file_id = file_id
         self.settings = settings
         self.faults = faults
@@ -222,6 +228,7 @@ class LinkSimulation:
         engine.start(self.now)
         self._carry_out()
         steps = 0
+        armed, armed_epoch = 0.0, -1
         while not engine.state.terminal:
             steps += 1
             if steps > max_steps:
@@ -229,6 +236,11 @@ class LinkSimulation:
             timer = engine.get_timer()
             if timer is None:
                 raise AssertionError(f"no timer in non-terminal state {engine.state}")
+            if engine.deadline_epoch == armed_epoch and timer < armed - 1e-9:
+                self.violations.append(
+                    f"the deadline moved earlier ({armed} -> {timer}) in deadline_epoch {armed_epoch}"
+                )
+            armed, armed_epoch = timer, engine.deadline_epoch
             if self._queue and self._queue[0][0] <= timer:
                 when, _, kind, item = heapq.heappop(self._queue)
                 self.now = max(self.now, when)
@@ -272,7 +284,16 @@ class LinkSimulation:
         elif kind == "resumed":
             engine.link_resumed(self.now)
         elif kind == "block":
-            engine.receive_block(item, self.now)
+            block: DataBlock = item
+            fits = block.file_id == self.file_id and block.block_length == len(block.payload)
+            if fits and self._paths.random() < self._fast_share:
+                if engine.receive_data(block.block_index, block.payload, self.now):
+                    index = block.block_index
+                    self._write(
+                        WriteBlock(index=index, offset_bytes=index * self.settings.block_size, payload=block.payload)
+                    )
+            else:
+                engine.receive_block(block, self.now)
         elif kind == "rejection":
             engine.receive_rejection(item, self.now)
         elif kind == "description" and engine.state is EngineState.NEEDS_DESCRIBE:

@@ -338,3 +338,55 @@ def test_a_fixed_timeout_never_changes() -> None:
     for _ in range(5):
         engine.handle_timer(engine.get_timer())  # type: ignore[arg-type]
         assert engine.stats.timeout == 3.0
+
+
+# ------------------------------------------------------------------------------------------ the hot path
+
+
+def test_receive_data_stores_new_blocks_without_a_write_action_and_counts_like_receive_block() -> None:
+    content = content_of(10 * BS + 17)
+    fast, slow = make(len(content), blocks_per_request=4), make(len(content), blocks_per_request=4)
+    for engine in (fast, slow):
+        engine.start(0.0)
+        engine.next_actions()
+    stored: list[int] = []
+    for t, index in enumerate([0, 2, 2, 1, 3, 99, 4], start=1):
+        block = blk(content, index) if index < 11 else blk(content, 3, block_index=99)
+        if fast.receive_data(index, block.payload, t * 0.01):
+            stored.append(index)
+        slow.receive_block(block, t * 0.01)
+        fast_actions, slow_actions = fast.next_actions(), slow.next_actions()
+        assert not any(isinstance(a, WriteBlock) for a in fast_actions)
+        assert [a for a in slow_actions if not isinstance(a, WriteBlock)] == fast_actions
+    assert stored == [0, 2, 1, 3, 4]
+    assert fast.stats == slow.stats and fast.stats.duplicates == 1 and fast.stats.invalid_blocks == 1
+    assert fast.get_timer() == slow.get_timer()
+
+
+def test_receive_data_outside_running_goes_through_receive_block() -> None:
+    content = content_of(3 * BS)
+    engine = make(len(content))
+    with pytest.raises(Exception, match="receive_block is not allowed in state IDLE"):
+        engine.receive_data(0, blk(content, 0).payload, 0.0)
+    engine.start(0.0)
+    for index in range(3):
+        assert engine.receive_data(index, blk(content, index).payload, 0.1)
+    assert engine.state is EngineState.COMPLETE
+    actions = engine.next_actions()
+    assert isinstance(actions[-1], Complete) and not any(isinstance(a, WriteBlock) for a in actions)
+    assert not engine.receive_data(1, blk(content, 1).payload, 0.2)  # late: counted, nothing to store
+    assert engine.stats.duplicates == 1 and engine.next_actions() == []
+
+
+def test_the_deadline_epoch_moves_when_a_deadline_may_come_earlier() -> None:
+    content = content_of(8 * BS)
+    engine = make(len(content), blocks_per_request=4)
+    engine.start(0.0)
+    epoch = engine.deadline_epoch
+    assert engine.receive_data(0, blk(content, 0).payload, 0.05)  # the first block: a round-trip sample
+    assert engine.deadline_epoch > epoch
+    epoch, deadline = engine.deadline_epoch, engine.get_timer()
+    assert engine.receive_data(1, blk(content, 1).payload, 0.06)  # nothing new: the deadline only moves later
+    assert engine.deadline_epoch == epoch and engine.get_timer() >= deadline
+    assert engine.receive_data(3, blk(content, 3).payload, 0.07)  # the highest, block 2 missing: fast re-request
+    assert engine.deadline_epoch > epoch
