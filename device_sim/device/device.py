@@ -341,6 +341,7 @@ class Device:
             # to start a round-trip measurement from.
             send_and_report=self._send_and_report if self.transport_settings.qos == 0 else None,
             shared_rtt=self._shared_rtt,
+            source=self._source,
         )
         try:
             result = await download.run()
@@ -453,6 +454,8 @@ class Device:
             current = self._current
             if current is None:
                 return  # a late block after the file finished
+            if current.receive_data(payload):  # the hot path: a full block as AWS lays it out
+                return
             try:
                 block = decode_data_block(payload, fmt)
             except RemoteProtocolError as exc:

@@ -38,9 +38,18 @@ from device_sim.engine.types import (
     SendRequest,
     WriteBlock,
 )
-from device_sim.protocol import DataBlock, FileInfo, GetStreamRequest, Rejection, StreamDescription
+from device_sim.protocol import DataBlock, DataLayout, FileInfo, GetStreamRequest, Rejection, StreamDescription
 from device_sim.results.metrics import FailureKind
-from device_sim.sinks import BlockSink, DigestSink, FileSink, MemorySink, ResumeKey, SinkError, SinkResult
+from device_sim.sinks import (
+    BlockSink,
+    DigestSink,
+    FileSink,
+    MemorySink,
+    ReferenceSink,
+    ResumeKey,
+    SinkError,
+    SinkResult,
+)
 
 __all__ = ["FileDownload", "engine_failure"]
 
@@ -67,10 +76,12 @@ class FileDownload:
         label: str,
         send_and_report: Callable[[GetStreamRequest, Callable[[], None]], None] | None = None,
         shared_rtt: SharedRtt | None = None,
+        source: S3Source | None = None,
     ) -> None:
         """``send`` publishes a request. ``send_and_report``, when given, is used instead: it also calls its second
         argument once the request has left (after client-side flow control) or its publish failed, and the
-        engine's idle timer for the request starts only then."""
+        engine's idle timer for the request starts only then. ``source``: the S3 objects the download will be
+        verified against; with a digest sink, each block is compared with the object instead (``ReferenceSink``)."""
         self.info = info
         self.stream_id = stream_id
         self.stream_version = stream_version
@@ -87,8 +98,14 @@ class FileDownload:
         self._label = label
         self._loop = asyncio.get_running_loop()
         self._engine: DownloadMachine | None = None
+        self._fast: DownloadEngine | None = None  # the engine, when it is this project's (it has receive_data)
+        self._layout = DataLayout(client_token, info.file_id, settings.block_size)
+        self._armed_epoch = -1  # the engine's deadline_epoch when the timer was last armed
+        self._source = source
+        self._reference: tuple[bytes, str] | None = None  # (bytes, SHA-256) of the S3 object, for ReferenceSink
         self._sink: BlockSink | None = None
         self._crcs: array[int] = array("I")
+        self._keep_crcs = True  # a ReferenceSink names the first bad block itself
         self._done: asyncio.Future[Outcome] = self._loop.create_future()
         self._timer: asyncio.TimerHandle | None = None
         self._redescribing: asyncio.Task[None] | None = None
@@ -114,6 +131,8 @@ class FileDownload:
     async def run(self) -> SinkResult:
         """Download until complete; the sink's digest and size. DeviceFailure when the download gives up."""
         loop = self._loop
+        if self._source is not None and self.settings.sink == SinkKind.DIGEST:
+            self._reference = await self._fetch_reference(self._source)
         self._sink = self._open_sink(self.info, self.stream_version)
         resumed = list(self._sink.received_blocks())
         self.resumed_blocks = len(resumed)
@@ -122,6 +141,7 @@ class FileDownload:
             self._rebuild_crcs(resumed)
         started = loop.time()
         engine = self._engine = self._make_machine(started, resumed)
+        self._fast = engine if isinstance(engine, DownloadEngine) else None
         engine.start(started)
         self._pump()
         try:
@@ -213,6 +233,17 @@ class FileDownload:
         verdict = compare(sha256=result.sha256, size=result.size, expected_sha256=obj.sha256, expected_size=obj.size)
         if verdict.verified:
             return verdict
+        sink = self._sink
+        if isinstance(sink, ReferenceSink) and obj.sha256 == self._reference_sha256:
+            first = sink.first_mismatch
+            detail = f"; first differing block {first}" if first is not None else ""
+            return Verdict(
+                verified=False,
+                expected_sha256=obj.sha256,
+                expected_size=obj.size,
+                first_bad_block=first,
+                message=verdict.message + detail,
+            )
         source_crcs = await asyncio.to_thread(source.source_crcs, obj, s.block_size)
         return compare(
             sha256=result.sha256,
@@ -224,6 +255,24 @@ class FileDownload:
         )
 
     # ----------------------------------------------------------------------------------------- network inputs
+
+    def receive_data(self, payload: bytes) -> bool:
+        """The hot path of a data message: a full block of this download in AWS's layout (``DataLayout``) goes
+        straight to the engine and the sink, and the timer is followed only when a deadline may have moved
+        earlier (``deadline_epoch``). False, having done nothing: decode the message and call ``receive_block``."""
+        engine = self._fast
+        if engine is None:
+            return False
+        fields = self._layout.full_block(payload)
+        if fields is None:
+            return False
+        index, data = fields
+        now = self._loop.time()
+        if engine.receive_data(index, data, now):
+            self._store(index, data, now)
+        if engine.has_actions or engine.deadline_epoch != self._armed_epoch:
+            self._pump()
+        return True
 
     def receive_block(self, block: DataBlock) -> None:
         engine = self._engine
@@ -273,28 +322,34 @@ class FileDownload:
             elif isinstance(action, Complete | Failed) and not self._done.done():
                 self._done.set_result(action)
         if not self._done.done():
+            if self._fast is not None:
+                self._armed_epoch = self._fast.deadline_epoch
             self._arm_timer(engine.get_timer())
 
     def _write(self, action: WriteBlock) -> None:
+        self._store(action.index, action.payload, self._loop.time())
+
+    def _store(self, index: int, data: bytes, now: float) -> None:
         sink = self._sink
         assert sink is not None
-        now = self._loop.time()
         try:
             if isinstance(sink, FileSink):
-                sink.write(action.index, action.offset_bytes, action.payload, now)
+                sink.write(index, index * sink.block_size, data, now)
             else:
-                sink.write(action.index, action.offset_bytes, action.payload)
+                sink.write(index, index * sink.block_size, data)
         except SinkError as exc:
             self.fail(DeviceFailure(FailureKind.ERROR, f"cannot store file {self.info.file_id}: {exc}"))
             return
-        self._crcs[action.index] = zlib.crc32(action.payload)
-        self._on_block(now, len(action.payload))
+        if self._keep_crcs:
+            self._crcs[index] = zlib.crc32(data)
+        self._on_block(now, len(data))
 
     def _discard(self, action: DiscardBlocks) -> None:
         log.info("%s: discarding the blocks of file %d: %s", self._label, self.info.file_id, action.reason)
         self.close(abort=True)
         self.info = FileInfo(file_id=self.info.file_id, file_size=action.file_size)
         try:
+            self._reference = None  # the stream changed: its file may no longer be the object fetched
             self._sink = self._open_sink(self.info, self.stream_version)
         except DeviceFailure as failure:
             self.fail(failure)
@@ -362,9 +417,33 @@ class FileDownload:
                 return FileSink(self.target, info.file_size, s.block_size, state_dir=s.state_dir, resume_key=key)
             if s.sink == SinkKind.MEMORY:
                 return MemorySink(info.file_size, s.block_size)
+            self._keep_crcs = True
+            reference = self._reference
+            if reference is not None and len(reference[0]) == info.file_size:
+                self._keep_crcs = False
+                return ReferenceSink(reference[0], reference[1], s.block_size)
             return DigestSink(info.file_size, s.block_size)
         except SinkError as exc:
             raise DeviceFailure(FailureKind.ERROR, f"cannot store file {info.file_id}: {exc}") from exc
+
+    @property
+    def _reference_sha256(self) -> str | None:
+        return self._reference[1] if self._reference is not None else None
+
+    async def _fetch_reference(self, source: S3Source) -> tuple[bytes, str] | None:
+        """The S3 object of this file (fetched once per process, shared by a fleet's devices); None when the stream
+        does not pin the object's version (the object may change while the download runs: it is fetched after it,
+        as before), when it cannot be read now (``verify`` reports that) or is not the described size. A digest
+        sink then hashes the blocks instead."""
+        try:
+            location = await asyncio.to_thread(source.locate, self.stream_id, self.info.file_id)
+            if location.version is None:
+                return None
+            obj = await asyncio.to_thread(source.fetch, location)
+        except SourceError as exc:
+            log.debug("%s: no reference for file %d before the download: %s", self._label, self.info.file_id, exc)
+            return None
+        return (obj.data, obj.sha256) if obj.size == self.info.file_size else None
 
     def _reset_crcs(self, file_size: int) -> None:
         self._crcs = array("I", bytes(4 * (-(-file_size // self.settings.block_size))))

@@ -14,6 +14,7 @@ import pytest
 
 from device_sim.device.device import Device
 from device_sim.device.types import DownloadSettings, SinkKind
+from device_sim.device.verify import S3Location, SourceObject, block_crcs
 from device_sim.protocol import Format
 from device_sim.results.metrics import FailureKind, failure_reason
 from device_sim.transport import TransportSettings
@@ -35,7 +36,7 @@ def _world() -> tuple[InMemoryCatalog, StreamServiceCore]:
     return catalog, StreamServiceCore(catalog)
 
 
-def _device(link: MemoryLink, fmt: Format = Format.CBOR, **settings: object) -> Device:
+def _device(link: MemoryLink, fmt: Format = Format.CBOR, source: object = None, **settings: object) -> Device:
     values: dict[str, object] = {
         "format": fmt,
         "block_size": 1024,
@@ -52,6 +53,7 @@ def _device(link: MemoryLink, fmt: Format = Format.CBOR, **settings: object) -> 
         transport=TransportSettings(endpoint="memory", client_id=THING, no_tls=True),
         settings=DownloadSettings(**values),  # type: ignore[arg-type]
         transport_factory=link.factory,
+        source=source,  # type: ignore[arg-type]  # duck-typed S3Source
     )
 
 
@@ -182,3 +184,50 @@ def test_a_refused_subscription_is_a_rejection_before_any_request() -> None:
     assert not result.ok  # type: ignore[attr-defined]
     assert result.failure.reason == failure_reason(FailureKind.REJECTED, "SubscribeRejected")  # type: ignore[attr-defined]
     assert link.published == []
+
+
+class _ObjectSource:
+    """The S3 side of verification (what ``S3Source`` reads from AWS): one object for file 0 of ``s1``."""
+
+    def __init__(self, data: bytes, version: str | None) -> None:
+        self.object = SourceObject(
+            location=S3Location(bucket="fw", key="fw.bin", version=version),
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            data=data,
+        )
+        self.fetches = 0
+
+    def prepare(self, stream_id: str) -> None:
+        pass
+
+    def locate(self, stream_id: str, file_id: int) -> S3Location:
+        assert (stream_id, file_id) == ("s1", 0)
+        return self.object.location
+
+    def fetch(self, location: S3Location) -> SourceObject:
+        self.fetches += 1
+        return self.object
+
+    def source_crcs(self, obj: SourceObject, block_size: int) -> list[int]:
+        return block_crcs(obj.data, block_size)
+
+
+@pytest.mark.parametrize("version", ["v1", None])
+def test_a_digest_download_verified_against_s3_compares_each_block_with_the_object(version: str | None) -> None:
+    """A pinned object is fetched before the download and every block compared with it (ReferenceSink); an
+    unpinned one may change meanwhile, so it is fetched after the download and the blocks hashed (DigestSink).
+    Either way, where the object differs from what the stream served, the verdict names the first block."""
+    _, core = _world()
+    changed = bytearray(DATA)
+    changed[5 * 1024 + 3] ^= 1
+    changed[9 * 1024] ^= 1
+    for reference, verified in ((DATA, True), (bytes(changed), False)):
+        source = _ObjectSource(reference, version)
+        result = _run(
+            _device(MemoryLink(core), source=source, sink=SinkKind.DIGEST, verify_s3=True, expect_sha256=None)
+        )
+        (file,) = result.files  # type: ignore[attr-defined]
+        assert file.verified is verified and file.sha256 == SHA
+        assert file.first_bad_block == (None if verified else 5)
+        assert source.fetches == (2 if version is not None else 1)  # before (pinned only) and at verification
