@@ -36,7 +36,7 @@ from device_sim.fleet.plan import DeviceIdentity, FleetPlan, FleetSettings, Flee
 from device_sim.fleet.resources import MemoryMeter, MemoryUse, fleet_gc
 from device_sim.protocol.limits import ACCOUNT_CONNECTS_PER_SECOND
 from device_sim.results.metrics import DeviceMetrics, FailureKind, FleetSummary, aggregate, failure_reason
-from device_sim.transport import CrtResources, TransportSettings
+from device_sim.transport import CrtResources, LoopHop, TransportSettings
 
 __all__ = [
     "CONNECT_PHASE_TAIL_S",
@@ -154,6 +154,11 @@ class FleetRun:
 
 #: How long after its last paced start a fleet's connect phase is taken to last (fleet_gc freezes until then).
 CONNECT_PHASE_TAIL_S = 10.0
+
+#: While a fleet runs, awscrt's messages are drained into the event loop every this many seconds while they keep
+#: coming (``LoopHop.tick_s``), instead of a wake-up of the loop per burst: at most this much later, for far fewer
+#: wake-ups (each a self-pipe write on awscrt's thread, a read and a turn of the loop). docs/fleet.md has figures.
+FLEET_HOP_TICK_S = 0.001
 
 #: A fleet's connects queue behind each other's TLS handshakes: a connect slower than the transport's default 1 s
 #: is normal there, and a Python TLS probe per slow device would add one more handshake each (see tls_probe).
@@ -326,8 +331,13 @@ async def run_until_stopped(
     cancelled (and end as they do when cancelled). Returns the outcomes in task order (a result or the exception)
     and whether the run was stopped early. The garbage collector has its fleet settings meanwhile (``fleet_gc``;
     ``connecting_until``, on the loop's clock: when the last device should have connected)."""
-    with fleet_gc(freeze_until=connecting_until):
-        return await _wait_for_devices(tasks, stop=stop, deadline_s=deadline_s)
+    hop = LoopHop.for_loop(asyncio.get_running_loop())
+    previous, hop.tick_s = hop.tick_s, FLEET_HOP_TICK_S
+    try:
+        with fleet_gc(freeze_until=connecting_until):
+            return await _wait_for_devices(tasks, stop=stop, deadline_s=deadline_s)
+    finally:
+        hop.tick_s = previous
 
 
 async def _wait_for_devices(

@@ -8,6 +8,7 @@
 See docs/transport.md.
 """
 
+from device_sim.transport._driver import LoopHop
 from device_sim.transport.base import Transport, TransportFactory
 from device_sim.transport.client import MqttTransport
 from device_sim.transport.crt import CrtResources, shared_crt_resources
@@ -45,6 +46,7 @@ __all__ = [
     "FlowControl",
     "Input",
     "InvalidSettings",
+    "LoopHop",
     "MqttProtocol",
     "MqttTransport",
     "OperationTimeout",

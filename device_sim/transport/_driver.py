@@ -94,7 +94,7 @@ class LoopHop:
     ``call_soon``) and the drain goes on. Once the loop is closed, posts are dropped (nobody listens any more).
     """
 
-    __slots__ = ("__weakref__", "_call", "_items", "_loop", "_scheduled", "wakeups")
+    __slots__ = ("__weakref__", "_call", "_items", "_loop", "_scheduled", "tick_s", "wakeups")
 
     #: The hop each event loop's transports share (``for_loop``).
     _shared: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopHop]] = weakref.WeakKeyDictionary()
@@ -120,6 +120,12 @@ class LoopHop:
         self._items: collections.deque[tuple[Callable[..., object], tuple[object, ...]]] = collections.deque()
         self._scheduled = False
         self.wakeups = 0  # drains scheduled so far (items per wake-up = items / wakeups)
+        #: None: every burst wakes the loop at once. A number: while messages keep coming, the loop drains them
+        #: every ``tick_s`` seconds instead (a drain that found items schedules the next one and leaves the flag
+        #: set, so posters only append; one that found none clears it and the next post wakes the loop again).
+        #: A fleet sets it (``run_until_stopped``): its messages arrive faster than the loop needs a wake-up for
+        #: each few, and every wake-up costs a self-pipe write on awscrt's thread, a read and a turn of the loop.
+        self.tick_s: float | None = None
 
     def post(self, handler: Callable[..., object], *args: object) -> None:
         self._items.append((handler, args))
@@ -134,7 +140,8 @@ class LoopHop:
     def _drain(self) -> None:
         self._scheduled = False
         items = self._items
-        for _ in range(len(items)):
+        count = len(items)
+        for _ in range(count):
             handler, args = items.popleft()
             try:
                 handler(*args)
@@ -142,3 +149,8 @@ class LoopHop:
                 self._loop.call_exception_handler(
                     {"message": f"exception in {getattr(handler, '__qualname__', handler)!s}", "exception": exc}
                 )
+        if count and self.tick_s is not None and not self._scheduled and not self._loop.is_closed():
+            # Same race-free order as above: a poster that still sees the flag set appended before the next drain.
+            self._scheduled = True
+            self.wakeups += 1
+            self._loop.call_later(self.tick_s, self._drain)

@@ -301,3 +301,45 @@ def test_posting_to_a_closed_loop_is_dropped_quietly() -> None:
     hop.post(print, "nobody listens")  # awscrt may outlive the transport's loop: no exception
     hop.post(print, "still nobody")
     assert hop.wakeups == 2  # each post tried to wake the closed loop, none left a drain pending
+
+
+def test_with_a_tick_a_busy_hop_drains_on_the_tick_and_an_idle_one_wakes_the_loop_again() -> None:
+    """tick_s: a drain that found items schedules the next one itself, so posts meanwhile cost no wake-up; a drain
+    that found none leaves the flag cleared, and the next post wakes the loop at once."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        hop = LoopHop(loop)
+        hop.tick_s = 0.02
+        got: list[str] = []
+        ticked, woke = asyncio.Event(), asyncio.Event()
+        at: dict[str, float] = {}
+
+        def after_first_drain() -> None:  # runs after the drain of "a": the next drain is the tick's
+            at["posted"] = loop.time()
+            hop.post(got.append, "b")
+            hop.post(lambda: (got.append("c"), ticked.set()))
+
+        def first() -> None:
+            got.append("a")
+            loop.call_soon(after_first_drain)
+
+        hop.post(first)
+        await asyncio.wait_for(ticked.wait(), 10)
+        assert got == ["a", "b", "c"]
+        # the wake-up for "a", the tick that drained "b" and "c", and the tick that drain scheduled in turn
+        assert hop.wakeups == 3
+        assert loop.time() - at["posted"] >= 0.02 - 0.002  # they waited for the tick (the loop's clock)
+
+        def after_empty_tick() -> None:  # scheduled after the tick above: the tick after it found nothing
+            assert not hop._scheduled
+            threading.Thread(target=hop.post, args=(lambda: (got.append("d"), woke.set()),)).start()
+
+        loop.call_later(0.05, after_empty_tick)
+        await asyncio.wait_for(woke.wait(), 10)
+        assert got == ["a", "b", "c", "d"]
+        # that tick found nothing and scheduled none; the post after it woke the loop (4), and its drain, which
+        # found "d", scheduled the next tick (5)
+        assert hop.wakeups == 5
+
+    asyncio.run(main())
