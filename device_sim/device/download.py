@@ -332,11 +332,12 @@ class FileDownload:
     def _store(self, index: int, data: bytes, now: float) -> None:
         sink = self._sink
         assert sink is not None
+        offset = index * self.settings.block_size  # the sinks' block size is the settings'
         try:
             if isinstance(sink, FileSink):
-                sink.write(index, index * sink.block_size, data, now)
+                sink.write(index, offset, data, now)
             else:
-                sink.write(index, index * sink.block_size, data)
+                sink.write(index, offset, data)
         except SinkError as exc:
             self.fail(DeviceFailure(FailureKind.ERROR, f"cannot store file {self.info.file_id}: {exc}"))
             return
@@ -436,10 +437,14 @@ class FileDownload:
         as before), when it cannot be read now (``verify`` reports that) or is not the described size. A digest
         sink then hashes the blocks instead."""
         try:
-            location = await asyncio.to_thread(source.locate, self.stream_id, self.info.file_id)
-            if location.version is None:
+            obj = source.fetched(self.stream_id, self.info.file_id)  # a fleet's other devices: no thread hop
+            if obj is None:
+                location = await asyncio.to_thread(source.locate, self.stream_id, self.info.file_id)
+                if location.version is None:
+                    return None
+                obj = await asyncio.to_thread(source.fetch, location)
+            elif obj.location.version is None:
                 return None
-            obj = await asyncio.to_thread(source.fetch, location)
         except SourceError as exc:
             log.debug("%s: no reference for file %d before the download: %s", self._label, self.info.file_id, exc)
             return None

@@ -172,6 +172,13 @@ class S3Source:
                 return location
         raise SourceError(f"stream {stream_id} has no file id {file_id}")
 
+    def fetched(self, stream_id: str, file_id: int) -> SourceObject | None:
+        """The object of a stream's file if it was located and fetched already (None otherwise); never blocks on
+        the network, so the event loop may call it (the lock is held only around dictionary lookups)."""
+        with self._lock:
+            location = self._locations.get((stream_id, file_id))
+            return self._objects.get(location) if location is not None else None
+
     def fetch(self, location: S3Location) -> SourceObject:
         """The object's bytes and digest, fetched once per location."""
         with self._lock:

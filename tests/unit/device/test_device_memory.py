@@ -209,6 +209,9 @@ class _ObjectSource:
         self.fetches += 1
         return self.object
 
+    def fetched(self, stream_id: str, file_id: int) -> SourceObject | None:
+        return None  # never fetched before: each device here asks
+
     def source_crcs(self, obj: SourceObject, block_size: int) -> list[int]:
         return block_crcs(obj.data, block_size)
 
