@@ -155,10 +155,13 @@ class FleetRun:
 #: How long after its last paced start a fleet's connect phase is taken to last (fleet_gc freezes until then).
 CONNECT_PHASE_TAIL_S = 10.0
 
-#: While a fleet runs, awscrt's messages are drained into the event loop every this many seconds while they keep
-#: coming (``LoopHop.tick_s``), instead of a wake-up of the loop per burst: at most this much later, for far fewer
-#: wake-ups (each a self-pipe write on awscrt's thread, a read and a turn of the loop). docs/fleet.md has figures.
-FLEET_HOP_TICK_S = 0.001
+#: While a fleet of at least FLEET_HOP_TICK_DEVICES devices runs, awscrt's messages are drained into the event loop
+#: every this many seconds while they keep coming (``LoopHop.tick_s``), instead of a wake-up of the loop per burst:
+#: at most this much later, for far fewer wake-ups (each a self-pipe write on awscrt's thread, a read and a turn of
+#: the loop). A smaller fleet (a sweep's 10 devices, say) keeps waking per burst: it gains little and its round
+#: trips are what it measures. docs/fleet.md has figures.
+FLEET_HOP_TICK_S = 0.002
+FLEET_HOP_TICK_DEVICES = 100
 
 #: A fleet's connects queue behind each other's TLS handshakes: a connect slower than the transport's default 1 s
 #: is normal there, and a Python TLS probe per slow device would add one more handshake each (see tls_probe).
@@ -330,9 +333,10 @@ async def run_until_stopped(
     """Wait for every device task, or until ``stop`` is set or ``deadline_s`` passed: then the unfinished ones are
     cancelled (and end as they do when cancelled). Returns the outcomes in task order (a result or the exception)
     and whether the run was stopped early. The garbage collector has its fleet settings meanwhile (``fleet_gc``;
-    ``connecting_until``, on the loop's clock: when the last device should have connected)."""
+    ``connecting_until``, on the loop's clock: when the last device should have connected), and the loop's hop
+    drains on a tick when there are at least ``FLEET_HOP_TICK_DEVICES`` tasks."""
     hop = LoopHop.for_loop(asyncio.get_running_loop())
-    previous, hop.tick_s = hop.tick_s, FLEET_HOP_TICK_S
+    previous, hop.tick_s = hop.tick_s, FLEET_HOP_TICK_S if len(tasks) >= FLEET_HOP_TICK_DEVICES else hop.tick_s
     try:
         with fleet_gc(freeze_until=connecting_until):
             return await _wait_for_devices(tasks, stop=stop, deadline_s=deadline_s)

@@ -1,7 +1,8 @@
-"""The open-files limit, the trust-store variables and the memory meter of a fleet process."""
+"""The open-files limit, the trust-store variables, the memory meter and the loop hop's tick of a fleet process."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -17,7 +18,14 @@ from device_sim.fleet.resources import (
     drop_system_trust_env,
     system_trust_env_dropped,
 )
-from device_sim.fleet.runner import FleetSettings, fleet_crt_threads
+from device_sim.fleet.runner import (
+    FLEET_HOP_TICK_DEVICES,
+    FLEET_HOP_TICK_S,
+    FleetSettings,
+    fleet_crt_threads,
+    run_until_stopped,
+)
+from device_sim.transport import LoopHop
 
 resource = pytest.importorskip("resource")
 
@@ -154,3 +162,22 @@ def test_fleet_gc_freezes_what_connecting_devices_built_until_the_connect_phase_
     at_start, after_freeze, at_end = asyncio.run(main())
     assert after_freeze >= at_start + 1000
     assert at_end < after_freeze + 1000
+
+
+@pytest.mark.parametrize("devices", [FLEET_HOP_TICK_DEVICES - 1, FLEET_HOP_TICK_DEVICES])
+def test_a_big_fleet_drains_the_hop_on_a_tick_while_it_runs_and_restores_it_after(devices: int) -> None:
+    async def main() -> None:
+        hop = LoopHop.for_loop(asyncio.get_running_loop())
+        seen: list[float | None] = []
+
+        async def device() -> None:
+            seen.append(hop.tick_s)
+
+        tasks = [asyncio.ensure_future(device()) for _ in range(devices)]
+        outcomes, interrupted = await run_until_stopped(tasks, stop=None, deadline_s=10)
+        assert outcomes == [None] * devices and not interrupted
+        expected = FLEET_HOP_TICK_S if devices >= FLEET_HOP_TICK_DEVICES else None
+        assert set(seen) == {expected}
+        assert hop.tick_s is None
+
+    asyncio.run(main())
