@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from device_sim.fleet.plan import DeviceIdentity, FleetTarget
 from device_sim.fleet.resources import (
     FDS_RESERVED,
     MemoryMeter,
@@ -19,13 +20,15 @@ from device_sim.fleet.resources import (
     system_trust_env_dropped,
 )
 from device_sim.fleet.runner import (
+    FLEET_CONNECT_TIMEOUT_S,
     FLEET_HOP_TICK_DEVICES,
     FLEET_HOP_TICK_S,
     FleetSettings,
     fleet_crt_threads,
     run_until_stopped,
+    transport_for,
 )
-from device_sim.transport import LoopHop
+from device_sim.transport import LoopHop, TransportSettings
 
 resource = pytest.importorskip("resource")
 
@@ -181,3 +184,11 @@ def test_a_big_fleet_drains_the_hop_on_a_tick_while_it_runs_and_restores_it_afte
         assert hop.tick_s is None
 
     asyncio.run(main())
+
+
+def test_a_fleets_devices_wait_longer_for_their_connect_unless_told() -> None:
+    target = FleetTarget(endpoint="127.0.0.1", port=8883, stream_id="s", no_tls=True)
+    identity = DeviceIdentity(thing_name="t1")
+    assert transport_for(identity, target, None).connect_timeout_s == FLEET_CONNECT_TIMEOUT_S == 30.0
+    assert transport_for(identity, target, {"connect_timeout_s": 4.0}).connect_timeout_s == 4.0
+    assert TransportSettings(endpoint="127.0.0.1", client_id="t1", no_tls=True).connect_timeout_s == 10.0  # its own
