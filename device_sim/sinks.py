@@ -151,6 +151,20 @@ class _Layout:
             raise SinkUsageError(f"block {index} must be {expected} bytes long, got {len(data)}")
 
 
+class _LaidOut:
+    """``file_size`` and ``block_size`` of a sink, read from its ``_layout``."""
+
+    _layout: _Layout
+
+    @property
+    def file_size(self) -> int:
+        return self._layout.file_size
+
+    @property
+    def block_size(self) -> int:
+        return self._layout.block_size
+
+
 class _Bits:
     """Received-blocks bitmap, same layout as the wire bitmap (byte k covers blocks 8k..8k+7, LSB lowest)."""
 
@@ -217,21 +231,13 @@ def _unlink(path: Path) -> None:
 # ------------------------------------------------------------------------------------------------------ MemorySink
 
 
-class MemorySink:
+class MemorySink(_LaidOut):
     """The whole file in memory."""
 
     def __init__(self, file_size: int, block_size: int) -> None:
         self._layout = _Layout.of(file_size, block_size)
         self._buf = bytearray(file_size)
         self._bits = _Bits(self._layout.total_blocks)
-
-    @property
-    def file_size(self) -> int:
-        return self._layout.file_size
-
-    @property
-    def block_size(self) -> int:
-        return self._layout.block_size
 
     def write(self, index: int, offset: int, data: bytes) -> bool:
         self._layout.check(index, offset, data)
@@ -281,7 +287,7 @@ def _hash_holding_gil(digest: Any, data: bytes) -> None:
         digest.update(view[start : start + _GIL_FREE_HASH_PIECE])
 
 
-class DigestSink:
+class DigestSink(_LaidOut):
     """Streaming SHA-256 that buffers only out-of-order blocks."""
 
     def __init__(self, file_size: int, block_size: int) -> None:
@@ -291,14 +297,6 @@ class DigestSink:
         self._pending: dict[int, bytes] = {}
         self._buffered = 0
         self.peak_buffered_bytes = 0
-
-    @property
-    def file_size(self) -> int:
-        return self._layout.file_size
-
-    @property
-    def block_size(self) -> int:
-        return self._layout.block_size
 
     @property
     def buffered_bytes(self) -> int:
@@ -352,7 +350,7 @@ class DigestSink:
 # --------------------------------------------------------------------------------------------------- ReferenceSink
 
 
-class ReferenceSink:
+class ReferenceSink(_LaidOut):
     """Checks each block against ``reference``, the file's expected bytes, instead of hashing it.
 
     A device that verifies against S3 knows the object before it downloads (a fleet fetches it once and shares it):
@@ -370,14 +368,6 @@ class ReferenceSink:
         self._have = bytearray(self._layout.total_blocks)
         self._count = 0
         self._differing: dict[int, bytes] = {}
-
-    @property
-    def file_size(self) -> int:
-        return self._layout.file_size
-
-    @property
-    def block_size(self) -> int:
-        return self._layout.block_size
 
     @property
     def first_mismatch(self) -> int | None:
@@ -436,7 +426,7 @@ class _FileState(Enum):
     CLOSED = "closed"
 
 
-class FileSink:
+class FileSink(_LaidOut):
     """Blocks into ``<path>.part``; resumable with ``state_dir``; ``commit()`` moves it into place.
 
     ``flush_every_blocks`` / ``flush_every_s`` bound how much a crash can lose (those blocks are downloaded again).
@@ -545,14 +535,6 @@ class FileSink:
         return None
 
     # -- BlockSink
-
-    @property
-    def file_size(self) -> int:
-        return self._layout.file_size
-
-    @property
-    def block_size(self) -> int:
-        return self._layout.block_size
 
     def write(self, index: int, offset: int, data: bytes, now: float | None = None) -> bool:
         """Store a block; with a state dir, persist the bitmap when ``flush_every_blocks`` blocks or
