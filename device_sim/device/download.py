@@ -105,7 +105,6 @@ class FileDownload:
         self._reference: tuple[bytes, str] | None = None  # (bytes, SHA-256) of the S3 object, for ReferenceSink
         self._sink: BlockSink | None = None
         self._crcs: array[int] = array("I")
-        self._keep_crcs = True  # a ReferenceSink names the first bad block itself
         self._done: asyncio.Future[Outcome] = self._loop.create_future()
         self._timer: asyncio.TimerHandle | None = None
         self._redescribing: asyncio.Task[None] | None = None
@@ -234,15 +233,13 @@ class FileDownload:
         if verdict.verified:
             return verdict
         sink = self._sink
-        if isinstance(sink, ReferenceSink) and obj.sha256 == self._reference_sha256:
-            first = sink.first_mismatch
-            detail = f"; first differing block {first}" if first is not None else ""
-            return Verdict(
-                verified=False,
+        if isinstance(sink, ReferenceSink) and self._reference is not None and obj.sha256 == self._reference[1]:
+            return compare(
+                sha256=result.sha256,
+                size=result.size,
                 expected_sha256=obj.sha256,
                 expected_size=obj.size,
-                first_bad_block=first,
-                message=verdict.message + detail,
+                first_bad_block=sink.first_mismatch,
             )
         source_crcs = await asyncio.to_thread(source.source_crcs, obj, s.block_size)
         return compare(
@@ -341,7 +338,7 @@ class FileDownload:
         except SinkError as exc:
             self.fail(DeviceFailure(FailureKind.ERROR, f"cannot store file {self.info.file_id}: {exc}"))
             return
-        if self._keep_crcs:
+        if not isinstance(sink, ReferenceSink):  # it names the first bad block itself
             self._crcs[index] = zlib.crc32(data)
         self._on_block(now, len(data))
 
@@ -418,18 +415,12 @@ class FileDownload:
                 return FileSink(self.target, info.file_size, s.block_size, state_dir=s.state_dir, resume_key=key)
             if s.sink == SinkKind.MEMORY:
                 return MemorySink(info.file_size, s.block_size)
-            self._keep_crcs = True
             reference = self._reference
             if reference is not None and len(reference[0]) == info.file_size:
-                self._keep_crcs = False
                 return ReferenceSink(reference[0], reference[1], s.block_size)
             return DigestSink(info.file_size, s.block_size)
         except SinkError as exc:
             raise DeviceFailure(FailureKind.ERROR, f"cannot store file {info.file_id}: {exc}") from exc
-
-    @property
-    def _reference_sha256(self) -> str | None:
-        return self._reference[1] if self._reference is not None else None
 
     async def _fetch_reference(self, source: S3Source) -> tuple[bytes, str] | None:
         """The S3 object of this file (fetched once per process, shared by a fleet's devices); None when the stream

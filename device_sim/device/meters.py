@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from device_sim.engine.types import EngineStats
-from device_sim.protocol.limits import METERING_STEP_BYTES, metered_messages
+from device_sim.protocol.limits import metered_messages
 from device_sim.results.metrics import MAX_PROGRESS_SAMPLES, thin_samples
 
 __all__ = ["MessageMeter", "ProgressSampler", "metrics_counts"]
@@ -47,8 +47,8 @@ class MessageMeter:
         self.messages_out += metered_messages(payload_bytes, topic_bytes)
 
     def received(self, payload_bytes: int, topic_bytes: int) -> None:
-        """Count one message delivered to the device (``metered_messages``, inline: it runs for every block)."""
-        self.messages_in += -(-(payload_bytes + topic_bytes) // METERING_STEP_BYTES) or 1
+        """Count one message delivered to the device."""
+        self.messages_in += metered_messages(payload_bytes, topic_bytes)
 
 
 class ProgressSampler:
@@ -59,7 +59,7 @@ class ProgressSampler:
     samples spread evenly over time (the latest sample is always kept).
     """
 
-    __slots__ = ("_cap", "_interval_s", "_last", "_next_t", "_samples")
+    __slots__ = ("_cap", "_interval_s", "_last", "_samples")
 
     def __init__(self, *, interval_s: float = 0.05, cap: int = MAX_PROGRESS_SAMPLES) -> None:
         if cap < 4:
@@ -70,17 +70,15 @@ class ProgressSampler:
         self._interval_s = interval_s
         self._samples: list[tuple[float, int]] = []
         self._last: tuple[float, int] | None = None
-        self._next_t = float("-inf")  # the first time the next sample may be taken at
 
     def add(self, t: float, total_bytes: int) -> None:
         """Record that the device had ``total_bytes`` at time ``t`` (seconds since the run started)."""
         self._last = (t, total_bytes)
-        if t < self._next_t:
+        if self._samples and t - self._samples[-1][0] < self._interval_s:
             return
-        self._samples.append(self._last)
+        self._samples.append((t, total_bytes))
         if len(self._samples) > self._cap - 1:  # keep one slot for the final sample
             self._compact()
-        self._next_t = self._samples[-1][0] + self._interval_s
 
     def _compact(self) -> None:
         """Keep samples at least a doubled interval apart (at most about cap / 2 remain, evenly spaced)."""

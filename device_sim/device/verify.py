@@ -66,13 +66,15 @@ def compare(
     expected_size: int | None,
     crcs: Sequence[int] | None = None,
     source_crcs: Sequence[int] | None = None,
+    first_bad_block: int | None = None,
 ) -> Verdict:
-    """Compare a download (digest, size, per-block CRCs) with the source."""
+    """Compare a download (digest, size, and per-block CRCs or the first differing block when known) with the
+    source."""
     ok = sha256 == expected_sha256.lower() and (expected_size is None or size == expected_size)
     exp_size = size if expected_size is None else expected_size
     if ok:
         return Verdict(verified=True, expected_sha256=expected_sha256, expected_size=exp_size)
-    first_bad: int | None = None
+    first_bad = first_bad_block
     if crcs is not None and source_crcs is not None:
         for i in range(max(len(crcs), len(source_crcs))):
             if i >= len(crcs) or i >= len(source_crcs) or crcs[i] != source_crcs[i]:

@@ -239,16 +239,15 @@ class DownloadEngine:
         or a stale block (counted as ``receive_block`` counts them), or any block outside RUNNING, which goes
         through ``receive_block`` itself (a WriteBlock for it is then among ``next_actions()``).
         """
-        ledger = self._ledger
-        if self._state is not EngineState.RUNNING or now < self._now or ledger.has(index):
-            block = DataBlock(file_id=self.file_id, block_index=index, block_length=len(payload), payload=payload)
+        ledger, nbytes = self._ledger, len(payload)
+        if (
+            self._state is not EngineState.RUNNING
+            or now < self._now
+            or ledger.has(index)
+            or not ledger.fits(index, nbytes, nbytes)
+        ):
+            block = DataBlock(file_id=self.file_id, block_index=index, block_length=nbytes, payload=payload)
             self.receive_block(block, now)
-            return False
-        nbytes = len(payload)
-        if not ledger.fits(index, nbytes, nbytes):
-            self.receive_block(
-                DataBlock(file_id=self.file_id, block_index=index, block_length=nbytes, payload=payload), now
-            )
             return False
         self._now = self._last_rx = now
         if self._shared is not None:
