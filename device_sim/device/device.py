@@ -167,7 +167,7 @@ class Device:
         # boto3's client setup (~0.3 s of CPU, holding the GIL) overlaps the connect and describe, and is over
         # before the first request: a thread busy during the download would delay blocks into spurious timeouts.
         warm_up = None
-        if self._source is not None:
+        if self._source is not None and not self._source.prepared(self.stream_id):  # a fleet's first devices
             warm_up = asyncio.ensure_future(asyncio.to_thread(self._source.prepare, self.stream_id))
         try:
             self._mqtt = self._transport_factory(

@@ -150,6 +150,14 @@ class S3Source:
         except (ClientError, BotoCoreError, KeyError, TypeError) as exc:
             log.debug("preparing the S3 source of stream %s: %s", stream_id, exc)
 
+    def prepared(self, stream_id: str) -> bool:
+        """Whether ``prepare`` has nothing left to do for the stream (both clients made, its files located); never
+        blocks, so the event loop may ask before it spends a thread hop (~100 us of CPU here) on ``prepare``."""
+        with self._lock:
+            return (
+                self._iot is not None and self._s3 is not None and any(key[0] == stream_id for key in self._locations)
+            )
+
     def locate(self, stream_id: str, file_id: int) -> S3Location:
         """Where a stream's file comes from (``describe_stream``)."""
         key = (stream_id, file_id)

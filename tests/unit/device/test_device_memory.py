@@ -201,6 +201,9 @@ class _ObjectSource:
     def prepare(self, stream_id: str) -> None:
         pass
 
+    def prepared(self, stream_id: str) -> bool:
+        return False
+
     def locate(self, stream_id: str, file_id: int) -> S3Location:
         assert (stream_id, file_id) == ("s1", 0)
         return self.object.location
