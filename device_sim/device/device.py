@@ -36,7 +36,6 @@ from device_sim.protocol import (
     StreamDescription,
     build_topic,
     decode_answer,
-    decode_data_block,
     encode_request,
     subscription_filters,
 )
@@ -47,6 +46,7 @@ from device_sim.transport import (
     ConnectionEventKind,
     CrtResources,
     InvalidSettings,
+    MessageRuns,
     MqttTransport,
     PublishError,
     SubscribeRejected,
@@ -172,7 +172,7 @@ class Device:
         try:
             self._mqtt = self._transport_factory(
                 self.transport_settings,
-                on_message=self._on_message,
+                on_message=MessageRuns(self._on_message, self._on_messages),
                 on_connection_event=self._on_connection_event,
                 resources=self._resources,
             )
@@ -447,22 +447,32 @@ class Device:
             self._current.fail(error)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        """Runs in the event loop for every message on our three topics."""
-        self._meter.received(len(payload), len(topic))
+        """Runs in the event loop for every message on our three topics (``_on_messages`` for a run of them)."""
+        self._on_messages([(topic, payload)])
+
+    def _on_messages(self, messages: list[tuple[str, bytes]]) -> None:
+        """Messages on our three topics, in their order; consecutive data messages go to the download together."""
+        received, data_topic = self._meter.received, self._topic_data
+        data: list[bytes] = []
+        for topic, payload in messages:
+            received(len(payload), len(topic))
+            if topic == data_topic:
+                data.append(payload)
+                continue
+            if data:
+                self._on_data(data)
+                data = []
+            self._on_answer(topic, payload)
+        if data:
+            self._on_data(data)
+
+    def _on_data(self, payloads: list[bytes]) -> None:
+        current = self._current
+        if current is not None:  # else late blocks after the file finished
+            current.receive_data(payloads)
+
+    def _on_answer(self, topic: str, payload: bytes) -> None:
         fmt = self.settings.format
-        if topic == self._topic_data:
-            current = self._current
-            if current is None:
-                return  # a late block after the file finished
-            if current.receive_data(payload):  # the hot path: a full block as AWS lays it out
-                return
-            try:
-                block = decode_data_block(payload, fmt)
-            except RemoteProtocolError as exc:
-                log.debug("device %s: bad data message: %s", self.thing_name, exc)
-                return
-            current.receive_block(block)
-            return
         try:
             if topic == self._topic_description:
                 answer = decode_answer(Operation.DESCRIPTION, payload, fmt)

@@ -21,7 +21,7 @@ import functools
 import logging
 import zlib
 from array import array
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from device_sim.device.types import DeviceFailure, DownloadSettings, SinkKind
@@ -38,7 +38,16 @@ from device_sim.engine.types import (
     SendRequest,
     WriteBlock,
 )
-from device_sim.protocol import DataBlock, DataLayout, FileInfo, GetStreamRequest, Rejection, StreamDescription
+from device_sim.protocol import (
+    DataBlock,
+    DataLayout,
+    FileInfo,
+    GetStreamRequest,
+    Rejection,
+    RemoteProtocolError,
+    StreamDescription,
+    decode_data_block,
+)
 from device_sim.results.metrics import FailureKind
 from device_sim.sinks import (
     BlockSink,
@@ -255,23 +264,36 @@ class FileDownload:
 
     # ----------------------------------------------------------------------------------------- network inputs
 
-    def receive_data(self, payload: bytes) -> bool:
-        """The hot path of a data message: a full block of this download in AWS's layout (``DataLayout``) goes
-        straight to the engine and the sink, and the timer is followed only when a deadline may have moved
-        earlier (``deadline_epoch``). False, having done nothing: decode the message and call ``receive_block``."""
-        engine = self._fast
-        if engine is None:
-            return False
-        fields = self._layout.full_block(payload)
-        if fields is None:
-            return False
-        index, data = fields
+    def receive_data(self, payloads: Sequence[bytes]) -> None:
+        """Data messages on this download's topic, in their order (a run of them as they arrived together).
+
+        The hot path: a full block of this download in AWS's layout (``DataLayout``) goes straight to the engine
+        and the sink, and the clock, the progress and the timer are followed once for the run (the timer only when
+        a deadline may have moved earlier: ``deadline_epoch``). Anything else is decoded and goes through
+        ``receive_block``, in its place in the order."""
+        engine, layout = self._fast, self._layout
         now = self._loop.time()
-        if engine.receive_data(index, data, now):
-            self._store(index, data, now)
-        if engine.has_actions or engine.deadline_epoch != self._armed_epoch:
+        stored = 0
+        for payload in payloads:
+            fields = layout.full_block(payload) if engine is not None else None
+            if fields is None:
+                self._receive_message(payload)
+                continue
+            index, data = fields
+            if engine.receive_data(index, data, now) and self._store(index, data, now):  # type: ignore[union-attr]
+                stored += len(data)
+        if stored:
+            self._on_block(now, stored)
+        if engine is not None and (engine.has_actions or engine.deadline_epoch != self._armed_epoch):
             self._pump()
-        return True
+
+    def _receive_message(self, payload: bytes) -> None:
+        try:
+            block = decode_data_block(payload, self.settings.format)
+        except RemoteProtocolError as exc:
+            log.debug("%s: bad data message: %s", self._label, exc)
+            return
+        self.receive_block(block)
 
     def receive_block(self, block: DataBlock) -> None:
         engine = self._engine
@@ -326,9 +348,12 @@ class FileDownload:
             self._arm_timer(engine.get_timer())
 
     def _write(self, action: WriteBlock) -> None:
-        self._store(action.index, action.payload, self._loop.time())
+        now = self._loop.time()
+        if self._store(action.index, action.payload, now):
+            self._on_block(now, len(action.payload))
 
-    def _store(self, index: int, data: bytes, now: float) -> None:
+    def _store(self, index: int, data: bytes, now: float) -> bool:
+        """Write a new block to the sink; False when it failed (the download then fails)."""
         sink = self._sink
         assert sink is not None
         offset = index * self.settings.block_size  # the sinks' block size is the settings'
@@ -339,10 +364,10 @@ class FileDownload:
                 sink.write(index, offset, data)
         except SinkError as exc:
             self.fail(DeviceFailure(FailureKind.ERROR, f"cannot store file {self.info.file_id}: {exc}"))
-            return
+            return False
         if not isinstance(sink, ReferenceSink):  # it names the first bad block itself
             self._crcs[index] = zlib.crc32(data)
-        self._on_block(now, len(data))
+        return True
 
     def _discard(self, action: DiscardBlocks) -> None:
         log.info("%s: discarding the blocks of file %d: %s", self._label, self.info.file_id, action.reason)

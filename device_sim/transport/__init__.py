@@ -8,7 +8,7 @@
 See docs/transport.md.
 """
 
-from device_sim.transport._driver import LoopHop
+from device_sim.transport._driver import LoopHop, MessageRuns
 from device_sim.transport.base import Transport, TransportFactory
 from device_sim.transport.client import MqttTransport
 from device_sim.transport.crt import CrtResources, shared_crt_resources
@@ -47,6 +47,7 @@ __all__ = [
     "Input",
     "InvalidSettings",
     "LoopHop",
+    "MessageRuns",
     "MqttProtocol",
     "MqttTransport",
     "OperationTimeout",

@@ -82,6 +82,27 @@ def keep_thread_state() -> None:
     ctypes.pythonapi.PyGILState_Ensure()  # the GIL is held (we are in a callback): only the count goes up
 
 
+class MessageRuns:
+    """An ``on_message`` handler that also takes a run of messages at once: ``one(topic, payload)`` and
+    ``many([(topic, payload), ...])`` must do the same.
+
+    awscrt's thread reads a socket's whole buffer per turn, so a fleet's messages come in runs of a few for the same
+    connection (4.2 on average with 1000 devices at 4 KiB blocks). ``LoopHop`` hands such a run of consecutive
+    messages of one handler to ``many`` in one call, in their order; a handler can then pay once per run for what
+    does not depend on the message (the clock, its own lookups, progress). Anything else posted between two
+    messages ends the run, so the order of all events is unchanged.
+    """
+
+    __slots__ = ("many", "one")
+
+    def __init__(self, one: Callable[[str, bytes], None], many: Callable[[list[tuple[str, bytes]]], None]) -> None:
+        self.one = one
+        self.many = many
+
+    def __call__(self, topic: str, payload: bytes) -> None:
+        self.one(topic, payload)
+
+
 class LoopHop:
     """The way from awscrt's threads into one asyncio event loop, batched per burst.
 
@@ -141,16 +162,32 @@ class LoopHop:
         self._scheduled = False
         items = self._items
         count = len(items)
+        runs: MessageRuns | None = None  # the handler whose consecutive messages ``run`` gathers
+        run: list[Any] = []
         for _ in range(count):
             handler, args = items.popleft()
-            try:
-                handler(*args)
-            except Exception as exc:
-                self._loop.call_exception_handler(
-                    {"message": f"exception in {getattr(handler, '__qualname__', handler)!s}", "exception": exc}
-                )
+            if handler is runs:
+                run.append(args)
+                continue
+            if runs is not None:
+                self._handle(runs.many, (run,))
+                runs = None
+            if type(handler) is MessageRuns:
+                runs, run = handler, [args]
+            else:
+                self._handle(handler, args)
+        if runs is not None:
+            self._handle(runs.many, (run,))
         if count and self.tick_s is not None and not self._scheduled and not self._loop.is_closed():
             # Same race-free order as above: a poster that still sees the flag set appended before the next drain.
             self._scheduled = True
             self.wakeups += 1
             self._loop.call_later(self.tick_s, self._drain)
+
+    def _handle(self, handler: Callable[..., object], args: tuple[object, ...]) -> None:
+        try:
+            handler(*args)
+        except Exception as exc:
+            self._loop.call_exception_handler(
+                {"message": f"exception in {getattr(handler, '__qualname__', handler)!s}", "exception": exc}
+            )

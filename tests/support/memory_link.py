@@ -19,6 +19,7 @@ from device_sim.transport import (
     ConnectionEventKind,
     ConnectionLost,
     CrtResources,
+    MessageRuns,
     QoS,
     SubscribeRejected,
     TransportClosed,
@@ -45,6 +46,9 @@ class MemoryLink:
     transports: list[MemoryTransport] = field(default_factory=list)
     #: called (in the loop) after each request the service answered, with that request's topic
     after_request: Callable[[str], None] | None = None
+    #: deliver the answers of one request together, as one run (``MessageRuns.many``), as awscrt's thread hands a
+    #: socket's messages over; otherwise each on its own loop turn
+    runs: bool = False
 
     def factory(
         self,
@@ -67,12 +71,18 @@ class MemoryLink:
         if topic.rsplit("/", 2)[-2] not in ("describe", "get"):
             return
         loop = asyncio.get_running_loop()
+        together: dict[int, list[tuple[str, bytes]]] = {}
         for out in self.core.handle(topic, payload, client_id, loop.time()):
             if self.drop_answers(out):
                 continue
-            for transport in self.transports:
+            for i, transport in enumerate(self.transports):
                 if out.topic in transport.subscriptions:
-                    transport.deliver_soon(out.topic, out.payload)
+                    if self.runs:
+                        together.setdefault(i, []).append((out.topic, out.payload))
+                    else:
+                        transport.deliver_soon(out.topic, out.payload)
+        for i, messages in together.items():
+            self.transports[i].deliver_run_soon(messages)
         if self.after_request is not None:
             self.after_request(topic)
 
@@ -130,6 +140,9 @@ class MemoryTransport:
     def deliver_soon(self, topic: str, payload: bytes) -> None:
         asyncio.get_running_loop().call_soon(self._deliver, self._epoch, topic, payload)
 
+    def deliver_run_soon(self, messages: list[tuple[str, bytes]]) -> None:
+        asyncio.get_running_loop().call_soon(self._deliver_run, self._epoch, messages)
+
     def interrupt(self) -> None:
         """The connection drops and comes back: what was in transit is lost; INTERRUPTED, then RESUMED."""
         self._epoch += 1
@@ -150,6 +163,16 @@ class MemoryTransport:
             return
         self._link.delivered.append((self.client_id, topic))
         self._on_message(topic, payload)
+
+    def _deliver_run(self, epoch: int, messages: list[tuple[str, bytes]]) -> None:
+        if epoch != self._epoch or not self.connected or self.closed:
+            return
+        self._link.delivered.extend((self.client_id, topic) for topic, _ in messages)
+        if isinstance(self._on_message, MessageRuns):
+            self._on_message.many(messages)
+        else:
+            for topic, payload in messages:
+                self._on_message(topic, payload)
 
     def _check(self) -> None:
         if self.closed:

@@ -61,10 +61,12 @@ def _run(device: Device) -> object:
     return asyncio.run(asyncio.wait_for(device.run(), 30))
 
 
+@pytest.mark.parametrize("runs", [False, True], ids=["one-by-one", "runs"])
 @pytest.mark.parametrize("fmt", [Format.CBOR, Format.JSON])
-def test_a_device_downloads_and_verifies_with_no_broker(fmt: Format) -> None:
+def test_a_device_downloads_and_verifies_with_no_broker(fmt: Format, runs: bool) -> None:
+    """``runs``: each request's answers reach the device together (``MessageRuns``), as a fleet's often do."""
     _, core = _world()
-    link = MemoryLink(core)
+    link = MemoryLink(core, runs=runs)
     result = _run(_device(link, fmt))
     assert result.ok, result.failure  # type: ignore[attr-defined]
     m = result.metrics  # type: ignore[attr-defined]
@@ -219,8 +221,11 @@ class _ObjectSource:
         return block_crcs(obj.data, block_size)
 
 
+@pytest.mark.parametrize("runs", [False, True], ids=["one-by-one", "runs"])
 @pytest.mark.parametrize("version", ["v1", None])
-def test_a_digest_download_verified_against_s3_compares_each_block_with_the_object(version: str | None) -> None:
+def test_a_digest_download_verified_against_s3_compares_each_block_with_the_object(
+    version: str | None, runs: bool
+) -> None:
     """A pinned object is fetched before the download and every block compared with it (ReferenceSink); an
     unpinned one may change meanwhile, so it is fetched after the download and the blocks hashed (DigestSink).
     Either way, where the object differs from what the stream served, the verdict names the first block."""
@@ -231,7 +236,9 @@ def test_a_digest_download_verified_against_s3_compares_each_block_with_the_obje
     for reference, verified in ((DATA, True), (bytes(changed), False)):
         source = _ObjectSource(reference, version)
         result = _run(
-            _device(MemoryLink(core), source=source, sink=SinkKind.DIGEST, verify_s3=True, expect_sha256=None)
+            _device(
+                MemoryLink(core, runs=runs), source=source, sink=SinkKind.DIGEST, verify_s3=True, expect_sha256=None
+            )
         )
         (file,) = result.files  # type: ignore[attr-defined]
         assert file.verified is verified and file.sha256 == SHA

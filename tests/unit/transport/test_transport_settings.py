@@ -29,7 +29,7 @@ from device_sim.transport import (
     TransportUsageError,
     transition,
 )
-from device_sim.transport._driver import LoopHop
+from device_sim.transport._driver import LoopHop, MessageRuns
 from device_sim.transport._mqtt311 import OutboundLimiter
 from device_sim.transport.errors import BrokerRefusal, Op, translate
 
@@ -290,6 +290,52 @@ def test_a_failing_handler_is_reported_and_the_drain_goes_on() -> None:
         await asyncio.wait_for(done.wait(), 10)
         assert got == [1, 2]
         assert len(reported) == 1 and isinstance(reported[0]["exception"], ValueError)
+
+    asyncio.run(main())
+
+
+def test_consecutive_messages_of_one_handler_arrive_as_one_run_in_their_order() -> None:
+    """MessageRuns: a run of a handler's messages goes to ``many`` in one call; anything posted in between (another
+    handler's message, a lifecycle event) ends the run, so the order of all events stays awscrt's order."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        reported: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda _loop, context: reported.append(context))
+        hop = LoopHop(loop)
+        calls: list[tuple[str, object]] = []
+        done = asyncio.Event()
+
+        def runs_of(name: str) -> MessageRuns:
+            def one(topic: str, payload: bytes) -> None:
+                calls.append((f"{name}.one", (topic, payload)))
+
+            def many(messages: list[tuple[str, bytes]]) -> None:
+                calls.append((f"{name}.many", list(messages)))
+                if any(payload == b"boom" for _, payload in messages):
+                    raise ValueError("handler bug")
+
+            return MessageRuns(one, many)
+
+        a, b = runs_of("a"), runs_of("b")
+        for i in range(3):
+            hop.post(a, "t/a", bytes([i]))
+        hop.post(b, "t/b", b"x")
+        hop.post(a, "t/a", b"boom")
+        hop.post(calls.append, ("event", None))
+        hop.post(a, "t/a", b"\x09")
+        hop.post(lambda: done.set())
+        await asyncio.wait_for(done.wait(), 10)
+        assert calls == [
+            ("a.many", [("t/a", b"\x00"), ("t/a", b"\x01"), ("t/a", b"\x02")]),
+            ("b.many", [("t/b", b"x")]),
+            ("a.many", [("t/a", b"boom")]),
+            ("event", None),
+            ("a.many", [("t/a", b"\x09")]),
+        ]
+        assert len(reported) == 1 and isinstance(reported[0]["exception"], ValueError)  # reported, drain went on
+        a("t/a", b"direct")  # called as a plain on_message (a transport without a hop)
+        assert calls[-1] == ("a.one", ("t/a", b"direct"))
 
     asyncio.run(main())
 
