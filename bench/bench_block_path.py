@@ -2,8 +2,8 @@
 
 Run: ``.venv/bin/python bench/bench_block_path.py [--rounds 5] [--blocks 256]``.
 
-Both paths are in the code: ``Device._on_message`` hands a data message to ``FileDownload.receive_data`` (the hot
-path) and falls back to the general one (``decode_data_block`` -> ``engine.receive_block`` -> a ``WriteBlock``
+Both paths are in the code: ``Device._on_messages`` hands a run of data messages to ``FileDownload.receive_data``
+(the hot path), which falls back to the general one (``decode_data_block`` -> ``engine.receive_block`` -> a ``WriteBlock``
 action -> the sink, the timer followed after every block) for anything else. Each stage is timed alone, over a file
 of ``--blocks`` 4 KiB blocks delivered in order, every request answered at once, best of ``--rounds``:
 
