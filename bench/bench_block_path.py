@@ -3,9 +3,10 @@
 Run: ``.venv/bin/python bench/bench_block_path.py [--rounds 5] [--blocks 256]``.
 
 Both paths are in the code: ``Device._on_messages`` hands a run of data messages to ``FileDownload.receive_data``
-(the hot path), which falls back to the general one (``decode_data_block`` -> ``engine.receive_block`` -> a ``WriteBlock``
-action -> the sink, the timer followed after every block) for anything else. Each stage is timed alone, over a file
-of ``--blocks`` 4 KiB blocks delivered in order, every request answered at once, best of ``--rounds``:
+(the hot path), which falls back to the general one (``decode_data_block`` -> ``engine.receive_block`` -> a
+``WriteBlock`` action -> the sink, the timer followed after every block) for anything else. Each stage is timed
+alone, over a file of ``--blocks`` 4 KiB blocks delivered in order, every request answered at once, best of
+``--rounds``:
 
 - decode: ``decode_data_block`` (the general decoder's fast path) vs ``DataLayout.full_block``;
 - engine: ``receive_block`` + ``next_actions`` + ``get_timer`` per block vs ``receive_data`` + ``has_actions``,
