@@ -19,6 +19,9 @@ _CLAIMED = 1
 _HAVE = 2
 #: A request's bitmap stays strictly below the protocol's limit.
 MAX_SPAN = (MAX_BITMAP_BYTES - 1) * 8
+_CLAIMED_RUN = bytes([_CLAIMED]) * MAX_SPAN
+#: How many times a block was asked for, counted up to 2 (``bytes.translate`` table: 0 -> 1, 1 -> 2, 2 -> 2).
+_ASKED_AGAIN = bytes(min(2, i + 1) for i in range(256))
 
 
 @dataclass(slots=True, eq=False)
@@ -119,29 +122,40 @@ class BlockLedger:
         return request, True
 
     def claim(self, window: int, now: float, seq: int, *, sent: bool) -> InFlight | None:
-        """Claim up to ``window`` of the lowest missing, unclaimed blocks for a new request (None: none left)."""
-        status = self._status
+        """Claim up to ``window`` (>= 1) of the lowest missing, unclaimed blocks for a new request (None: none left)."""
+        status, asked = self._status, self._asked
         first = status.find(_MISSING)
         if first < 0:
             return None
-        blocks = [first]
-        index = status.find(_MISSING, first + 1)
-        while 0 <= index < first + MAX_SPAN and len(blocks) < window:
-            blocks.append(index)
-            index = status.find(_MISSING, index + 1)
+        end = min(first + window, first + MAX_SPAN, self.total)
+        if status.count(_MISSING, first, end) == end - first:
+            # The usual case, a run of missing blocks: the bytearrays change by slices, in C (a request's claim
+            # cost ~20 us in the loop below, per block 0.6 us of a fleet's budget).
+            blocks: tuple[int, ...] = tuple(range(first, end))
+            repeated = asked.count(0, first, end) != end - first
+            status[first:end] = _CLAIMED_RUN[: end - first]
+            asked[first:end] = asked[first:end].translate(_ASKED_AGAIN)
+        else:
+            found = [first]
+            index = status.find(_MISSING, first + 1)
+            while 0 <= index < first + MAX_SPAN and len(found) < window:
+                found.append(index)
+                index = status.find(_MISSING, index + 1)
+            blocks = tuple(found)
+            repeated = any(asked[i] for i in blocks)
+            for i in blocks:
+                status[i] = _CLAIMED
+                asked[i] = min(2, asked[i] + 1)
         request = InFlight(
             seq=seq,
-            blocks=tuple(blocks),
+            blocks=blocks,
             outstanding=set(blocks),
             sent_at=now,
             last_activity=now,
-            repeated=any(self._asked[i] for i in blocks),
+            repeated=repeated,
             sent=sent,
         )
-        for i in blocks:
-            status[i] = _CLAIMED
-            self._owner[i] = request
-            self._asked[i] = min(2, self._asked[i] + 1)
+        self._owner.update(dict.fromkeys(blocks, request))
         self.in_flight.append(request)
         return request
 
