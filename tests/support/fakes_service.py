@@ -340,6 +340,8 @@ class LinkSimulation:
             self._down_until = self.now + f.outage_s
             self._queue = [entry for entry in self._queue if entry[2] == "sent"]
             heapq.heapify(self._queue)
+            # The blocks that were waiting for the device's link went with it: later answers wait for none of them.
+            self._link_free = self._last_delivery = self.now
             heapq.heappush(self._queue, (self._down_until, next(self._seq), "resumed", None))
             return
         updates = self.service.stream_version - min(self.service.history)
