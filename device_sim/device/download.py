@@ -272,19 +272,23 @@ class FileDownload:
         a deadline may have moved earlier: ``deadline_epoch``). Anything else is decoded and goes through
         ``receive_block``, in its place in the order."""
         engine, layout = self._fast, self._layout
+        if engine is None:  # a library profile's machine (or none yet): the general path only
+            for payload in payloads:
+                self._receive_message(payload)
+            return
         now = self._loop.time()
         stored = 0
         for payload in payloads:
-            fields = layout.full_block(payload) if engine is not None else None
+            fields = layout.full_block(payload)
             if fields is None:
                 self._receive_message(payload)
                 continue
             index, data = fields
-            if engine.receive_data(index, data, now) and self._store(index, data, now):  # type: ignore[union-attr]
+            if engine.receive_data(index, data, now) and self._store(index, data, now):
                 stored += len(data)
         if stored:
             self._on_block(now, stored)
-        if engine is not None and (engine.has_actions or engine.deadline_epoch != self._armed_epoch):
+        if engine.has_actions or engine.deadline_epoch != self._armed_epoch:
             self._pump()
 
     def _receive_message(self, payload: bytes) -> None:

