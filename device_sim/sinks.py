@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from device_sim.fileio import atomic_write
-from device_sim.protocol.limits import block_count
+from device_sim.protocol.limits import block_count, block_length
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class _Layout:
             raise SinkUsageError(f"block {index} is outside the file (it has {total} blocks)")
         if offset != index * size:
             raise SinkUsageError(f"block {index} must start at byte {index * size}, not {offset}")
-        expected = size if index < total - 1 else self.file_size - offset  # the last block is the rest
+        expected = block_length(self.file_size, size, index)
         if len(data) != expected:
             raise SinkUsageError(f"block {index} must be {expected} bytes long, got {len(data)}")
 
@@ -365,8 +365,7 @@ class ReferenceSink(_LaidOut):
         self._reference = reference
         self._view = memoryview(reference)
         self._sha256 = reference_sha256
-        self._have = bytearray(self._layout.total_blocks)
-        self._count = 0
+        self._bits = _Bits(self._layout.total_blocks)
         self._differing: dict[int, bytes] = {}
 
     @property
@@ -376,28 +375,22 @@ class ReferenceSink(_LaidOut):
 
     def write(self, index: int, offset: int, data: bytes) -> bool:
         self._layout.check(index, offset, data)
-        if self._have[index]:
+        if self._bits.test(index):
             return False
-        self._have[index] = 1
-        self._count += 1
+        self._bits.set(index)
         if not self._reference.startswith(data, offset):  # a memcmp (comparing memoryviews goes byte by byte)
             self._differing[index] = bytes(data)
         return True
 
     def has(self, index: int) -> bool:
-        return 0 <= index < len(self._have) and bool(self._have[index])
+        return 0 <= index < self._layout.total_blocks and self._bits.test(index)
 
     def received_blocks(self) -> Iterator[int]:
-        return (i for i, have in enumerate(self._have) if have)
+        return self._bits.indices()
 
     def finish(self) -> SinkResult:
-        total = self._layout.total_blocks
-        if self._count != total:
-            first = self._have.find(0)
-            raise SinkUsageError(
-                f"{total - self._count} of {total} blocks are missing (first: block {first})",
-                hint="call finish() only after every block was written",
-            )
+        if self._bits.count != self._bits.total:
+            raise _incomplete(self._bits)
         if not self._differing:
             return SinkResult(sha256=self._sha256, size=self._layout.file_size)
         digest, view, size = hashlib.sha256(), self._view, self._layout.block_size
