@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from device_sim.device.types import DeviceFailure, DownloadSettings, SinkKind
-from device_sim.device.verify import S3Source, SourceError, Verdict, compare
+from device_sim.device.verify import S3Source, SourceError, SourceObject, Verdict, compare
 from device_sim.engine.machine import DownloadEngine, SharedRtt
 from device_sim.engine.profiles import DownloadMachine, ProfileRefused, make_profile_machine
 from device_sim.engine.types import (
@@ -234,33 +234,21 @@ class FileDownload:
                 message="" if ok else "size differs from the description",
             )
         try:
-            obj = source.fetched(self.stream_id, info.file_id)  # a fleet's other devices: no thread hop
-            if obj is None:
-                location = await asyncio.to_thread(source.locate, self.stream_id, info.file_id)
-                obj = await asyncio.to_thread(source.fetch, location)
+            obj = await self._source_object(source, pinned_only=False)
         except SourceError as exc:
             raise DeviceFailure(FailureKind.ERROR, f"cannot verify file {info.file_id} against S3: {exc}") from exc
-        verdict = compare(sha256=result.sha256, size=result.size, expected_sha256=obj.sha256, expected_size=obj.size)
+        assert obj is not None  # pinned_only=False always fetches
+        against = functools.partial(
+            compare, sha256=result.sha256, size=result.size, expected_sha256=obj.sha256, expected_size=obj.size
+        )
+        verdict = against()
         if verdict.verified:
             return verdict
         sink = self._sink
         if isinstance(sink, ReferenceSink) and self._reference is not None and obj.sha256 == self._reference[1]:
-            return compare(
-                sha256=result.sha256,
-                size=result.size,
-                expected_sha256=obj.sha256,
-                expected_size=obj.size,
-                first_bad_block=sink.first_mismatch,
-            )
+            return against(first_bad_block=sink.first_mismatch)
         source_crcs = await asyncio.to_thread(source.source_crcs, obj, s.block_size)
-        return compare(
-            sha256=result.sha256,
-            size=result.size,
-            expected_sha256=obj.sha256,
-            expected_size=obj.size,
-            crcs=list(self._crcs),
-            source_crcs=source_crcs,
-        )
+        return against(crcs=list(self._crcs), source_crcs=source_crcs)
 
     # ----------------------------------------------------------------------------------------- network inputs
 
@@ -459,18 +447,23 @@ class FileDownload:
         as before), when it cannot be read now (``verify`` reports that) or is not the described size. A digest
         sink then hashes the blocks instead."""
         try:
-            obj = source.fetched(self.stream_id, self.info.file_id)  # a fleet's other devices: no thread hop
-            if obj is None:
-                location = await asyncio.to_thread(source.locate, self.stream_id, self.info.file_id)
-                if location.version is None:
-                    return None
-                obj = await asyncio.to_thread(source.fetch, location)
-            elif obj.location.version is None:
-                return None
+            obj = await self._source_object(source, pinned_only=True)
         except SourceError as exc:
             log.debug("%s: no reference for file %d before the download: %s", self._label, self.info.file_id, exc)
             return None
-        return (obj.data, obj.sha256) if obj.size == self.info.file_size else None
+        return (obj.data, obj.sha256) if obj is not None and obj.size == self.info.file_size else None
+
+    async def _source_object(self, source: S3Source, *, pinned_only: bool) -> SourceObject | None:
+        """This file's S3 object: from the source's cache without a thread hop (a fleet's devices after the first),
+        else located and fetched in threads (boto3 blocks). ``pinned_only``: None, without fetching, for an object
+        the stream does not pin to a version. Raises SourceError."""
+        obj = source.fetched(self.stream_id, self.info.file_id)
+        if obj is None:
+            location = await asyncio.to_thread(source.locate, self.stream_id, self.info.file_id)
+            if pinned_only and location.version is None:
+                return None
+            return await asyncio.to_thread(source.fetch, location)
+        return None if pinned_only and obj.location.version is None else obj
 
     def _reset_crcs(self, file_size: int) -> None:
         self._crcs = array("I", bytes(4 * (-(-file_size // self.settings.block_size))))
