@@ -195,12 +195,25 @@ class _Bits:
         return not any(self.raw[i >> 3] >> (i & 7) & 1 for i in range(total, len(self.raw) * 8))
 
 
-def _incomplete(bits: _Bits) -> SinkUsageError:
-    first = bits.first_missing()
-    return SinkUsageError(
-        f"{bits.total - bits.count} of {bits.total} blocks are missing (first: block {first})",
-        hint="call finish() only after every block was written",
-    )
+class _Tracked(_LaidOut):
+    """A sink that records its blocks in a ``_Bits`` (``_bits``): ``has``, ``received_blocks`` and the check that
+    ``finish()`` comes after the last block."""
+
+    _bits: _Bits
+
+    def has(self, index: int) -> bool:
+        return 0 <= index < self._layout.total_blocks and self._bits.test(index)
+
+    def received_blocks(self) -> Iterator[int]:
+        return self._bits.indices()
+
+    def _require_complete(self) -> None:
+        bits = self._bits
+        if bits.count != bits.total:
+            raise SinkUsageError(
+                f"{bits.total - bits.count} of {bits.total} blocks are missing (first: block {bits.first_missing()})",
+                hint="call finish() only after every block was written",
+            )
 
 
 @contextlib.contextmanager
@@ -231,7 +244,7 @@ def _unlink(path: Path) -> None:
 # ------------------------------------------------------------------------------------------------------ MemorySink
 
 
-class MemorySink(_LaidOut):
+class MemorySink(_Tracked):
     """The whole file in memory."""
 
     def __init__(self, file_size: int, block_size: int) -> None:
@@ -247,15 +260,8 @@ class MemorySink(_LaidOut):
         self._bits.set(index)
         return True
 
-    def has(self, index: int) -> bool:
-        return 0 <= index < self._layout.total_blocks and self._bits.test(index)
-
-    def received_blocks(self) -> Iterator[int]:
-        return self._bits.indices()
-
     def finish(self) -> SinkResult:
-        if self._bits.count != self._bits.total:
-            raise _incomplete(self._bits)
+        self._require_complete()
         return SinkResult(sha256=hashlib.sha256(self._buf).hexdigest(), size=len(self._buf))
 
     def getvalue(self) -> bytes:
@@ -350,7 +356,7 @@ class DigestSink(_LaidOut):
 # --------------------------------------------------------------------------------------------------- ReferenceSink
 
 
-class ReferenceSink(_LaidOut):
+class ReferenceSink(_Tracked):
     """Checks each block against ``reference``, the file's expected bytes, instead of hashing it.
 
     A device that verifies against S3 knows the object before it downloads (a fleet fetches it once and shares it):
@@ -382,15 +388,8 @@ class ReferenceSink(_LaidOut):
             self._differing[index] = bytes(data)
         return True
 
-    def has(self, index: int) -> bool:
-        return 0 <= index < self._layout.total_blocks and self._bits.test(index)
-
-    def received_blocks(self) -> Iterator[int]:
-        return self._bits.indices()
-
     def finish(self) -> SinkResult:
-        if self._bits.count != self._bits.total:
-            raise _incomplete(self._bits)
+        self._require_complete()
         if not self._differing:
             return SinkResult(sha256=self._sha256, size=self._layout.file_size)
         digest, view, size = hashlib.sha256(), self._view, self._layout.block_size
@@ -419,7 +418,7 @@ class _FileState(Enum):
     CLOSED = "closed"
 
 
-class FileSink(_LaidOut):
+class FileSink(_Tracked):
     """Blocks into ``<path>.part``; resumable with ``state_dir``; ``commit()`` moves it into place.
 
     ``flush_every_blocks`` / ``flush_every_s`` bound how much a crash can lose (those blocks are downloaded again).
@@ -562,17 +561,10 @@ class FileSink(_LaidOut):
         self._dirty = 0
         self._last_flush = now
 
-    def has(self, index: int) -> bool:
-        return 0 <= index < self._layout.total_blocks and self._bits.test(index)
-
-    def received_blocks(self) -> Iterator[int]:
-        return self._bits.indices()
-
     def finish(self) -> SinkResult:
         """Hash the complete part file (read back from disk)."""
         self._require(_FileState.OPEN, "finish")
-        if self._bits.count != self._bits.total:
-            raise _incomplete(self._bits)
+        self._require_complete()
         digest = hashlib.sha256()
         with _storage("read back", self.part_path):
             os.fsync(self._fd)
