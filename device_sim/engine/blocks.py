@@ -39,6 +39,15 @@ class InFlight:
     received: int = 0  # of its blocks arrived (new ones)
     first_at: float = 0.0  # when the first of them arrived
     top_seen: bool = False  # its highest block arrived while lower ones were still outstanding
+    #: An idle timeout gave back only its lowest outstanding block (``BlockLedger.suspect``); the rest are released
+    #: once a block of request ``probe_seq`` or later arrives first, or at its next idle timeout.
+    suspect: bool = False
+    probe_seq: int = 0
+
+    def touch(self, now: float) -> None:
+        """Restart its idle timer at ``now`` without changing its gap."""
+        self.first_at += now - self.last_activity
+        self.last_activity = now
 
     def gap(self) -> float:
         """Mean time between its blocks so far (0 before the second)."""
@@ -63,6 +72,7 @@ class BlockLedger:
         self.total = total
         self.have_count = 0
         self.in_flight: list[InFlight] = []
+        self.suspects = 0  # requests in flight that are suspect (they hold no slot of ``inflight``)
         self._last_length = block_length(file_size, block_size, total - 1) if total else 0
         self._status = bytearray(total)
         self._asked = bytearray(total)
@@ -113,7 +123,7 @@ class BlockLedger:
         request.last_activity = now
         request.sent = True
         if not request.outstanding:
-            self.in_flight.remove(request)
+            self._drop(request)
         elif index == request.blocks[-1]:
             request.top_seen = True
         if request.sampled or self._asked[index] != 1:
@@ -159,12 +169,42 @@ class BlockLedger:
         self.in_flight.append(request)
         return request
 
+    @property
+    def active(self) -> int:
+        """Requests in flight that hold a slot: all but the suspect ones."""
+        return len(self.in_flight) - self.suspects
+
     def release(self, request: InFlight) -> None:
         """Give a request's missing blocks back (it timed out or was abandoned)."""
         for index in request.outstanding:
             self._status[index] = _MISSING
             del self._owner[index]
+        self._drop(request)
+
+    def suspect(self, request: InFlight, now: float, probe_seq: int) -> int:
+        """An idle timeout that may be spurious: give back only the request's lowest outstanding block (to be
+        asked again first, by request ``probe_seq``) and keep the rest claimed; returns that block. The request
+        then holds no slot and its idle timer starts again now."""
+        index = min(request.outstanding)
+        request.outstanding.discard(index)
+        self._status[index] = _MISSING
+        del self._owner[index]
+        request.suspect = True
+        request.probe_seq = probe_seq
+        request.touch(now)
+        self.suspects += 1
+        return index
+
+    def trust(self, request: InFlight) -> None:
+        """A suspect request holds a slot again (its answer may be arriving after all)."""
+        if request.suspect:
+            request.suspect = False
+            self.suspects -= 1
+
+    def _drop(self, request: InFlight) -> None:
         self.in_flight.remove(request)
+        if request.suspect:
+            self.suspects -= 1
 
     def release_all(self) -> None:
         for request in list(self.in_flight):

@@ -13,11 +13,15 @@ being sent or one of its blocks arriving, and the timeout follows the measured r
 fires only once the link is quiet too (no data block at all for the timeout): answers queue behind earlier
 answers, so a request can look idle while its predecessors' blocks are still arriving. When it expires, the
 request's missing blocks go back to missing and the slot is refilled, so the re-request names the lost blocks
-first and fills the rest of its window with new ones. Fast re-request: once a request's highest block has
-arrived, its missing lower blocks (lost, as one connection delivers an answer in order) are released after a
-short grace instead (``fast_retry``). The caller may report when a request actually left (``request_sent``:
-the timer and the round-trip sample start there) and when the link came back after a reconnect
-(``link_resumed``: every request in flight is sent again at once).
+first and fills the rest of its window with new ones. With ``probe`` (the default), and no sign of real loss in
+the last LOSS_MEMORY requests (a fast re-request, a probe answered first), a request still waiting for several
+blocks gives back only its lowest one at its first timeout, asked again alone; the request turns
+*suspect* (no slot) and is released when a block of that probe (or any later request) arrives before its own, or
+at its next timeout: a late answer then costs one duplicate, a lost one a round trip more. Fast re-request:
+once a request's highest block has arrived, its missing lower blocks (lost, as one connection delivers an answer
+in order) are released after a short grace instead (``fast_retry``). The caller may report when a request
+actually left (``request_sent``: the timer and the round-trip sample start there) and when the link came back
+after a reconnect (``link_resumed``: every request in flight is sent again at once).
 
 Rejections: VersionMismatch -> NEEDS_DESCRIBE (the caller describes the stream again and calls
 ``restart``); InternalError and unknown throttling-like codes -> BACKOFF (a bounded exponential wait, then
@@ -61,6 +65,8 @@ from device_sim.protocol.messages import DataBlock, GetStreamRequest, Rejection
 
 #: Rounds without progress after a new block (shared: a Fraction per block would cost more than the block).
 _NO_STALL = Fraction(0)
+#: Requests completed after a sign of real loss before idle timeouts probe again (``EngineSettings.probe``).
+LOSS_MEMORY = 16
 
 __all__ = [
     "TRANSITIONS",
@@ -144,6 +150,9 @@ class DownloadEngine:
         self._last_rx: float | None = None  # the last valid data block (new, duplicate or stale) arrived
         self._reorder = ReorderWindow()
         self._timeouts = SpuriousTimeouts()
+        #: Requests to go before an idle timeout probes again: LOSS_MEMORY after a sign of real loss, 1 less per
+        #: request completed (a lossy link keeps re-requesting whole windows: a probe would cost it a round trip).
+        self._loss_seen = 0
         self._ledger = BlockLedger(file_size, self.settings.block_size)
         self._stream_version = stream_version
         if have is not None:
@@ -342,6 +351,11 @@ class DownloadEngine:
         missing, the end of a stall, a new request, the end."""
         now, state, ledger, counters = self._now, self._state, self._ledger, self._counters
         request, clean_sample = ledger.store(index, now)
+        if request is not None:
+            if ledger.suspects:
+                self._release_suspects(request.seq, index)
+            if not request.outstanding and self._loss_seen:
+                self._loss_seen -= 1
         if request is not None and (clean_sample or request.top_seen or request.received == 1):
             self.deadline_epoch += 1
             if clean_sample:
@@ -357,10 +371,38 @@ class DownloadEngine:
         if ledger.complete:
             self.deadline_epoch += 1
             return self._complete()
-        if state is EngineState.RUNNING and len(ledger.in_flight) < self.settings.inflight:
+        if state is EngineState.RUNNING and ledger.active < self.settings.inflight:
             self.deadline_epoch += 1
             self._fill()
         return state
+
+    def _may_probe(self, request: InFlight) -> bool:
+        """Whether an idle timeout of ``request`` asks again for one block first: probing is on, the request waits
+        for more than one block and none of them lies below a block of it that came (a hole is a loss: one
+        connection answers in order), and there was no sign of loss lately and a round-trip sample exists (before
+        one, the first request's wait is the fleet's to judge, see ``_deadline``)."""
+        outstanding = request.outstanding
+        if not self.settings.probe or self._loss_seen or self._rtt.srtt is None or len(outstanding) < 2:
+            return False
+        if not request.received:
+            return True
+        lowest = min(outstanding)
+        return not any(i > lowest and i not in outstanding for i in request.blocks)
+
+    def _release_suspects(self, seq: int, index: int) -> None:
+        """Block ``index`` of request ``seq`` arrived: the suspect requests probed by it or before it lost what they
+        still wait for (one connection answers requests in order), so those blocks go back to missing. Except for
+        the probed block itself: it may be the suspect's own late answer as well as the probe's, so the suspect
+        holds its slot again and gets the fast re-request's grace (``top_seen``) for its next blocks to follow."""
+        for request in [r for r in self._ledger.in_flight if r.suspect and r.probe_seq <= seq]:
+            if seq == request.probe_seq and request.blocks[0] <= index <= request.blocks[-1]:
+                self._ledger.trust(request)
+                request.top_seen = True
+                request.touch(self._now)
+            else:
+                self._ledger.release(request)
+                self._loss_seen = LOSS_MEMORY
+        self.deadline_epoch += 1
 
     def _on_rejection(self, rejection: Rejection) -> EngineState:
         state = self._state
@@ -439,21 +481,31 @@ class DownloadEngine:
         # RUNNING
         timeout = self._timeout()
         in_flight = self._ledger.in_flight
-        share = Fraction(1, max(1, len(in_flight)))
+        share = Fraction(1, max(1, self._ledger.active))
+        probe = False
         for request in [r for r in in_flight if self._deadline(r, timeout) <= now]:
             if request.top_seen and self.settings.fast_retry:  # the grace never outlasts the idle timeout
                 self._reorder.retried(request.outstanding)
                 self._ledger.release(request)
                 self._counters.fast_retries += 1
-            else:
-                self._reorder.forget(request.outstanding)
-                self._timeouts.expired(request.outstanding)
-                if self._shared is not None:
-                    self._shared.timeouts.unproved()
+                self._loss_seen = LOSS_MEMORY
+                continue
+            if request.suspect:  # its probe timed out too (counted there), or nothing arrived since: lost
                 self._ledger.release(request)
-                self._counters.timeouts += 1
-                self._stall += share
-                self._rtt.expired()
+                continue
+            if not probe and self._may_probe(request):  # one probe a round; the others are asked again whole
+                given_up: Iterable[int] = (self._ledger.suspect(request, now, self._seq + 1),)
+                probe = True
+            else:
+                given_up = request.outstanding
+                self._ledger.release(request)
+            self._reorder.forget(given_up)
+            self._timeouts.expired(given_up)
+            if self._shared is not None:
+                self._shared.timeouts.unproved()
+            self._counters.timeouts += 1
+            self._stall += share
+            self._rtt.expired()
         if self._stall > self.settings.max_retries:
             return self._fail(
                 FailureReason.TIMEOUT,
@@ -461,7 +513,7 @@ class DownloadEngine:
                 f"no new block after {self.settings.max_retries} rounds of re-requests (last timeout "
                 f"{timeout:.2f} s); check the connection, or raise max_retries / request_timeout",
             )
-        self._fill()
+        self._fill(probe)
         return state
 
     def _on_request_sent(self, seq: int) -> EngineState:
@@ -570,11 +622,13 @@ class DownloadEngine:
         self._epoch_seq = self._seq + 1
         self._epoch_sent = not self.settings.report_sends
 
-    def _fill(self) -> None:
-        """Send requests until ``inflight`` are in flight or no missing block is left unclaimed."""
+    def _fill(self, probe: bool = False) -> None:
+        """Send requests until ``inflight`` hold a slot or no missing block is left unclaimed; ``probe``: the
+        first of them asks for one block only."""
         s, ledger = self.settings, self._ledger
-        while len(ledger.in_flight) < s.inflight:
-            claimed = ledger.claim(s.window, self._now, self._seq + 1, sent=not s.report_sends)
+        while ledger.active < s.inflight:
+            claimed = ledger.claim(1 if probe else s.window, self._now, self._seq + 1, sent=not s.report_sends)
+            probe = False
             if claimed is None:
                 return
             self._seq += 1

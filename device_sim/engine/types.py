@@ -109,6 +109,12 @@ class EngineSettings:
     FreeRTOS agent's 10 s. A request times out only once the link is quiet: no data block at all (of any
     request, duplicates included) arrived for the timeout, because answers queue behind earlier answers.
 
+    ``probe``: an idle timeout of a request still waiting for several blocks first asks again for its lowest
+    missing block alone (TCP's answer to a retransmission timeout: one segment, RFC 5681 3.1) and keeps waiting
+    for the others. If that block's answer comes before theirs, they were lost (one connection answers in order)
+    and are asked again at once; if theirs come first, the timeout was only a late answer (a busy service or event
+    loop), and it cost one duplicate block instead of a whole request's. A lost request costs one round trip more.
+
     ``fast_retry``: when the highest block a request asked for arrives while lower ones are missing, those are
     taken for lost (one MQTT connection delivers an answer in order) and asked again after a short grace (a
     quarter of SRTT, two gaps between the request's blocks, at least 20 ms) instead of the idle timeout.
@@ -137,6 +143,8 @@ class EngineSettings:
     describe_timeout: float = 5.0
     #: Re-request the missing blocks of a request soon after its highest block arrived (see above).
     fast_retry: bool = True
+    #: After an idle timeout, ask again for one block first (see above).
+    probe: bool = True
     #: The caller reports every request's departure with request_sent(seq, now): once it left after client-side
     #: flow control, or once its publish failed. A request's idle timer then starts only there (a request never
     #: reported still times out after max(timeout, max_timeout)). False: the timer starts at emission.
@@ -154,7 +162,7 @@ class EngineSettings:
             _check_int("blocks_per_request", self.blocks_per_request, 1, most)
         _check_int("inflight", self.inflight, 1, None)
         _check_int("max_retries", self.max_retries, 0, None)
-        for flag in ("fast_retry", "report_sends"):
+        for flag in ("fast_retry", "probe", "report_sends"):
             if not isinstance(getattr(self, flag), bool):
                 raise EngineUsageError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         for name in (
