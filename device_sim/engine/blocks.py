@@ -39,8 +39,9 @@ class InFlight:
     received: int = 0  # of its blocks arrived (new ones)
     first_at: float = 0.0  # when the first of them arrived
     top_seen: bool = False  # its highest block arrived while lower ones were still outstanding
-    #: An idle timeout gave back only its lowest outstanding block (``BlockLedger.suspect``); the rest are released
-    #: once a block of request ``probe_seq`` or later arrives first, or at its next idle timeout.
+    #: An idle timeout gave back only its lowest outstanding block (``BlockLedger.suspect``), asked again by request
+    #: ``probe_seq`` (0: never probed); the rest are released once a later request's block arrives first, or at its
+    #: next idle timeout.
     suspect: bool = False
     probe_seq: int = 0
 

@@ -14,10 +14,11 @@ fires only once the link is quiet too (no data block at all for the timeout): an
 answers, so a request can look idle while its predecessors' blocks are still arriving. When it expires, the
 request's missing blocks go back to missing and the slot is refilled, so the re-request names the lost blocks
 first and fills the rest of its window with new ones. With ``probe`` (the default), and no sign of real loss in
-the last LOSS_MEMORY requests (a fast re-request, a probe answered first), a request still waiting for several
-blocks gives back only its lowest one at its first timeout, asked again alone; the request turns
-*suspect* (no slot) and is released when a block of that probe (or any later request) arrives before its own, or
-at its next timeout: a late answer then costs one duplicate, a lost one a round trip more. Fast re-request:
+the last LOSS_MEMORY requests (a fast re-request, a probed request whose rest never came), a request still
+waiting for several blocks gives back only its lowest one at its first timeout, asked again alone; the request
+turns *suspect* (no slot) and is released when a block of a later request arrives before its own, or at its next
+timeout; when the probed block comes, it holds its slot again for one more idle timeout: a late answer then
+costs one duplicate, a lost one a round trip and a timeout more. Fast re-request:
 once a request's highest block has arrived, its missing lower blocks (lost, as one connection delivers an answer
 in order) are released after a short grace instead (``fast_retry``). The caller may report when a request
 actually left (``request_sent``: the timer and the round-trip sample start there) and when the link came back
@@ -379,10 +380,13 @@ class DownloadEngine:
     def _may_probe(self, request: InFlight) -> bool:
         """Whether an idle timeout of ``request`` asks again for one block first: probing is on, the request waits
         for more than one block and none of them lies below a block of it that came (a hole is a loss: one
-        connection answers in order), and there was no sign of loss lately and a round-trip sample exists (before
+        connection answers in order), it was not probed before, there was no sign of loss lately and a round-trip
+        sample exists (before
         one, the first request's wait is the fleet's to judge, see ``_deadline``)."""
         outstanding = request.outstanding
         if not self.settings.probe or self._loss_seen or self._rtt.srtt is None or len(outstanding) < 2:
+            return False
+        if request.probe_seq:  # probed once already: its probe was answered, the rest did not follow
             return False
         if not request.received:
             return True
@@ -393,11 +397,12 @@ class DownloadEngine:
         """Block ``index`` of request ``seq`` arrived: the suspect requests probed by it or before it lost what they
         still wait for (one connection answers requests in order), so those blocks go back to missing. Except for
         the probed block itself: it may be the suspect's own late answer as well as the probe's, so the suspect
-        holds its slot again and gets the fast re-request's grace (``top_seen``) for its next blocks to follow."""
+        holds its slot again with a fresh idle timer, for its next blocks to follow (the fast re-request's grace
+        is too short here: a busy event loop can hand those blocks over a few tens of milliseconds later, and
+        then the whole rest of the request would come twice); it is not probed again."""
         for request in [r for r in self._ledger.in_flight if r.suspect and r.probe_seq <= seq]:
             if seq == request.probe_seq and request.blocks[0] <= index <= request.blocks[-1]:
                 self._ledger.trust(request)
-                request.top_seen = True
                 request.touch(self._now)
             else:
                 self._ledger.release(request)
@@ -499,6 +504,8 @@ class DownloadEngine:
             else:
                 given_up = request.outstanding
                 self._ledger.release(request)
+                if request.probe_seq:  # its probe was answered, and the rest never came: lost
+                    self._loss_seen = LOSS_MEMORY
             self._reorder.forget(given_up)
             self._timeouts.expired(given_up)
             if self._shared is not None:

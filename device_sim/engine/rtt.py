@@ -42,6 +42,9 @@ REORDER_DECAY = 16
 #: Idle timeouts proved spurious (the blocks they gave up came twice) stretch later timeouts by up to this factor;
 #: TIMEOUT_DECAY timeouts in a row that were not proved spurious halve the stretch again.
 TIMEOUT_MAX_SCALE = 16
+#: The fleet-wide stretch stops lower: a ramp's spurious timeouts on a few devices took every device's timer to
+#: 16x (max_timeout, 10 s), and a lossy link's next lost tail then cost 10 s on every device that met one.
+SHARED_TIMEOUT_MAX_SCALE = 4
 TIMEOUT_DECAY = 8
 
 
@@ -155,12 +158,13 @@ class SpuriousTimeouts:
     stretches the timer.
     """
 
-    __slots__ = ("_clean", "_released", "scale", "spurious")
+    __slots__ = ("_clean", "_max_scale", "_released", "scale", "spurious")
 
-    def __init__(self) -> None:
+    def __init__(self, max_scale: int = TIMEOUT_MAX_SCALE) -> None:
         self.scale = 1
         self.spurious = 0
         self._clean = 0
+        self._max_scale = max_scale
         self._released: set[int] = set()
 
     @property
@@ -184,7 +188,7 @@ class SpuriousTimeouts:
         """A timeout proved spurious: wait twice as long from now on."""
         self.spurious += 1
         self._clean = 0
-        self.scale = min(TIMEOUT_MAX_SCALE, self.scale * 2)
+        self.scale = min(self._max_scale, self.scale * 2)
 
     def forget(self, blocks: Iterable[int] | None = None) -> None:
         if blocks is None:
@@ -193,9 +197,11 @@ class SpuriousTimeouts:
             self._released.difference_update(blocks)
 
     def duplicate(self, index: int) -> None:
-        """Block ``index`` arrived again."""
+        """Block ``index`` arrived again: the timeouts that gave blocks up so far were spurious. One proof however
+        many of their blocks come twice (the rest of them follow at once: doubling per block took the stretch to
+        its maximum with the first late answer, and a fleet's timers with it)."""
         if index in self._released:
-            self._released.discard(index)
+            self._released.clear()
             self.proved()
 
 
@@ -216,7 +222,7 @@ class SharedRtt:
 
     def __init__(self) -> None:
         self._estimate = RttEstimator(initial=0.0, minimum=0.0, maximum=float("inf"))
-        self.timeouts = SpuriousTimeouts()
+        self.timeouts = SpuriousTimeouts(SHARED_TIMEOUT_MAX_SCALE)
         #: When any engine of the fleet last received a valid data block (its ``now``); None before the first.
         self.last_block: float | None = None
 
