@@ -380,11 +380,14 @@ class DownloadEngine:
     def _may_probe(self, request: InFlight) -> bool:
         """Whether an idle timeout of ``request`` asks again for one block first: probing is on, the request waits
         for more than one block and none of them lies below a block of it that came (a hole is a loss: one
-        connection answers in order), it was not probed before, there was no sign of loss lately and a round-trip
-        sample exists (before
-        one, the first request's wait is the fleet's to judge, see ``_deadline``)."""
+        connection answers in order), it was not probed before, there was no sign of loss lately, and a round-trip
+        sample exists or the engine is one of a fleet (whose first requests wait behind each other at the service:
+        the fleet rule of ``_deadline`` lets them wait while others receive blocks, and a probe keeps a first
+        request that still waited too long from costing a whole window)."""
         outstanding = request.outstanding
-        if not self.settings.probe or self._loss_seen or self._rtt.srtt is None or len(outstanding) < 2:
+        if not self.settings.probe or self._loss_seen or len(outstanding) < 2:
+            return False
+        if self._rtt.srtt is None and self._shared is None:  # alone, a first request's timeout is as likely a loss
             return False
         if request.probe_seq:  # probed once already: its probe was answered, the rest did not follow
             return False

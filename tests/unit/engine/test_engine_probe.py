@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from device_sim.engine.machine import DownloadEngine, EngineState
+from device_sim.engine.machine import DownloadEngine, EngineSettings, EngineState
+from device_sim.engine.rtt import SharedRtt
 from tests.support.fakes_service import BS, asked, blk, content_of, make, requests
 
 CONTENT = content_of(40 * BS)
@@ -149,3 +150,27 @@ def test_no_probe_for_a_request_with_a_hole_or_before_a_round_trip_sample(receiv
     engine.handle_timer(deadline)
     (again,) = requests(engine)
     assert len(asked(again)) == 8
+
+
+def test_in_a_fleet_a_first_request_that_waited_too_long_probes_too() -> None:
+    # Before any sample a lone device asks for everything again (a lost first request is as likely as a slow one);
+    # a fleet's device waits behind the others' first requests, so it probes.
+    shared = SharedRtt()
+    engine = DownloadEngine(
+        file_id=2,
+        file_size=40 * BS,
+        stream_version=1,
+        now=0.0,
+        settings=EngineSettings(block_size=BS, blocks_per_request=8, answer_rate=None),
+        shared=shared,
+    )
+    engine.start(0.0)
+    requests(engine)
+    deadline = engine.get_timer()
+    assert deadline is not None
+    engine.handle_timer(deadline)
+    assert [asked(r) for r in requests(engine)] == [[0]]
+    for i in range(8):  # the late first answer
+        engine.receive_block(blk(CONTENT, i), deadline + 0.5)
+    engine.receive_block(blk(CONTENT, 0), deadline + 0.6)  # and the probe's
+    assert engine.stats.duplicates == 1
