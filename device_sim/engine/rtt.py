@@ -212,7 +212,7 @@ class SharedRtt:
     round-trip estimate far below what the others already see, and a device proves a timeout spurious only after
     paying for it. Every engine given the same ``SharedRtt`` feeds it its clean samples and its proved-spurious
     timeouts; its idle timeout is then never below the fleet's (``floor``), and a spurious timeout anywhere
-    stretches every device's timer like its own (``SpuriousTimeouts`` rules, shared). A device that has no
+    stretches every device's timer like its own (``SpuriousTimeouts`` rules, shared, up to 4x). A device that has no
     round-trip sample of its own yet cannot tell a busy service from a lost request; the fleet can: while other
     devices keep receiving blocks (``last_block``), its first request's idle timer waits, up to ``max_timeout``
     after it was sent. Event-loop only (no locking).
