@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from device_sim.engine.machine import DownloadEngine, EngineSettings, EngineState
-from device_sim.engine.rtt import SharedRtt
+from device_sim.engine.rtt import SHARED_TIMEOUT_MAX_SCALE, SharedRtt, SpuriousTimeouts
 from tests.support.fakes_service import BS, asked, blk, content_of, make, requests
 
 CONTENT = content_of(40 * BS)
@@ -15,7 +15,7 @@ CONTENT = content_of(40 * BS)
 def _second_request_waiting(**settings: object) -> tuple[DownloadEngine, float]:
     """The first request (blocks 0-7) answered at once, which gives a round-trip sample; the second (8-15) gets
     blocks 8 and 9, then nothing until its idle timer fires. Returns the engine and the time of the timeout."""
-    engine = make(40 * BS, blocks_per_request=8, **settings)
+    engine = make(40 * BS, blocks_per_request=8, **settings)  # type: ignore[arg-type]
     engine.start(0.0)
     assert [asked(r) for r in requests(engine)] == [list(range(8))]
     for i in range(8):
@@ -68,6 +68,7 @@ def test_when_the_probe_is_answered_first_the_rest_is_asked_again_after_one_more
     engine.receive_block(blk(CONTENT, 10), at + 0.05)  # the probe's answer (or the late request's first block)
     assert requests(engine) == []  # 11-15 may still follow: the request holds its slot again
     deadline = engine.get_timer()
+    assert deadline is not None
     assert deadline == pytest.approx(at + 0.05 + engine.stats.timeout)  # a whole timeout, not a short grace
     engine.handle_timer(deadline - 0.01)
     assert requests(engine) == []
@@ -174,3 +175,18 @@ def test_in_a_fleet_a_first_request_that_waited_too_long_probes_too() -> None:
         engine.receive_block(blk(CONTENT, i), deadline + 0.5)
     engine.receive_block(blk(CONTENT, 0), deadline + 0.6)  # and the probe's
     assert engine.stats.duplicates == 1
+
+
+def test_a_spurious_timeout_is_one_proof_and_a_fleet_stretches_at_most_four_times() -> None:
+    own = SpuriousTimeouts()
+    own.expired(range(32))
+    for index in range(32):  # the whole late answer comes twice
+        own.duplicate(index)
+    assert own.spurious == 1 and own.scale == 2
+    shared = SharedRtt()
+    for _ in range(5):
+        shared.timeouts.proved()
+    assert shared.timeouts.scale == SHARED_TIMEOUT_MAX_SCALE == 4
+    for _ in range(5):
+        own.proved()
+    assert own.scale == 16  # a device's own stretch still reaches 16
