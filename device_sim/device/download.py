@@ -11,7 +11,9 @@ out, only once the link is quiet, or soon after its highest block: the engine de
 the device tells the engine when each request actually left (``request_sent``); ``link_resumed()`` after a
 reconnect has the engine send its requests in flight again at once. ``verify()`` compares the digest with the
 source (S3, ``--expect-sha256``, or only the size); ``commit()`` renames a verified file sink into place. A lost
-connection or a failed re-describe ends the wait with a ``DeviceFailure``.
+connection or a failed re-describe ends the wait with a ``DeviceFailure``, and so does an exception in any input
+handler (a bug in the engine or in a caller's callback): it would otherwise go to the event loop's exception
+handler, and the download would wait for a block or a timer that never comes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import zlib
 from array import array
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Concatenate, ParamSpec
 
 from device_sim.device.types import DeviceFailure, DownloadSettings, SinkKind
 from device_sim.device.verify import S3Source, SourceError, SourceObject, Verdict, compare
@@ -65,6 +68,27 @@ __all__ = ["FileDownload", "engine_failure"]
 log = logging.getLogger(__name__)
 
 Outcome = Complete | Failed | DeviceFailure
+
+P = ParamSpec("P")
+
+
+def _fails_on_error(
+    method: Callable[Concatenate[FileDownload, P], None],
+) -> Callable[Concatenate[FileDownload, P], None]:
+    """An input of the download (a message, the timer, a report): an exception in it fails this download (as an
+    internal error, logged with its traceback) instead of leaving it waiting, and the inputs that still come are
+    ignored (the engine may be half-way through an update)."""
+
+    def guarded(self: FileDownload, /, *args: P.args, **kwargs: P.kwargs) -> None:
+        if self._crashed:
+            return
+        try:
+            method(self, *args, **kwargs)
+        except Exception as exc:
+            self.crashed(method.__name__, exc)
+
+    guarded.__name__, guarded.__qualname__, guarded.__doc__ = method.__name__, method.__qualname__, method.__doc__
+    return guarded
 
 
 class FileDownload:
@@ -117,6 +141,7 @@ class FileDownload:
         self._done: asyncio.Future[Outcome] = self._loop.create_future()
         self._timer: asyncio.TimerHandle | None = None
         self._redescribing: asyncio.Task[None] | None = None
+        self._crashed = False  # an input handler raised: the download failed, later inputs are ignored
 
     # ------------------------------------------------------------------------------------------------ lifecycle
 
@@ -193,6 +218,17 @@ class FileDownload:
         if not self._done.done():
             self._done.set_result(failure)
 
+    def crashed(self, where: str, exc: Exception) -> None:
+        """An exception escaped an input handler: end the download with it (a DeviceFailure as it is)."""
+        self._crashed = True
+        self._cancel_timer()
+        if isinstance(exc, DeviceFailure):
+            self.fail(exc)
+            return
+        if not self._done.done():
+            log.error("%s: file %d: internal error in %s", self._label, self.info.file_id, where, exc_info=exc)
+        self.fail(DeviceFailure(FailureKind.ERROR, f"file {self.info.file_id}: internal: {type(exc).__name__}: {exc}"))
+
     def commit(self) -> str | None:
         """Move a verified file sink into place; its path (None for other sinks)."""
         sink, self._sink = self._sink, None
@@ -252,6 +288,7 @@ class FileDownload:
 
     # ----------------------------------------------------------------------------------------- network inputs
 
+    @_fails_on_error
     def receive_data(self, payloads: Sequence[bytes]) -> None:
         """Data messages on this download's topic, in their order (a run of them as they arrived together).
 
@@ -287,18 +324,21 @@ class FileDownload:
             return
         self.receive_block(block)
 
+    @_fails_on_error
     def receive_block(self, block: DataBlock) -> None:
         engine = self._engine
         if engine is not None:
             engine.receive_block(block, self._loop.time())
             self._pump()
 
+    @_fails_on_error
     def receive_rejection(self, rejection: Rejection) -> None:
         engine = self._engine
         if engine is not None:
             engine.receive_rejection(rejection, self._loop.time())
             self._pump()
 
+    @_fails_on_error
     def link_resumed(self) -> None:
         """The connection came back after a drop: the requests in flight were lost, send them again now."""
         engine = self._engine
@@ -306,6 +346,7 @@ class FileDownload:
             engine.link_resumed(self._loop.time())
             self._pump()
 
+    @_fails_on_error
     def _request_sent(self, seq: int) -> None:
         engine = self._engine
         if engine is not None and not self._done.done():
@@ -375,10 +416,12 @@ class FileDownload:
 
     async def _redescribe(self) -> None:
         try:
-            description = await self._redescribe_call()
-        except DeviceFailure as failure:
-            self.fail(failure)
-            return
+            await self._redescribe_and_restart()
+        except Exception as exc:  # the task's exception would otherwise never be seen
+            self.crashed("_redescribe", exc)
+
+    async def _redescribe_and_restart(self) -> None:
+        description = await self._redescribe_call()
         engine = self._engine
         if engine is None or engine.state.terminal:
             return
@@ -411,6 +454,7 @@ class FileDownload:
             self._timer.cancel()
             self._timer = None
 
+    @_fails_on_error
     def _on_timer(self) -> None:
         self._timer = None
         engine = self._engine

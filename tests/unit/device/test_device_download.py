@@ -104,6 +104,7 @@ def make_download(
     settings: DownloadSettings,
     target: Path | None = None,
     describe: Callable[[], Awaitable[StreamDescription]] | None = None,
+    on_block: Callable[[float, int], None] = lambda now, n: None,
 ) -> FileDownload:
     record = link.core.catalog.get_stream(link.stream_id)
     assert record is not None
@@ -118,7 +119,7 @@ def make_download(
         client_token="g1",
         send=link.send,
         redescribe=describe or link.describe,
-        on_block=lambda now, n: None,
+        on_block=on_block,
         label="unit",
     )
     link.download = download
@@ -273,3 +274,47 @@ def test_requests_queued_behind_paced_answers_are_not_timed_out() -> None:
         assert stats.requests_sent == 6
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("where", ["timer", "message"])
+def test_an_exception_in_an_input_handler_fails_the_download_instead_of_hanging(
+    where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug that raises while the download handles its timer (here: the re-request after the last block was lost
+    fails to publish) or a data message (the progress callback raises at the fifth block) ends the download with an
+    internal error, and what comes after is ignored. Before, the exception went to the event loop's handler and
+    ``run()`` waited forever."""
+    data = os.urandom(20 * 256)
+    # One request for the whole file; its last block is lost, so the next request comes from the idle timer.
+    link = Link(world("s8", data), "s8", drop=lambda n: where == "timer" and n == 20)
+    sent = link.send
+
+    def send_once(request: GetStreamRequest) -> None:
+        if link.requests:
+            raise RuntimeError("publish exploded")
+        sent(request)
+
+    stored: list[int] = []
+
+    def progress(now: float, n: int) -> None:
+        stored.append(n)
+        if where == "message" and len(stored) == 5:
+            raise RuntimeError("progress exploded")
+
+    link.send = send_once  # type: ignore[method-assign]
+
+    async def main() -> None:
+        download = make_download(
+            link, DownloadSettings(block_size=256, blocks_per_request=20, inflight=1), on_block=progress
+        )
+        with pytest.raises(DeviceFailure) as failed:
+            await asyncio.wait_for(download.run(), timeout=10)
+        assert failed.value.kind is FailureKind.ERROR
+        assert "internal: RuntimeError" in failed.value.message and "exploded" in failed.value.message
+        assert len(link.requests) == 1  # the failed publish reached nothing
+        # After the failure the blocks still on their way are ignored.
+        assert download.stats.blocks_received == len(stored) == (19 if where == "timer" else 5)
+
+    asyncio.run(main())
+    handler = "_on_timer" if where == "timer" else "receive_block"
+    assert f"internal error in {handler}" in caplog.text
