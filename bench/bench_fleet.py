@@ -16,8 +16,10 @@ is then a fresh child process of this script (``worker ...``), so that its peak 
 The service's single-stream rate comes from ``bench_service.service_rate`` in the same run (its own mosquitto,
 the stream service in a child process, one paho device keeping 4 requests of 128 KiB in flight).
 
-Targets: every device verified; peak RSS beyond the connection < 150 KiB per device; aggregate goodput
->= 0.5 x the service's single-stream rate.
+Targets: every device verified; peak RSS beyond the connection < 150 KiB per device; duplicates <= 0.5 % of the
+blocks; and, for files of 1 MiB or more, aggregate goodput >= 0.5 x the service's single-stream rate and <= 35 us of
+the fleet process's CPU per verified block (short files are bound by the connect rate and the connections' cost).
+Exit code 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ TARGET_BEYOND_KIB = 150.0
 TARGET_GOODPUT_RATIO = 0.5
 TARGET_CPU_US_PER_BLOCK = 35.0
 TARGET_DUPLICATE_SHARE = 0.005
+# Goodput and CPU per block are targets for long downloads (the issue's 1000 devices x 1 MiB): with a few blocks per
+# device (10,000 x 64 KiB = 16 blocks each) the connect rate bounds the goodput and the connection's own CPU (TLS
+# handshake, subscribe) dominates each block's, so both are printed there without a verdict.
+TARGET_MIN_SIZE = 1 << 20
 
 
 # ------------------------------------------------------------------------------------------------ child workers
@@ -489,6 +495,7 @@ def print_table(report: dict[str, Any]) -> None:
         f"targets: all verified; beyond the connection < {TARGET_BEYOND_KIB:.0f} KiB/device; "
         f"goodput >= {TARGET_GOODPUT_RATIO} x single stream; CPU <= {TARGET_CPU_US_PER_BLOCK:.0f} us per block; "
         f"duplicates <= {TARGET_DUPLICATE_SHARE:.1%} of blocks"
+        + ("" if report["size"] >= TARGET_MIN_SIZE else "; goodput and CPU only for files of 1 MiB or more")
     )
     for name, verdict in report["verdicts"].items():
         print(f"  {name}: {verdict}")
@@ -505,10 +512,15 @@ def verdicts(report: dict[str, Any]) -> dict[str, str]:
         cpu, dups = r.get("cpu_us_per_block"), r.get("duplicate_share")
         ok_cpu = cpu is not None and cpu <= TARGET_CPU_US_PER_BLOCK
         ok_dups = dups is not None and dups <= TARGET_DUPLICATE_SHARE
+        long_files = report["size"] >= TARGET_MIN_SIZE
+
+        def mark(ok: bool, applies: bool = True) -> str:
+            return ("OK" if ok else "FAIL") if applies else "n/a"
+
         out[name] = (
-            f"verified {'OK' if ok_verified else 'FAIL'}, RSS {'OK' if ok_rss else 'FAIL'} ({_f(beyond, '.1f')} KiB), "
-            f"goodput {'OK' if ok_rate else 'FAIL'} ({ratio:.2f}), CPU {'OK' if ok_cpu else 'FAIL'} "
-            f"({_f(cpu, '.1f')} us/block), duplicates {'OK' if ok_dups else 'FAIL'} ({_f(dups, '.2%')})"
+            f"verified {mark(ok_verified)}, RSS {mark(ok_rss)} ({_f(beyond, '.1f')} KiB), "
+            f"goodput {mark(ok_rate, long_files)} ({ratio:.2f}), CPU {mark(ok_cpu, long_files)} "
+            f"({_f(cpu, '.1f')} us/block), duplicates {mark(ok_dups)} ({_f(dups, '.2%')})"
         )
     return out
 
