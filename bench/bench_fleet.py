@@ -570,6 +570,7 @@ def main() -> int:
             if not args.reuse:
                 print(f"provisioning {args.devices} things (not timed) ...", file=sys.stderr, flush=True)
                 manifest, provision_s = provision(iot, work, args.devices, args.size)
+                print(f"  provisioned in {provision_s:.0f} s", file=sys.stderr, flush=True)
             print("service single-stream rate (bench_service) ...", file=sys.stderr, flush=True)
             service_before = service_single_stream(args.block_size, args.service_rounds)
             print("raw awscrt receive cost (bench_transport) ...", file=sys.stderr, flush=True)
