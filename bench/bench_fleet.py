@@ -3,6 +3,8 @@
 Run: ``.venv/bin/python bench/bench_fleet.py [--devices 1000] [--size 1MiB] [--block-size 4KiB] [--tls|--no-tls|--both]
 [--connect-rate 500] [--json out.json]``. Provisioning 1000 things takes about 2 minutes: ``--work-dir W
 --keep-running`` leaves local-iot and the things in place, and ``--reuse W`` measures again without provisioning.
+``--report-dir R`` also writes the N-device fleet's usual reports (R/mTLS/devices.jsonl ...): which devices timed out
+or got blocks twice, and when.
 
 How it works: ``local-iot up`` runs as a subprocess (no quotas, no latency), so the emulator does not share a GIL
 with the fleet; ``provisioner up`` creates the stream and N things with certificates (not timed). Every measurement
@@ -96,6 +98,10 @@ async def _fleet_worker(args: argparse.Namespace) -> dict[str, Any]:
 
     wakeups = LoopHop.for_loop(asyncio.get_running_loop()).wakeups
     s = run.summary
+    if args.report_dir is not None:  # after the measurement: writing is not part of it
+        from device_sim.results.files import write_reports
+
+        write_reports(args.report_dir, s, run.records)
     return {
         "devices": s.devices,
         "verified": s.verified,
@@ -203,6 +209,7 @@ def worker_main(argv: list[str]) -> int:
     parser.add_argument("--keep-trust-env", action="store_true")
     parser.add_argument("--crt-threads", type=int, default=None)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--report-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     work = _fleet_worker if args.kind == "fleet" else _bare_worker
     result = asyncio.run(work(args))
@@ -321,6 +328,8 @@ def run_worker(kind: str, iot: LocalIotProcess, work: Path, manifest: Path, devi
         cmd += ["--crt-threads", str(args.crt_threads)]
     if not tls:
         cmd.append("--no-tls")
+    if kind == "fleet" and devices == args.devices and args.report_dir is not None:
+        cmd += ["--report-dir", str(args.report_dir / ("mTLS" if tls else "plain"))]
     print(f"  {kind} x{devices} ({'mTLS' if tls else 'plain TCP'}) ...", file=sys.stderr, flush=True)
     done = subprocess.run(cmd, env=iot.env, cwd=work, capture_output=True, text=True)
     if done.returncode != 0:
@@ -547,6 +556,12 @@ def main() -> int:
     parser.add_argument("--service-rounds", type=int, default=3)
     parser.add_argument("--work-dir", type=Path, default=None, help="keep everything here [default: a temp dir]")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here too")
+    parser.add_argument(
+        "--report-dir",
+        type=Path,
+        default=None,
+        help="also write the N-device fleet's reports (devices.jsonl, report.html ...) here, one directory per mode",
+    )
     parser.add_argument("--keep-running", action="store_true", help="leave local-iot and the things for --reuse")
     parser.add_argument(
         "--reuse", type=Path, default=None, help="a --work-dir whose local-iot still runs (skips provisioning)"
