@@ -491,6 +491,7 @@ class DownloadEngine:
         in_flight = self._ledger.in_flight
         share = Fraction(1, max(1, self._ledger.active))
         probe = False
+        reprobed: InFlight | None = None  # a suspect whose probe timed out and is sent again (one a round)
         for request in [r for r in in_flight if self._deadline(r, timeout) <= now]:
             if request.top_seen and self.settings.fast_retry:  # the grace never outlasts the idle timeout
                 self._reorder.retried(request.outstanding)
@@ -498,15 +499,29 @@ class DownloadEngine:
                 self._counters.fast_retries += 1
                 self._loss_seen = LOSS_MEMORY
                 continue
-            if request.suspect:  # its probe timed out too (counted there), or nothing arrived since: lost
-                self._ledger.release(request)
+            if request.suspect:
+                if self._probing(request):  # it waits for its probe, whose own timeout decides (below)
+                    request.touch(now)
+                else:  # nothing arrived since its probe, and the probe is gone: lost
+                    self._ledger.release(request)
                 continue
-            if not probe and self._may_probe(request):  # one probe a round; the others are asked again whole
-                given_up: Iterable[int] = (self._ledger.suspect(request, now, self._seq + 1),)
+            suspect = self._suspect_of(request) if request.blocks[0] == request.blocks[-1] else None
+            given_up: Iterable[int]
+            if suspect is not None and not probe and not self._loss_seen:
+                # The probe timed out as well, and nothing of the suspect came either: a quiet link, not yet a
+                # lost answer (a service whose queue grew past two timeouts). Ask for the block alone again, a
+                # round (and a backed-off timeout) later; the suspect keeps waiting for its answer.
+                given_up = request.outstanding
+                self._ledger.release(request)
+                reprobed, probe = suspect, True
+            elif not probe and self._may_probe(request):  # one probe a round; the others are asked again whole
+                given_up = (self._ledger.suspect(request, now, self._seq + 1),)
                 probe = True
             else:
                 given_up = request.outstanding
                 self._ledger.release(request)
+                if suspect is not None:  # no second probe this round: the suspect goes whole with it
+                    self._ledger.release(suspect)
                 if request.probe_seq:  # its probe was answered, and the rest never came: lost
                     self._loss_seen = LOSS_MEMORY
             self._reorder.forget(given_up)
@@ -523,8 +538,19 @@ class DownloadEngine:
                 f"no new block after {self.settings.max_retries} rounds of re-requests (last timeout "
                 f"{timeout:.2f} s); check the connection, or raise max_retries / request_timeout",
             )
+        if reprobed is not None:
+            reprobed.probe_seq = self._seq + 1  # the first request of this fill is the new probe
+            reprobed.touch(now)
         self._fill(probe)
         return state
+
+    def _suspect_of(self, probe: InFlight) -> InFlight | None:
+        """The suspect request that ``probe`` (a one-block request) probes for, if it still waits."""
+        return next((r for r in self._ledger.in_flight if r.suspect and r.probe_seq == probe.seq), None)
+
+    def _probing(self, suspect: InFlight) -> bool:
+        """Whether ``suspect``'s probe is still in flight (answered, it would have trusted or released it)."""
+        return self._find(suspect.probe_seq) is not None
 
     def _on_request_sent(self, seq: int) -> EngineState:
         if seq >= self._epoch_seq:

@@ -78,6 +78,45 @@ def test_when_the_probe_is_answered_first_the_rest_is_asked_again_after_one_more
     assert stats.timeouts == 2 and stats.fast_retries == 0 and stats.duplicates == 0
 
 
+def test_when_the_probe_times_out_too_the_block_is_probed_again_and_the_request_keeps_waiting() -> None:
+    """A service whose queue grew past two idle timeouts: neither the late answer nor the probe's came. The block
+    is asked for alone again (not the whole rest of the request), and when the queue drains the late answer
+    completes the request: two duplicate blocks (the two probes' answers) instead of the whole rest again."""
+    engine, _ = _second_request_waiting()
+    assert [asked(r) for r in requests(engine)] == [[10]]
+    deadline = engine.get_timer()
+    assert deadline is not None
+    engine.handle_timer(deadline)
+    assert [asked(r) for r in requests(engine)] == [[10]]  # probed again, alone
+    assert engine.stats.timeouts == 2
+    again = engine.get_timer()
+    assert again is not None and again > deadline
+    for i in range(10, 16):  # the queue drains: the late answer first, then the two probes' answers
+        engine.receive_block(blk(CONTENT, i), deadline + 0.05)
+    assert [asked(r) for r in requests(engine)] == [list(range(16, 24))]
+    engine.receive_block(blk(CONTENT, 10), deadline + 0.06)
+    engine.receive_block(blk(CONTENT, 10), deadline + 0.06)
+    for i in range(16, 40):
+        engine.receive_block(blk(CONTENT, i), deadline + 0.07)
+        requests(engine)
+    assert engine.state is EngineState.COMPLETE
+    assert engine.stats.duplicates == 2 and engine.stats.re_requests == 2
+
+
+def test_a_dead_link_still_fails_while_the_probe_is_asked_again() -> None:
+    engine, at = _second_request_waiting(max_retries=3)
+    sent = [asked(r) for r in requests(engine)]
+    now = at
+    while engine.state is not EngineState.FAILED:
+        deadline = engine.get_timer()
+        assert deadline is not None and deadline > now and deadline < at + 60
+        now = deadline
+        engine.handle_timer(now)
+        sent += [asked(r) for r in requests(engine)]
+    assert sent[:3] == [[10], [10], [10]]  # probes while the link is quiet, then the abort rule
+    assert engine.stats.timeouts == 4
+
+
 def test_a_late_answer_after_the_probe_block_completes_the_request_within_the_grace() -> None:
     engine, at = _second_request_waiting()
     requests(engine)
