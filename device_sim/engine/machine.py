@@ -16,12 +16,13 @@ request's missing blocks go back to missing and the slot is refilled, so the re-
 first and fills the rest of its window with new ones. With ``probe`` (the default), and no sign of real loss in
 the last LOSS_MEMORY requests (a fast re-request, a probed request whose rest never came), a request still
 waiting for several blocks gives back only its lowest one at its first timeout, asked again alone; the request
-turns *suspect* (no slot) and is released when a block of a later request arrives before its own, or at its next
-timeout; when the probed block comes, it holds its slot again for one more idle timeout: a late answer then
-costs one duplicate, a lost one a round trip and a timeout more. Fast re-request:
-once a request's highest block has arrived, its missing lower blocks (lost, as one connection delivers an answer
-in order) are released after a short grace instead (``fast_retry``). The caller may report when a request
-actually left (``request_sent``: the timer and the round-trip sample start there) and when the link came back
+turns *suspect* (no slot) and is released when a block of a later request arrives before its own; when the probed
+block comes, it holds its slot again for one more idle timeout: a late answer then costs one duplicate, a lost one
+a round trip and a timeout more. When the probe times out too with nothing of the suspect come, the block is probed
+again (the link is only quiet so far), unless loss was seen lately; each such round counts for the abort rule.
+Fast re-request: once a request's highest block has arrived, its missing lower blocks (lost, as one connection
+delivers an answer in order) are released after a short grace instead (``fast_retry``). The caller may report when
+a request actually left (``request_sent``: the timer and the round-trip sample start there) and when the link came back
 after a reconnect (``link_resumed``: every request in flight is sent again at once).
 
 Rejections: VersionMismatch -> NEEDS_DESCRIBE (the caller describes the stream again and calls
