@@ -299,14 +299,17 @@ class FileDownload:
         engine, layout = self._fast, self._layout
         if engine is None:  # a library profile's machine (or none yet): the general path only
             for payload in payloads:
-                self._receive_message(payload)
+                self._receive_message(payload, self._loop.time())
             return
-        now = self._loop.time()
+        now = self._loop.time()  # one reading for the run's hot blocks
         stored = 0
         for payload in payloads:
             fields = layout.full_block(payload)
             if fields is None:
-                self._receive_message(payload)
+                self._receive_message(payload, now)
+                # The general path carries out the engine's actions, and a request reported sent there gives the
+                # engine a later reading: the engine refuses time going backwards, so read the clock again.
+                now = self._loop.time()
                 continue
             index, data = fields
             if engine.receive_data(index, data, now) and self._store(index, data, now):
@@ -316,19 +319,22 @@ class FileDownload:
         if engine.has_actions or engine.deadline_epoch != self._armed_epoch:
             self._pump()
 
-    def _receive_message(self, payload: bytes) -> None:
+    def _receive_message(self, payload: bytes, now: float) -> None:
         try:
             block = decode_data_block(payload, self.settings.format)
         except RemoteProtocolError as exc:
             log.debug("%s: bad data message: %s", self._label, exc)
             return
-        self.receive_block(block)
+        self._receive_block(block, now)
 
     @_fails_on_error
     def receive_block(self, block: DataBlock) -> None:
+        self._receive_block(block, self._loop.time())
+
+    def _receive_block(self, block: DataBlock, now: float) -> None:
         engine = self._engine
         if engine is not None:
-            engine.receive_block(block, self._loop.time())
+            engine.receive_block(block, now)
             self._pump()
 
     @_fails_on_error
