@@ -511,6 +511,11 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 def verdicts(report: dict[str, Any]) -> dict[str, str]:
+    long_files = report["size"] >= TARGET_MIN_SIZE
+
+    def mark(ok: bool, applies: bool = True) -> str:
+        return ("OK" if ok else "FAIL") if applies else "n/a"
+
     out = {}
     for name, r in report["runs"].items():
         ok_verified = r["fleet"]["verified"] == r["fleet"]["devices"]
@@ -521,11 +526,6 @@ def verdicts(report: dict[str, Any]) -> dict[str, str]:
         cpu, dups = r.get("cpu_us_per_block"), r.get("duplicate_share")
         ok_cpu = cpu is not None and cpu <= TARGET_CPU_US_PER_BLOCK
         ok_dups = dups is not None and dups <= TARGET_DUPLICATE_SHARE
-        long_files = report["size"] >= TARGET_MIN_SIZE
-
-        def mark(ok: bool, applies: bool = True) -> str:
-            return ("OK" if ok else "FAIL") if applies else "n/a"
-
         out[name] = (
             f"verified {mark(ok_verified)}, RSS {mark(ok_rss)} ({_f(beyond, '.1f')} KiB), "
             f"goodput {mark(ok_rate, long_files)} ({ratio:.2f}), CPU {mark(ok_cpu, long_files)} "

@@ -506,7 +506,7 @@ class DownloadEngine:
                 else:  # nothing arrived since its probe, and the probe is gone: lost
                     self._ledger.release(request)
                 continue
-            suspect = self._suspect_of(request) if request.blocks[0] == request.blocks[-1] else None
+            suspect = self._suspect_of(request) if self._ledger.suspects else None  # is it a probe?
             given_up: Iterable[int]
             if suspect is not None and not probe and not self._loss_seen:
                 # The probe timed out as well, and nothing of the suspect came either: a quiet link, not yet a
