@@ -569,6 +569,11 @@ def main() -> int:
     args = parser.parse_args()
     if args.reuse and args.work_dir:
         parser.error("--reuse is the work dir: drop --work-dir")
+    if args.report_dir is not None:  # checked before anything starts, not after the fleet ran
+        try:
+            args.report_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            parser.error(f"--report-dir {args.report_dir}: cannot create it ({exc.strerror}); choose a writable path")
     modes = args.modes or ["mTLS"]
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
